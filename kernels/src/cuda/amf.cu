@@ -1,0 +1,486 @@
+// Attention motion flow (AMF) kernels. Compiled at run time with NVRTC (no headers needed).
+// Definition: see kernels/README.md. Layout: Q, K are [H, F, S, d] (T = f32 | f16 | bf16),
+// gradients f32 in the same layout. Per call and pair chunk:
+//   amf_windows          window start (r0, c0) per (pair, query row)
+//   amf_logits_<T>       tiled Q.K^T over the union box of a query tile's windows; writes each
+//                        query's window row of logits ([pairs, rows, wh*ww], f32)
+//   amf_rows             per row (one warp): softmax stats, read-out, loss term, and in grad mode
+//                        the score gradient s = scale * a * (g . (pos - E)) written in place
+//   amf_dq_<T>           dQ[i] = sum_{pairs (i,j)} S . K_j      (tile of queries x 128 features)
+//   amf_dk_<T>           dK[j] = sum_{pairs (i,j)} S^T . Q_i    (tile of keys x 128 features)
+// The forward never stores anything of size S x S; the backward keeps the windowed score
+// matrix (P x S x wh*ww f32) because the head-averaged logit couples all H*d features.
+
+typedef unsigned short u16;
+
+struct LdF32 {
+    typedef float T;
+    static __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+};
+struct LdF16 {
+    typedef u16 T;
+    static __device__ __forceinline__ float ld(const u16* p, long long i) {
+        float f;
+        u16 v = p[i];
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+        return f;
+    }
+};
+struct LdBF16 {
+    typedef u16 T;
+    static __device__ __forceinline__ float ld(const u16* p, long long i) {
+        return __uint_as_float(((unsigned)p[i]) << 16);
+    }
+};
+
+#define TQ 32     // query slots per block (logits, dQ) / keys per block (dK)
+#define NK 64     // keys per chunk (logits)
+#define DK 32     // features per chunk (logits)
+#define NB 32     // keys (dQ) / queries (dK) per chunk
+#define DS 128    // features per block (dQ, dK)
+
+extern "C" __global__ void amf_fill(float* p, long long n, float v) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += step) p[i] = v;
+}
+
+__device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// mode 0: full window (start 0,0); 1: centred on the query; 2: centred on the rounded coarse
+// soft-argmax of the query's tile (centres: [npairs, ntiles, 2] absolute positions).
+extern "C" __global__ void amf_windows(int mode, int npairs, int h, int w, int wh, int ww, int radius,
+                                       int th, int tw, int ntx, const float* centres, int2* win) {
+    long long n = (long long)npairs * h * w;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n) return;
+    int S = h * w;
+    int pair = (int)(idx / S), t = (int)(idx % S);
+    int py = t / w, px = t % w;
+    int2 st = make_int2(0, 0);
+    if (mode != 0) {
+        int cy = py, cx = px;
+        if (mode == 2) {
+            int ntiles = ((h + th - 1) / th) * ntx;
+            int tile = (py / th) * ntx + px / tw;
+            const float* e = centres + ((long long)pair * ntiles + tile) * 2;
+            cy = clampi((int)floorf(e[0] + 0.5f), 0, h - 1);
+            cx = clampi((int)floorf(e[1] + 0.5f), 0, w - 1);
+        }
+        st.x = clampi(cy - radius, 0, h - wh);
+        st.y = clampi(cx - radius, 0, w - ww);
+    }
+    win[idx] = st;
+}
+
+// Union box of the windows of this block's query slots.
+__device__ __forceinline__ void union_box(const int* s_r0, const int* s_c0, const int* s_tok, int n,
+                                          int wh, int ww, int* box) {
+    int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+    for (int a = 0; a < n; a++) {
+        if (s_tok[a] < 0) continue;
+        y0 = min(y0, s_r0[a]); y1 = max(y1, s_r0[a] + wh);
+        x0 = min(x0, s_c0[a]); x1 = max(x1, s_c0[a] + ww);
+    }
+    if (y1 < 0) { y0 = 0; y1 = 0; x0 = 0; x1 = 0; }
+    box[0] = y0; box[1] = y1 - y0; box[2] = x0; box[3] = x1 - x0;
+}
+
+// grid (ceil(nslots/TQ), npairs), block 128. Slot -> (query token, row). W = wh*ww.
+template <typename L>
+__device__ void logits_impl(const typename L::T* __restrict__ q, const typename L::T* __restrict__ k,
+                            const int2* __restrict__ pairs, int H, int F, int S, int d, int w,
+                            const int* __restrict__ slot_tok, const int* __restrict__ slot_row,
+                            int nslots, int nrows, const int2* __restrict__ win, int wh, int ww,
+                            float scale, float* __restrict__ logits) {
+    __shared__ __align__(16) float Qs[DK][TQ + 4];
+    __shared__ __align__(16) float Ks[DK][NK + 4];
+    __shared__ int s_tok[TQ], s_row[TQ], s_r0[TQ], s_c0[TQ], box[4];
+    const int pair = blockIdx.y;
+    const int fi = pairs[pair].x, fj = pairs[pair].y;
+    const int tid = threadIdx.x;
+    const long long W = (long long)wh * ww;
+    if (tid < TQ) {
+        int sl = blockIdx.x * TQ + tid;
+        int tok = -1, row = 0, r0 = 0, c0 = 0;
+        if (sl < nslots) {
+            tok = slot_tok[sl];
+            row = slot_row[sl];
+            int2 st = win[(long long)pair * nrows + row];
+            r0 = st.x; c0 = st.y;
+        }
+        s_tok[tid] = tok; s_row[tid] = row; s_r0[tid] = r0; s_c0[tid] = c0;
+    }
+    __syncthreads();
+    if (tid == 0) union_box(s_r0, s_c0, s_tok, TQ, wh, ww, box);
+    __syncthreads();
+    const int by0 = box[0], bh = box[1], bx0 = box[2], bw = box[3];
+    const int nkeys = bh * bw;
+    const int tq = tid >> 4, tk = tid & 15;
+    for (int kc = 0; kc < nkeys; kc += NK) {
+        float acc[4][4];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+        for (int hh = 0; hh < H; hh++) {
+            const long long qbase = ((long long)hh * F + fi) * S;
+            const long long kbase = ((long long)hh * F + fj) * S;
+            for (int cb = 0; cb < d; cb += DK) {
+                for (int e = tid; e < TQ * DK; e += blockDim.x) {
+                    int c = e % DK, sq = e / DK;
+                    int tok = s_tok[sq];
+                    float v = 0.f;
+                    if (tok >= 0 && cb + c < d) v = L::ld(q, (qbase + tok) * d + cb + c);
+                    Qs[c][sq] = v;
+                }
+                for (int e = tid; e < NK * DK; e += blockDim.x) {
+                    int c = e % DK, kk = e / DK;
+                    int key = kc + kk;
+                    float v = 0.f;
+                    if (key < nkeys && cb + c < d) {
+                        int kt = (by0 + key / bw) * w + bx0 + key % bw;
+                        v = L::ld(k, (kbase + kt) * d + cb + c);
+                    }
+                    Ks[c][kk] = v;
+                }
+                __syncthreads();
+                const int cn = min(DK, d - cb);
+#pragma unroll 4
+                for (int c = 0; c < cn; c++) {
+                    float4 av = *reinterpret_cast<const float4*>(&Qs[c][tq * 4]);
+                    float4 bv = *reinterpret_cast<const float4*>(&Ks[c][tk * 4]);
+                    float aa[4] = {av.x, av.y, av.z, av.w};
+                    float bb[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                    for (int a = 0; a < 4; a++)
+#pragma unroll
+                        for (int b = 0; b < 4; b++) acc[a][b] = fmaf(aa[a], bb[b], acc[a][b]);
+                }
+                __syncthreads();
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            int sq = tq * 4 + a;
+            if (s_tok[sq] < 0) continue;
+            int r0 = s_r0[sq], c0 = s_c0[sq];
+            float* out = logits + ((long long)pair * nrows + s_row[sq]) * W;
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                int key = kc + tk * 4 + b;
+                if (key >= nkeys) continue;
+                int ky = by0 + key / bw, kx = bx0 + key % bw;
+                if (ky >= r0 && ky < r0 + wh && kx >= c0 && kx < c0 + ww)
+                    out[(ky - r0) * ww + (kx - c0)] = acc[a][b] * scale;
+            }
+        }
+    }
+}
+
+#define LOGITS_ENTRY(SUF, L)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128) amf_logits_##SUF(                            \
+        const L::T* q, const L::T* k, const int2* pairs, int H, int F, int S, int d, int w,        \
+        const int* slot_tok, const int* slot_row, int nslots, int nrows, const int2* win, int wh,  \
+        int ww, float scale, float* logits) {                                                      \
+        logits_impl<L>(q, k, pairs, H, F, S, d, w, slot_tok, slot_row, nslots, nrows, win, wh, ww, \
+                       scale, logits);                                                             \
+    }
+LOGITS_ENTRY(f32, LdF32)
+LOGITS_ENTRY(f16, LdF16)
+LOGITS_ENTRY(bf16, LdBF16)
+
+// One warp per row (pair, row). mode 0: soft-argmax disp; 1: argmax disp; 2: absolute expected
+// position; 3: soft disp + loss term + score gradient in place (coef = w*m/sum(w*m)).
+// Rows of out/ref/coef/loss_rows are global: (p0 + pair) * nrows + row.
+extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int nrows, int wh, int ww,
+                                    int w, const int2* __restrict__ win, const int* __restrict__ row_tok,
+                                    int mode, int p0, const float* __restrict__ ref,
+                                    const float* __restrict__ coef, float scale, float* __restrict__ out,
+                                    float* __restrict__ loss_rows) {
+    const int lane = threadIdx.x & 31;
+    const long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= (long long)npairs * nrows) return;
+    const int pair = (int)(r / nrows), rr = (int)(r % nrows);
+    const int W = wh * ww;
+    float* row = logits + r * W;
+    const int2 st = win[r];
+    const int tok = row_tok[rr];
+    const float py = (float)(tok / w), px = (float)(tok % w);
+    float m = -INFINITY;
+    int arg = 0x7fffffff;
+    for (int n = lane; n < W; n += 32) {
+        float v = row[n];
+        if (v > m) { m = v; arg = n; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
+        if (m2 > m || (m2 == m && a2 < arg)) { m = m2; arg = a2; }
+    }
+    float s0 = 0.f, sy = 0.f, sx = 0.f;
+    for (int n = lane; n < W; n += 32) {
+        float e = expf(row[n] - m);
+        s0 += e;
+        sy += e * (float)(st.x + n / ww);
+        sx += e * (float)(st.y + n % ww);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+        sy += __shfl_xor_sync(0xffffffffu, sy, o);
+        sx += __shfl_xor_sync(0xffffffffu, sx, o);
+    }
+    const float ey = sy / s0, ex = sx / s0;
+    const long long g = (long long)(p0 + pair) * nrows + rr;
+    float oy, ox;
+    if (mode == 1) {
+        oy = (float)(st.x + arg / ww) - py;
+        ox = (float)(st.y + arg % ww) - px;
+    } else if (mode == 2) {
+        oy = ey; ox = ex;
+    } else {
+        oy = ey - py; ox = ex - px;
+    }
+    if (lane == 0) { out[g * 2] = oy; out[g * 2 + 1] = ox; }
+    if (mode != 3) return;
+    const float c = coef[g];
+    const float dy = oy - ref[g * 2], dx = ox - ref[g * 2 + 1];
+    const float gy = c * dy, gx = c * dx;
+    if (lane == 0) loss_rows[g] = 0.5f * c * (dy * dy + dx * dx);
+    const float inv = scale / s0;
+    for (int n = lane; n < W; n += 32) {
+        float a = expf(row[n] - m) * inv;
+        row[n] = a * (gy * ((float)(st.x + n / ww) - ey) + gx * ((float)(st.y + n % ww) - ex));
+    }
+}
+
+// dQ[i, slots, feature slice] (+)= sum over pairs (i, j) of S[pair, q, window] . K_j.
+// grid (ceil(S/TQ), ceil(H*d/DS), F), block 256. pair_off/pair_idx: CSR of chunk pairs by i.
+template <typename L>
+__device__ void dq_impl(const float* __restrict__ scores, const typename L::T* __restrict__ k,
+                        const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                        const int* __restrict__ pair_idx, int H, int F, int S, int d, int w,
+                        const int* __restrict__ slot_tok, const int2* __restrict__ win, int wh, int ww,
+                        int accumulate, float* __restrict__ dq) {
+    __shared__ __align__(16) float Ss[NB][TQ + 4];
+    __shared__ __align__(16) float Ks[NB][DS + 4];
+    __shared__ int s_tok[TQ], s_r0[TQ], s_c0[TQ], box[4];
+    const int fi = blockIdx.z;
+    const int tid = threadIdx.x;
+    const int D = H * d;
+    const int f0 = blockIdx.y * DS;
+    const long long W = (long long)wh * ww;
+    if (tid < TQ) {
+        int sl = blockIdx.x * TQ + tid;
+        s_tok[tid] = sl < S ? slot_tok[sl] : -1;
+    }
+    __syncthreads();
+    const int tq = tid >> 5, tf = tid & 31;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    for (int pp = pair_off[fi]; pp < pair_off[fi + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int fj = pairs[pair].y;
+        __syncthreads();
+        if (tid < TQ) {
+            int tok = s_tok[tid];
+            int2 st = tok >= 0 ? win[(long long)pair * S + tok] : make_int2(0, 0);
+            s_r0[tid] = st.x; s_c0[tid] = st.y;
+        }
+        __syncthreads();
+        if (tid == 0) union_box(s_r0, s_c0, s_tok, TQ, wh, ww, box);
+        __syncthreads();
+        const int by0 = box[0], bx0 = box[2], bw = box[3];
+        const int nkeys = box[1] * bw;
+        for (int kc = 0; kc < nkeys; kc += NB) {
+            for (int e = tid; e < NB * TQ; e += blockDim.x) {
+                int sq = e % TQ, kk = e / TQ;
+                int key = kc + kk, tok = s_tok[sq];
+                float v = 0.f;
+                if (key < nkeys && tok >= 0) {
+                    int ky = by0 + key / bw, kx = bx0 + key % bw;
+                    int r0 = s_r0[sq], c0 = s_c0[sq];
+                    if (ky >= r0 && ky < r0 + wh && kx >= c0 && kx < c0 + ww)
+                        v = scores[((long long)pair * S + tok) * W + (ky - r0) * ww + (kx - c0)];
+                }
+                Ss[kk][sq] = v;
+            }
+            for (int e = tid; e < NB * DS; e += blockDim.x) {
+                int f = e % DS, kk = e / DS;
+                int key = kc + kk, fe = f0 + f;
+                float v = 0.f;
+                if (key < nkeys && fe < D) {
+                    int kt = (by0 + key / bw) * w + bx0 + key % bw;
+                    int hh = fe / d, c = fe % d;
+                    v = L::ld(k, (((long long)hh * F + fj) * S + kt) * d + c);
+                }
+                Ks[kk][f] = v;
+            }
+            __syncthreads();
+#pragma unroll 4
+            for (int kk = 0; kk < NB; kk++) {
+                float4 av = *reinterpret_cast<const float4*>(&Ss[kk][tq * 4]);
+                float4 bv = *reinterpret_cast<const float4*>(&Ks[kk][tf * 4]);
+                float aa[4] = {av.x, av.y, av.z, av.w};
+                float bb[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                for (int a = 0; a < 4; a++)
+#pragma unroll
+                    for (int b = 0; b < 4; b++) acc[a][b] = fmaf(aa[a], bb[b], acc[a][b]);
+            }
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int tok = s_tok[tq * 4 + a];
+        if (tok < 0) continue;
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            int fe = f0 + tf * 4 + b;
+            if (fe >= D) continue;
+            int hh = fe / d, c = fe % d;
+            long long o = (((long long)hh * F + fi) * S + tok) * d + c;
+            dq[o] = accumulate ? dq[o] + acc[a][b] : acc[a][b];
+        }
+    }
+}
+
+// dK[j, key tile, feature slice] (+)= sum over pairs (i, j) of S^T . Q_i over the queries whose
+// windows meet the key tile. grid (ceil(S/TQ), ceil(H*d/DS), F), block 256.
+template <typename L>
+__device__ void dk_impl(const float* __restrict__ scores, const typename L::T* __restrict__ q,
+                        const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                        const int* __restrict__ pair_idx, int H, int F, int S, int d, int w,
+                        const int* __restrict__ slot_tok, const int2* __restrict__ win, int wh, int ww,
+                        int accumulate, float* __restrict__ dk) {
+    __shared__ __align__(16) float Ss[NB][TQ + 4];
+    __shared__ __align__(16) float Qs[NB][DS + 4];
+    __shared__ int s_tok[TQ], qbox[4], kbox[4];
+    const int fj = blockIdx.z;
+    const int tid = threadIdx.x;
+    const int D = H * d;
+    const int f0 = blockIdx.y * DS;
+    const long long W = (long long)wh * ww;
+    if (tid < TQ) {
+        int sl = blockIdx.x * TQ + tid;
+        s_tok[tid] = sl < S ? slot_tok[sl] : -1;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+        for (int a = 0; a < TQ; a++) {
+            int t = s_tok[a];
+            if (t < 0) continue;
+            y0 = min(y0, t / w); y1 = max(y1, t / w);
+            x0 = min(x0, t % w); x1 = max(x1, t % w);
+        }
+        kbox[0] = y0; kbox[1] = y1; kbox[2] = x0; kbox[3] = x1;
+    }
+    const int tk = tid >> 5, tf = tid & 31;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    for (int pp = pair_off[fj]; pp < pair_off[fj + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int fi = pairs[pair].x;
+        __syncthreads();
+        if (tid == 0) { qbox[0] = 1 << 30; qbox[1] = -1; qbox[2] = 1 << 30; qbox[3] = -1; }
+        __syncthreads();
+        // Bounding box of the queries whose window meets the key tile.
+        {
+            int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+            for (int t = tid; t < S; t += blockDim.x) {
+                int2 st = win[(long long)pair * S + t];
+                if (st.x <= kbox[1] && st.x + wh > kbox[0] && st.y <= kbox[3] && st.y + ww > kbox[2]) {
+                    int ty = t / w, tx = t % w;
+                    y0 = min(y0, ty); y1 = max(y1, ty); x0 = min(x0, tx); x1 = max(x1, tx);
+                }
+            }
+            if (y1 >= 0) {
+                atomicMin(&qbox[0], y0); atomicMax(&qbox[1], y1);
+                atomicMin(&qbox[2], x0); atomicMax(&qbox[3], x1);
+            }
+        }
+        __syncthreads();
+        if (qbox[1] < 0) continue;
+        const int qy0 = qbox[0], qx0 = qbox[2], qw = qbox[3] - qbox[2] + 1;
+        const int nq = (qbox[1] - qbox[0] + 1) * qw;
+        for (int qc = 0; qc < nq; qc += NB) {
+            for (int e = tid; e < NB * TQ; e += blockDim.x) {
+                int sk = e % TQ, qq = e / TQ;
+                int cand = qc + qq, key = s_tok[sk];
+                float v = 0.f;
+                if (cand < nq && key >= 0) {
+                    int qt = (qy0 + cand / qw) * w + qx0 + cand % qw;
+                    int2 st = win[(long long)pair * S + qt];
+                    int ky = key / w, kx = key % w;
+                    if (ky >= st.x && ky < st.x + wh && kx >= st.y && kx < st.y + ww)
+                        v = scores[((long long)pair * S + qt) * W + (ky - st.x) * ww + (kx - st.y)];
+                }
+                Ss[qq][sk] = v;
+            }
+            for (int e = tid; e < NB * DS; e += blockDim.x) {
+                int f = e % DS, qq = e / DS;
+                int cand = qc + qq, fe = f0 + f;
+                float v = 0.f;
+                if (cand < nq && fe < D) {
+                    int qt = (qy0 + cand / qw) * w + qx0 + cand % qw;
+                    int hh = fe / d, c = fe % d;
+                    v = L::ld(q, (((long long)hh * F + fi) * S + qt) * d + c);
+                }
+                Qs[qq][f] = v;
+            }
+            __syncthreads();
+#pragma unroll 4
+            for (int qq = 0; qq < NB; qq++) {
+                float4 av = *reinterpret_cast<const float4*>(&Ss[qq][tk * 4]);
+                float4 bv = *reinterpret_cast<const float4*>(&Qs[qq][tf * 4]);
+                float aa[4] = {av.x, av.y, av.z, av.w};
+                float bb[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                for (int a = 0; a < 4; a++)
+#pragma unroll
+                    for (int b = 0; b < 4; b++) acc[a][b] = fmaf(aa[a], bb[b], acc[a][b]);
+            }
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int key = s_tok[tk * 4 + a];
+        if (key < 0) continue;
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            int fe = f0 + tf * 4 + b;
+            if (fe >= D) continue;
+            int hh = fe / d, c = fe % d;
+            long long o = (((long long)hh * F + fj) * S + key) * d + c;
+            dk[o] = accumulate ? dk[o] + acc[a][b] : acc[a][b];
+        }
+    }
+}
+
+#define GRAD_ENTRY(SUF, L)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) amf_dq_##SUF(                                \
+        const float* scores, const L::T* k, const int2* pairs, const int* pair_off,                \
+        const int* pair_idx, int H, int F, int S, int d, int w, const int* slot_tok,               \
+        const int2* win, int wh, int ww, int accumulate, float* dq) {                              \
+        dq_impl<L>(scores, k, pairs, pair_off, pair_idx, H, F, S, d, w, slot_tok, win, wh, ww,     \
+                   accumulate, dq);                                                                \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) amf_dk_##SUF(                                \
+        const float* scores, const L::T* q, const int2* pairs, const int* pair_off,                \
+        const int* pair_idx, int H, int F, int S, int d, int w, const int* slot_tok,               \
+        const int2* win, int wh, int ww, int accumulate, float* dk) {                              \
+        dk_impl<L>(scores, q, pairs, pair_off, pair_idx, H, F, S, d, w, slot_tok, win, wh, ww,     \
+                   accumulate, dk);                                                                \
+    }
+GRAD_ENTRY(f32, LdF32)
+GRAD_ENTRY(f16, LdF16)
+GRAD_ENTRY(bf16, LdBF16)
