@@ -1,0 +1,5 @@
+mod errors;
+mod movie;
+mod roundtrip;
+mod save;
+mod util;

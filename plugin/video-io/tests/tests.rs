@@ -1,0 +1,3 @@
+//! Integration tests of fastvmt-video-io: one binary, topic modules under `suite/`.
+
+mod suite;
