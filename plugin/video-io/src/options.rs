@@ -101,8 +101,9 @@ impl LoadOptions {
         if total == 0 {
             "the source holds no frames".into()
         } else {
+            let plural = if total == 1 { "" } else { "s" };
             format!(
-                "start {} is past the last frame ({total} frames)",
+                "start {} is past the last frame ({total} frame{plural})",
                 self.start
             )
         }

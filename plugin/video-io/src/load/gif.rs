@@ -17,6 +17,9 @@ use crate::{Frames, LoadOptions, VideoError};
 /// Delay browsers use for frames that ask for 0 or 10 ms, in milliseconds.
 const DEFAULT_DELAY_MS: f64 = 100.0;
 
+/// Bytes of one decoded RGBA frame the `gif` crate accepts (its fixed default).
+const GIF_FRAME_LIMIT: usize = 50_000_000;
+
 pub(super) fn load_gif(path: &Path, opts: &LoadOptions) -> Result<Frames, VideoError> {
     let file = File::open(path).map_err(VideoError::io(path, "cannot open"))?;
     let decoder = GifDecoder::new(BufReader::new(file))
@@ -34,6 +37,15 @@ pub(super) fn load_gif(path: &Path, opts: &LoadOptions) -> Result<Frames, VideoE
         reason,
     })?;
 
+    if width * height * 4 > GIF_FRAME_LIMIT {
+        return Err(VideoError::TooLarge {
+            path: path.to_path_buf(),
+            reason: format!(
+                "GIF canvas {width}x{height} exceeds the GIF decoder's limit of {} MB per RGBA frame (about 3500x3500)",
+                GIF_FRAME_LIMIT / 1_000_000
+            ),
+        });
+    }
     let mut collector = Collector::new(path, opts);
     collector.check_budget(1, width, height)?;
     let mut total_ms = 0.0f64;

@@ -103,7 +103,7 @@ fn no_frames_left_after_selection() {
     .unwrap_err();
     assert_message(
         &err,
-        &[&shown(&seq), "start 1 is past the last frame (1 frames)"],
+        &[&shown(&seq), "start 1 is past the last frame (1 frame)"],
     );
 }
 
@@ -173,25 +173,33 @@ fn missing_path_and_unknown_extension() {
     assert_message(&err, &[&shown(&text), "unsupported extension \"txt\""]);
 }
 
+/// A GIF of a `width` x `height` canvas holding one 1x1 frame: tiny file, big canvas.
+fn big_canvas_gif(path: &std::path::Path, width: u16, height: u16) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = gif::Encoder::new(file, width, height, &[0, 0, 0, 255, 255, 255]).unwrap();
+    let frame = gif::Frame {
+        width: 1,
+        height: 1,
+        buffer: std::borrow::Cow::Borrowed(&[1]),
+        ..Default::default()
+    };
+    enc.write_frame(&frame).unwrap();
+}
+
 #[test]
 fn oversized_gif_canvas_is_refused_without_decoding() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("huge.gif");
-    {
-        // A 20000x20000 canvas holding a single 1x1 frame: tiny file, absurd size.
-        let file = std::fs::File::create(&path).unwrap();
-        let mut enc = gif::Encoder::new(file, 20000, 20000, &[0, 0, 0, 255, 255, 255]).unwrap();
-        let frame = gif::Frame {
-            width: 1,
-            height: 1,
-            buffer: std::borrow::Cow::Borrowed(&[1]),
-            ..Default::default()
-        };
-        enc.write_frame(&frame).unwrap();
-    }
+    big_canvas_gif(&path, 20000, 20000);
     let err = load_video(&path, &LoadOptions::default()).unwrap_err();
     assert!(matches!(err, VideoError::TooLarge { .. }), "{err:?}");
     assert_message(&err, &[&shown(&path), "20000x20000", "16384"]);
+
+    let path = dir.path().join("large.gif");
+    big_canvas_gif(&path, 4000, 4000);
+    let err = load_video(&path, &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, VideoError::TooLarge { .. }), "{err:?}");
+    assert_message(&err, &[&shown(&path), "4000x4000", "50 MB"]);
 }
 
 #[test]

@@ -80,3 +80,30 @@ fn corrupt_movie_reports_the_ffmpeg_error_with_the_file() {
     );
     assert_message(&err, &[&shown(&path)]);
 }
+
+#[test]
+fn without_ffmpeg_movies_fail_with_install_advice_and_leave_nothing() {
+    if ffmpeg_available() {
+        eprintln!("skipping without_ffmpeg: ffmpeg is installed (the unit test in src/ffmpeg.rs covers the message)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    std::fs::write(&path, b"not really a movie").unwrap();
+    let err = load_video(&path, &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, VideoError::FfmpegMissing { .. }), "{err:?}");
+    assert_message(&err, &[&shown(&path), "apt-get install ffmpeg"]);
+
+    let out = dir.path().join("out");
+    let err = save_video(
+        &smooth_frames(32, 2, 4, 4, 8.0),
+        &out,
+        "clip",
+        VideoFormat::Mp4,
+        &never,
+    )
+    .unwrap_err();
+    assert!(matches!(err, VideoError::FfmpegMissing { .. }), "{err:?}");
+    assert_message(&err, &["ffmpeg", "apt-get install ffmpeg"]);
+    assert!(listing(&out).is_empty(), "left {:?}", listing(&out));
+}
