@@ -6,38 +6,6 @@ use common::*;
 use fastvmt_kernels::*;
 use half::{bf16, f16};
 
-/// The shapes/settings every parity test walks: odd sizes, borders, both centres, dense and
-/// local, windows larger than the frame, explicit pairs with a self pair and reversed pairs.
-pub fn cases() -> Vec<AmfSpec> {
-    vec![
-        spec(2, 3, 5, 7, 8, PairSet::AllOrdered, KeyWindow::Full),
-        spec(1, 2, 4, 4, 3, PairSet::AllOrdered, local(1)),
-        spec(3, 4, 6, 5, 16, PairSet::Forward { span: 4 }, local(2)),
-        spec(2, 5, 9, 11, 4, PairSet::Forward { span: 3 }, local(2)),
-        spec(2, 4, 7, 9, 5, PairSet::AllOrdered, coarse(2, 3, 4)),
-        spec(1, 3, 8, 6, 7, PairSet::Forward { span: 4 }, coarse(1, 2, 2)),
-        spec(2, 3, 5, 7, 6, PairSet::AllOrdered, local(10)), // window larger than the frame
-        spec(2, 3, 5, 9, 6, PairSet::AllOrdered, local(3)),  // 7 rows > 5: full height, 7 cols
-        spec(
-            1,
-            3,
-            6,
-            6,
-            9,
-            PairSet::Explicit(vec![(2, 0), (1, 1), (0, 2), (2, 0)]),
-            coarse(1, 4, 4),
-        ),
-        spec(1, 2, 1, 9, 4, PairSet::AllOrdered, local(2)), // single row
-    ]
-}
-
-fn window_name(s: &AmfSpec) -> String {
-    format!(
-        "{:?} {:?} {}x{} H{} d{}",
-        s.pairs, s.window, s.grid_h, s.grid_w, s.heads, s.head_dim
-    )
-}
-
 #[test]
 fn forward_matches_f64_reference() {
     for (n, s) in cases().iter().enumerate() {

@@ -207,7 +207,7 @@ extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int 
     const int2 st = win[r];
     const int tok = row_tok[rr];
     const float py = (float)(tok / w), px = (float)(tok % w);
-    float m = -INFINITY;
+    float m = __int_as_float(0xff800000);  // -inf
     int arg = 0x7fffffff;
     for (int n = lane; n < W; n += 32) {
         float v = row[n];

@@ -60,6 +60,28 @@ pub fn cuda_available() -> Result<(), String> {
     }
 }
 
+/// Compile `amf.cu` with NVRTC for a virtual architecture (e.g. `"compute_90"`). Needs only
+/// the NVRTC library (no driver, no GPU): the tests use it to check the source everywhere.
+pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, KernelError> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(KernelError::CudaUnavailable(
+            "the NVRTC library (libnvrtc) was not found".into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SRC, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            KernelError::Nvrtc(log.to_string_lossy().into_owned())
+        }
+        other => KernelError::Nvrtc(format!("{other:?}")),
+    })
+}
+
 fn drv<E: std::fmt::Debug>(e: E) -> KernelError {
     KernelError::CudaDriver(format!("{e:?}"))
 }
@@ -161,18 +183,8 @@ impl CudaAmf {
     fn create(device: usize) -> Result<Self, KernelError> {
         let ctx = CudaContext::new(device).map_err(drv)?;
         let (major, minor) = ctx.compute_capability().map_err(drv)?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let opts = cudarc::nvrtc::CompileOptions {
-            arch: Some(arch),
-            options: vec!["--std=c++17".into()],
-            ..Default::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(SRC, opts).map_err(|e| match e {
-            cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-                KernelError::Nvrtc(log.to_string_lossy().into_owned())
-            }
-            other => KernelError::Nvrtc(format!("{other:?}")),
-        })?;
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let ptx = compile(arch)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let mut funcs = HashMap::new();
         for &name in FUNCS {

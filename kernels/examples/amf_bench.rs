@@ -1,0 +1,205 @@
+//! CUDA timing of the AMF forward and forward+backward (device-resident inputs).
+//!
+//! `cargo run -p fastvmt-kernels --release --example amf_bench -- [out.json]`
+//! Prints a table; with a path, also writes JSON lines that `bench/amf_torch.py --ours` reads.
+//! Without CUDA it prints the reason and exits 0.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use fastvmt_kernels::cuda::CudaAmf;
+use fastvmt_kernels::*;
+use half::bf16;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut() -> Result<(), KernelError>>(
+    dev: &CudaAmf,
+    mut f: F,
+    reps: usize,
+) -> Result<f64, KernelError> {
+    for _ in 0..2 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut ts = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        ts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(ts))
+}
+
+fn run() -> Result<(), KernelError> {
+    let out_path = std::env::args().nth(1);
+    let mut out = out_path.map(|p| std::fs::File::create(p).expect("cannot create output file"));
+    let dev = CudaAmf::get(0)?;
+    println!("device: {}", dev.device_name());
+    let shapes = [
+        ("small", 12usize, 9usize, 15usize, 26usize, 128usize),
+        ("fastvmt", 12, 21, 30, 52, 128),
+        ("2x", 12, 21, 42, 74, 128),
+    ];
+    let modes: Vec<(&str, PairSet, KeyWindow)> = vec![
+        (
+            "span4 r10 query",
+            PairSet::Forward { span: 4 },
+            KeyWindow::Local {
+                radius: 10,
+                centre: WindowCentre::Query,
+            },
+        ),
+        (
+            "span4 r10 coarse3x4",
+            PairSet::Forward { span: 4 },
+            KeyWindow::Local {
+                radius: 10,
+                centre: WindowCentre::CoarseTiles {
+                    tile_h: 3,
+                    tile_w: 4,
+                },
+            },
+        ),
+        (
+            "allpairs r3 query",
+            PairSet::AllOrdered,
+            KeyWindow::Local {
+                radius: 3,
+                centre: WindowCentre::Query,
+            },
+        ),
+        ("span4 full", PairSet::Forward { span: 4 }, KeyWindow::Full),
+    ];
+    println!(
+        "{:<8} {:<20} {:<5} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10}",
+        "shape",
+        "mode",
+        "dtype",
+        "fwd ms",
+        "fwd+bwd ms",
+        "GFLOP",
+        "TFLOP/s",
+        "TC floor",
+        "SIMT floor"
+    );
+    for (sname, hn, f, gh, gw, d) in shapes {
+        let n = hn * f * gh * gw * d;
+        let mut rng = Rng(0x9E3779B97F4A7C15 ^ n as u64);
+        let q32: Vec<f32> = (0..n).map(|_| rng.next() * 1.5).collect();
+        let k32: Vec<f32> = (0..n).map(|_| rng.next() * 1.5).collect();
+        for (mname, pairs, window) in &modes {
+            let spec = AmfSpec {
+                heads: hn,
+                frames: f,
+                grid_h: gh,
+                grid_w: gw,
+                head_dim: d,
+                tau: 2.0,
+                pairs: pairs.clone(),
+                window: *window,
+            };
+            let np = resolve_pairs(&spec.pairs, f)?.len();
+            let s = gh * gw;
+            let wl = match window {
+                KeyWindow::Full => s,
+                KeyWindow::Local { radius, .. } => {
+                    (2 * radius + 1).min(gh) * (2 * radius + 1).min(gw)
+                }
+            };
+            // Useful FLOPs: logits 2*P*S*W*D; backward dQ + dK 2 more of the same.
+            let g1 = 2.0 * (np * s * wl * hn * d) as f64 / 1e9;
+            let gflop = 3.0 * g1;
+            let bytes = (2 * n * 2 + 2 * n * 4) as f64; // q, k bf16 in; dq, dk f32 out
+            let tc_floor = (gflop / 798e3).max(bytes / 3.0e12 * 1e3);
+            let simt_floor = gflop / 67e3;
+            for dtype in ["bf16", "f32"] {
+                let (fwd, fb) = if dtype == "bf16" {
+                    let qb: Vec<bf16> = q32.iter().map(|&v| bf16::from_f32(v)).collect();
+                    let kb: Vec<bf16> = k32.iter().map(|&v| bf16::from_f32(v)).collect();
+                    bench(&dev, &spec, &qb, &kb)?
+                } else {
+                    bench(&dev, &spec, &q32, &k32)?
+                };
+                println!(
+                    "{:<8} {:<20} {:<5} {:>9.3} {:>11.3} {:>8.1} {:>9.1} {:>10.3} {:>10.3}",
+                    sname,
+                    mname,
+                    dtype,
+                    fwd,
+                    fb,
+                    gflop,
+                    gflop / fb,
+                    tc_floor,
+                    simt_floor
+                );
+                if let Some(o) = out.as_mut() {
+                    writeln!(
+                        o,
+                        "{{\"shape\":\"{sname}\",\"mode\":\"{mname}\",\"dtype\":\"{dtype}\",\"fwd_ms\":{fwd},\"fb_ms\":{fb},\"gflop\":{gflop}}}"
+                    )
+                    .ok();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench<T: Element>(
+    dev: &CudaAmf,
+    spec: &AmfSpec,
+    q: &[T],
+    k: &[T],
+) -> Result<(f64, f64), KernelError> {
+    let (qd, kd) = (dev.to_device(q)?, dev.to_device(k)?);
+    let reference = dev.compute_amf_device(spec, &qd, &kd, Readout::Argmax)?;
+    let fwd = time(
+        dev,
+        || {
+            dev.compute_amf_device(spec, &qd, &kd, Readout::SoftArgmax)
+                .map(|_| ())
+        },
+        10,
+    )?;
+    let (mut dq, mut dk) = (dev.zeros(q.len())?, dev.zeros(q.len())?);
+    let ls = LossSpec::fastvmt();
+    let fb = time(
+        dev,
+        || {
+            dev.loss_and_grad_device(spec, &qd, &kd, &reference, &ls, &mut dq, &mut dk)
+                .map(|_| ())
+        },
+        10,
+    )?;
+    Ok((fwd, fb))
+}
+
+fn main() -> ExitCode {
+    if let Err(reason) = Backend::cuda_available() {
+        println!("CUDA unavailable: {reason}");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! CUDA back end vs the CPU back end. Skips (passing, with the reason printed) where no CUDA
+//! driver is present. Outputs and scratch buffers are NaN-poisoned before every run.
+
+mod common;
+
+use common::*;
+use fastvmt_kernels::cuda::CudaAmf;
+use fastvmt_kernels::*;
+use half::{bf16, f16};
+
+fn cuda() -> Option<Backend> {
+    match Backend::cuda_available() {
+        Ok(()) => {
+            let dev = CudaAmf::get(0).expect("CUDA present but the module failed to build");
+            println!("CUDA device: {}", dev.device_name());
+            dev.set_poison(true);
+            Some(Backend::Cuda { device: 0 })
+        }
+        Err(reason) => {
+            println!("SKIPPED: CUDA unavailable: {reason}");
+            None
+        }
+    }
+}
+
+fn gpu_cases() -> Vec<AmfSpec> {
+    let mut v = cases();
+    v.push(spec(
+        2,
+        4,
+        13,
+        19,
+        40,
+        PairSet::Forward { span: 4 },
+        local(4),
+    ));
+    v.push(spec(2, 3, 13, 19, 40, PairSet::AllOrdered, coarse(3, 3, 4)));
+    v.push(spec(3, 3, 9, 10, 33, PairSet::AllOrdered, KeyWindow::Full));
+    v.push(spec(
+        12,
+        3,
+        30,
+        52,
+        128,
+        PairSet::Forward { span: 4 },
+        coarse(10, 3, 4),
+    ));
+    v
+}
+
+struct Report {
+    worst: [f64; 5],
+}
+
+/// Compare one dtype on one case; returns rel errors (soft disp, argmax mismatch fraction,
+/// loss, dq, dk) of CUDA vs CPU on the same inputs.
+fn compare<T: Element>(
+    gpu: &Backend,
+    s: &AmfSpec,
+    q: &[T],
+    k: &[T],
+    reference: &AmfField,
+) -> [f64; 5] {
+    let cpu = Backend::Cpu;
+    let sc = compute_amf(&cpu, q, k, s, Readout::SoftArgmax).unwrap();
+    let sg = compute_amf(gpu, q, k, s, Readout::SoftArgmax).unwrap();
+    let ac = compute_amf(&cpu, q, k, s, Readout::Argmax).unwrap();
+    let ag = compute_amf(gpu, q, k, s, Readout::Argmax).unwrap();
+    assert_eq!(sg.pairs, sc.pairs);
+    let mism =
+        ac.disp.iter().zip(&ag.disp).filter(|(a, b)| a != b).count() as f64 / ac.disp.len() as f64;
+    let ls = LossSpec {
+        pair_weights: PairWeights::LinearDecay {
+            first: 1.0,
+            last: 0.8,
+        },
+        moving_threshold: Some(0.5),
+    };
+    let gc = amf_loss_and_grad(&cpu, q, k, s, reference, &ls).unwrap();
+    let gg = amf_loss_and_grad(gpu, q, k, s, reference, &ls).unwrap();
+    assert_eq!(gc.kept, gg.kept);
+    [
+        rel_err32(&sg.disp, &sc.disp),
+        mism,
+        ((gg.loss - gc.loss) / gc.loss).abs() as f64,
+        rel_err32(&gg.dq, &gc.dq),
+        rel_err32(&gg.dk, &gc.dk),
+    ]
+}
+
+#[test]
+fn cuda_matches_cpu() {
+    let Some(gpu) = cuda() else { return };
+    let mut rep = Report { worst: [0.0; 5] };
+    // Under compute-sanitizer: only the small cases (the big one is slow there).
+    let small = std::env::var("FASTVMT_CUDA_TEST_SMALL").is_ok();
+    for (n, s) in gpu_cases().iter().enumerate() {
+        if small && s.grid_h * s.grid_w * s.heads > 1000 {
+            continue;
+        }
+        let len = s.heads * s.frames * s.grid_h * s.grid_w * s.head_dim;
+        let q = rand_vec(len, 1000 + n as u64, 1.5);
+        let k = rand_vec(len, 2000 + n as u64, 1.5);
+        let np = resolve_pairs(&s.pairs, s.frames).unwrap().len();
+        let reference = AmfField {
+            pairs: resolve_pairs(&s.pairs, s.frames).unwrap(),
+            grid_h: s.grid_h,
+            grid_w: s.grid_w,
+            disp: rand_vec(np * s.grid_h * s.grid_w * 2, 3000 + n as u64, 2.0),
+        };
+        // Multi-chunk path (accumulating gradients) on every other case.
+        if n % 2 == 1 {
+            std::env::set_var("FASTVMT_AMF_CHUNK_BYTES", "1");
+        }
+        let e32 = compare(&gpu, s, &q, &k, &reference);
+        let qh: Vec<f16> = q.iter().map(|&v| f16::from_f32(v)).collect();
+        let kh: Vec<f16> = k.iter().map(|&v| f16::from_f32(v)).collect();
+        let qb: Vec<bf16> = q.iter().map(|&v| bf16::from_f32(v)).collect();
+        let kb: Vec<bf16> = k.iter().map(|&v| bf16::from_f32(v)).collect();
+        let e16 = compare(&gpu, s, &qh, &kh, &reference);
+        let eb = compare(&gpu, s, &qb, &kb, &reference);
+        // Half inputs on CUDA against the f32 CPU computation on the unrounded inputs.
+        let cpu32 = compute_amf(&Backend::Cpu, &q, &k, s, Readout::SoftArgmax).unwrap();
+        let gb = compute_amf(&gpu, &qb, &kb, s, Readout::SoftArgmax).unwrap();
+        let half_vs_f32 = rel_err32(&gb.disp, &cpu32.disp);
+        std::env::remove_var("FASTVMT_AMF_CHUNK_BYTES");
+        println!(
+            "{}\n  f32 {:?}\n  f16 {:?}\n  bf16 {:?}\n  bf16-cuda vs f32-cpu disp {half_vs_f32:.1e}",
+            window_name(s),
+            e32.map(|v| format!("{v:.1e}")),
+            e16.map(|v| format!("{v:.1e}")),
+            eb.map(|v| format!("{v:.1e}"))
+        );
+        for e in [&e32, &e16, &eb] {
+            for (a, b) in rep.worst.iter_mut().zip(e) {
+                *a = a.max(*b);
+            }
+            assert!(
+                e[0] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-5 && e[4] < 1e-5,
+                "{}: {e:?}",
+                window_name(s)
+            );
+            assert!(e[1] < 1e-3, "argmax mismatch fraction {}", e[1]);
+        }
+        assert!(half_vs_f32 < 1e-2);
+    }
+    println!(
+        "worst CUDA vs CPU: disp {:.1e}, argmax mismatch {:.1e}, loss {:.1e}, dq {:.1e}, dk {:.1e}",
+        rep.worst[0], rep.worst[1], rep.worst[2], rep.worst[3], rep.worst[4]
+    );
+}
+
+#[test]
+fn cuda_errors_are_typed() {
+    let Some(gpu) = cuda() else { return };
+    let s = spec(2, 3, 4, 5, 3, PairSet::AllOrdered, local(1));
+    let n = 2 * 3 * 20 * 3;
+    let (q, k) = (rand_vec(n, 1, 1.0), rand_vec(n, 2, 1.0));
+    assert!(matches!(
+        compute_amf(&gpu, &q[1..], &k, &s, Readout::SoftArgmax).unwrap_err(),
+        KernelError::ShapeMismatch { .. }
+    ));
+    assert!(matches!(
+        compute_amf(
+            &Backend::Cuda { device: 99 },
+            &q,
+            &k,
+            &s,
+            Readout::SoftArgmax
+        )
+        .unwrap_err(),
+        KernelError::CudaUnavailable(_)
+    ));
+}
+
+/// The kernel source compiles with NVRTC (needs only libnvrtc, no GPU).
+#[test]
+fn nvrtc_compiles_the_kernels() {
+    match fastvmt_kernels::cuda::compile("compute_90") {
+        Ok(ptx) => {
+            let src = ptx.to_src();
+            for name in [
+                "amf_logits_bf16",
+                "amf_dq_f16",
+                "amf_dk_f32",
+                "amf_rows",
+                "amf_windows",
+            ] {
+                assert!(src.contains(name), "{name} missing from the PTX");
+            }
+            println!("NVRTC: {} bytes of PTX", src.len());
+            if let Ok(path) = std::env::var("FASTVMT_PTX_OUT") {
+                std::fs::write(path, &src).unwrap();
+            }
+        }
+        Err(KernelError::CudaUnavailable(r)) => println!("SKIPPED: {r}"),
+        Err(e) => panic!("{e}"),
+    }
+}
