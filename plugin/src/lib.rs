@@ -9,7 +9,9 @@
 // sabi_trait expands to impls of foreign traits inside the generated modules.
 #![allow(non_local_definitions)]
 
+pub mod model;
 pub mod nodes;
+pub mod sampler;
 pub mod runtime;
 
 use node_abi::{

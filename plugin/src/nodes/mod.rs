@@ -1,6 +1,9 @@
 //! Every node of the plugin, declared once.
 
+pub mod encode_prompt;
+pub mod gradient_cached_sampler;
 pub mod load_reference;
+pub mod local_attention_dit;
 pub mod save_video;
 
 use node_abi::{InputSpec, NodeDescriptor, NodeInstanceBox, OutputSpec, ValueType};
@@ -12,7 +15,13 @@ pub struct NodeClass {
 }
 
 /// The plugin's nodes, in palette order.
-pub const ALL: &[NodeClass] = &[load_reference::CLASS, save_video::CLASS];
+pub const ALL: &[NodeClass] = &[
+    load_reference::CLASS,
+    local_attention_dit::CLASS,
+    encode_prompt::CLASS,
+    gradient_cached_sampler::CLASS,
+    save_video::CLASS,
+];
 
 /// Assembles a descriptor from its parts.
 pub fn descriptor(

@@ -1,0 +1,318 @@
+//! A loaded DiT: one ONNX Runtime session per graph, created once and shared by every node
+//! and run of the process (see [`DitModel::load`], which caches by bundle folder and device).
+//! Every call can be cancelled mid-run: a watcher thread polls the caller's cancel flag and
+//! terminates the run through ONNX Runtime's run options.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ort::session::{RunOptions, Session};
+use ort::value::TensorRef;
+
+use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
+use super::{rope, tokenizer};
+use crate::runtime::ort_env;
+
+/// Where the DiT runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{0}")]
+    Runtime(String),
+    #[error("{file}: {message}")]
+    Onnx { file: PathBuf, message: String },
+    #[error("CUDA was asked for but is not available: {0}")]
+    CudaUnavailable(String),
+    #[error("the model bundle has no {0} graph")]
+    MissingGraph(&'static str),
+    #[error("{0}")]
+    Shape(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Per-call cancellation check (the node's host services).
+pub type CancelCheck<'a> = &'a (dyn Fn() -> bool + Sync);
+
+struct Graph {
+    file: PathBuf,
+    session: Mutex<Session>,
+}
+
+/// A model bundle with its sessions.
+pub struct DitModel {
+    pub bundle: Bundle,
+    pub device: Device,
+    text_encoder: Graph,
+    denoiser: Graph,
+    guidance_head: Option<Graph>,
+    guidance_grad: Option<Graph>,
+    empty_text: OnceLock<Vec<f32>>,
+}
+
+/// A tensor coming back from a graph.
+pub struct Output {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session, ModelError> {
+    let (env, _) = ort_env::environment().map_err(|e| ModelError::Runtime(e.to_string()))?;
+    let onnx = |message: String| ModelError::Onnx { file: path.to_path_buf(), message };
+    let build = || -> ort::Result<Session> {
+        let mut builder = Session::builder(env)?;
+        if device == Device::Cuda {
+            builder = builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
+        }
+        builder.commit_from_file(path)
+    };
+    let session = build().map_err(|e| onnx(format!("cannot open with ONNX Runtime: {e}")))?;
+    // The graph must take and give what the plugin feeds and reads, with the right ranks.
+    for (name, rank) in role.inputs {
+        let Some(outlet) = session.inputs().iter().find(|o| o.name() == *name) else {
+            let found: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+            return Err(onnx(format!("input '{name}' is missing (the graph's inputs: {})", found.join(", "))));
+        };
+        if let Some(shape) = outlet.dtype().tensor_shape() {
+            if shape.len() != *rank {
+                return Err(onnx(format!("input '{name}' has rank {}, expected {rank}", shape.len())));
+            }
+        }
+    }
+    for (name, rank) in role.outputs {
+        let Some(outlet) = session.outputs().iter().find(|o| o.name() == *name) else {
+            let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+            return Err(onnx(format!("output '{name}' is missing (the graph's outputs: {})", found.join(", "))));
+        };
+        if let Some(shape) = outlet.dtype().tensor_shape() {
+            if shape.len() != *rank {
+                return Err(onnx(format!("output '{name}' has rank {}, expected {rank}", shape.len())));
+            }
+        }
+    }
+    Ok(session)
+}
+
+static LOADED: OnceLock<Mutex<HashMap<(PathBuf, Device), Arc<DitModel>>>> = OnceLock::new();
+
+impl DitModel {
+    /// Opens the bundle in `dir` on `device`, or returns the already loaded one.
+    pub fn load(dir: &Path, device: Device) -> Result<Arc<DitModel>, ModelError> {
+        let key = (dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()), device);
+        let cache = LOADED.get_or_init(Default::default);
+        if let Some(m) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(m.clone());
+        }
+        let bundle = Bundle::open(dir)?;
+        if device == Device::Cuda {
+            fastvmt_kernels::Backend::cuda_available().map_err(ModelError::CudaUnavailable)?;
+        }
+        let mut graphs: HashMap<&str, Graph> = HashMap::new();
+        for role in ROLES.iter() {
+            if let Some(path) = bundle.path(role.key) {
+                let session = open_session(&path, role, device)?;
+                graphs.insert(role.key, Graph { file: path, session: Mutex::new(session) });
+            }
+        }
+        let take = |graphs: &mut HashMap<&str, Graph>, key: &'static str| graphs.remove(key).ok_or(ModelError::MissingGraph(key));
+        let model = Arc::new(DitModel {
+            text_encoder: take(&mut graphs, "text_encoder")?,
+            denoiser: take(&mut graphs, "denoiser")?,
+            guidance_head: graphs.remove("guidance_head"),
+            guidance_grad: graphs.remove("guidance_grad"),
+            bundle,
+            device,
+            empty_text: OnceLock::new(),
+        });
+        cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, model.clone());
+        Ok(model)
+    }
+
+    pub fn manifest(&self) -> &super::Manifest {
+        &self.bundle.manifest
+    }
+
+    pub fn has_guidance(&self) -> bool {
+        self.guidance_head.is_some() && self.guidance_grad.is_some()
+    }
+
+    /// Runs one graph with f32/i64 inputs, terminating it when `cancel` turns true.
+    fn run(graph: &Graph, inputs: Vec<(&str, Input<'_>)>, outputs: &[&str], cancel: CancelCheck<'_>) -> Result<Vec<Output>, ModelError> {
+        let onnx = |message: String| ModelError::Onnx { file: graph.file.clone(), message };
+        if cancel() {
+            return Err(ModelError::Cancelled);
+        }
+        let options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
+        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for (name, input) in &inputs {
+            let value = match input {
+                Input::F32(shape, data) => TensorRef::from_array_view((shape.clone(), *data)).map(Into::into),
+                Input::I64(shape, data) => TensorRef::from_array_view((shape.clone(), *data)).map(Into::into),
+            }
+            .map_err(|e| onnx(format!("input '{name}': {e}")))?;
+            values.push((name.to_string(), value));
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if cancel() {
+                        let _ = options.terminate();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            let r = (|| -> Result<Vec<Output>, ModelError> {
+                let outs = session.run_with_options(values, &options).map_err(|e| onnx(e.to_string()))?;
+                outputs
+                    .iter()
+                    .map(|name| {
+                        let (shape, data) = outs[*name].try_extract_tensor::<f32>().map_err(|e| onnx(format!("output '{name}': {e}")))?;
+                        Ok(Output { shape: shape.iter().map(|&d| d as usize).collect(), data: data.to_vec() })
+                    })
+                    .collect()
+            })();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
+        });
+        match result {
+            Err(_) if cancel() => Err(ModelError::Cancelled),
+            other => other,
+        }
+    }
+
+    /// Text embeddings `[B, L, D]` for `prompts` (words outside the vocabulary are returned
+    /// so the caller can warn).
+    pub fn encode_text(&self, prompts: &[&str], cancel: CancelCheck<'_>) -> Result<(Vec<f32>, Vec<String>), ModelError> {
+        let spec = &self.manifest().text;
+        let mut ids = Vec::with_capacity(prompts.len() * spec.max_len);
+        let mut unknown = Vec::new();
+        for p in prompts {
+            let (t, u) = tokenizer::tokenize(spec, p);
+            ids.extend(t);
+            unknown.extend(u);
+        }
+        let out = Self::run(&self.text_encoder, vec![("tokens", Input::I64(vec![prompts.len() as i64, spec.max_len as i64], &ids))], &["text"], cancel)?;
+        Ok((out.into_iter().next().map(|o| o.data).unwrap_or_default(), unknown))
+    }
+
+    /// Embeddings of the empty prompt `[1, L, D]` (the unconditional input).
+    pub fn empty_text(&self, cancel: CancelCheck<'_>) -> Result<&[f32], ModelError> {
+        if let Some(t) = self.empty_text.get() {
+            return Ok(t);
+        }
+        let (t, _) = self.encode_text(&[""], cancel)?;
+        Ok(self.empty_text.get_or_init(|| t))
+    }
+
+    /// Checks a pixel latent shape `[B, C, F, H, W]` against the bundle and returns the token grid.
+    pub fn token_grid(&self, frames: usize, height: usize, width: usize) -> Result<(usize, usize, usize), ModelError> {
+        let [pt, ph, pw] = self.manifest().patch_size;
+        if frames % pt != 0 || height % ph != 0 || width % pw != 0 {
+            return Err(ModelError::Shape(format!(
+                "{frames} frames of {width}x{height} do not divide into the model's {pt}x{ph}x{pw} patches (width and height must be multiples of {pw} and {ph})"
+            )));
+        }
+        Ok((frames / pt, height / ph, width / pw))
+    }
+
+    /// RoPE tables for a latent of `frames x height x width`.
+    pub fn rope(&self, frames: usize, height: usize, width: usize) -> Result<Rope, ModelError> {
+        let (f, h, w) = self.token_grid(frames, height, width)?;
+        let m = self.manifest();
+        let (cos, sin) = rope::tables(f, h, w, m.rope.axes_dim, m.rope.theta);
+        Ok(Rope { tokens: f * h * w, cols: m.head_dim / 2, cos, sin, grid: (f, h, w) })
+    }
+
+    fn dit_inputs<'a>(x: &'a Latent<'a>, t: &'a [f32], text: &'a [f32], rope: &'a Rope, text_shape: [i64; 3]) -> Vec<(&'static str, Input<'a>)> {
+        vec![
+            ("x", Input::F32(x.shape.iter().map(|&d| d as i64).collect(), x.data)),
+            ("t", Input::F32(vec![t.len() as i64], t)),
+            ("text", Input::F32(text_shape.to_vec(), text)),
+            ("rope_cos", Input::F32(vec![rope.tokens as i64, rope.cols as i64], &rope.cos)),
+            ("rope_sin", Input::F32(vec![rope.tokens as i64, rope.cols as i64], &rope.sin)),
+        ]
+    }
+
+    fn text_shape(&self, batch: usize, text: &[f32]) -> Result<[i64; 3], ModelError> {
+        let spec = &self.manifest().text;
+        let per = spec.max_len * spec.dim;
+        if text.len() != batch * per {
+            return Err(ModelError::Shape(format!("text embeddings have {} values, expected {batch} x {} x {}", text.len(), spec.max_len, spec.dim)));
+        }
+        Ok([batch as i64, spec.max_len as i64, spec.dim as i64])
+    }
+
+    /// Velocity prediction for a batch `x [B,C,F,H,W]` at times `t [B]` with text `[B,L,D]`.
+    pub fn velocity(&self, x: &Latent<'_>, t: &[f32], text: &[f32], rope: &Rope, cancel: CancelCheck<'_>) -> Result<Vec<f32>, ModelError> {
+        let ts = self.text_shape(x.shape[0], text)?;
+        let out = Self::run(&self.denoiser, Self::dit_inputs(x, t, text, rope, ts), &["velocity"], cancel)?;
+        Ok(out.into_iter().next().map(|o| o.data).unwrap_or_default())
+    }
+
+    /// Q and K `[B, heads, N, head_dim]` of the motion block.
+    pub fn guidance_qk(&self, x: &Latent<'_>, t: &[f32], text: &[f32], rope: &Rope, cancel: CancelCheck<'_>) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let graph = self.guidance_head.as_ref().ok_or(ModelError::MissingGraph("guidance_head"))?;
+        let ts = self.text_shape(x.shape[0], text)?;
+        let mut out = Self::run(graph, Self::dit_inputs(x, t, text, rope, ts), &["q", "k"], cancel)?.into_iter();
+        let q = out.next().map(|o| o.data).unwrap_or_default();
+        let k = out.next().map(|o| o.data).unwrap_or_default();
+        Ok((q, k))
+    }
+
+    /// dL/dx given dL/dQ and dL/dK of the motion block (the VJP through blocks 0..L).
+    #[allow(clippy::too_many_arguments)]
+    pub fn guidance_grad(&self, x: &Latent<'_>, t: &[f32], text: &[f32], rope: &Rope, dq: &[f32], dk: &[f32], cancel: CancelCheck<'_>) -> Result<Vec<f32>, ModelError> {
+        let graph = self.guidance_grad.as_ref().ok_or(ModelError::MissingGraph("guidance_grad"))?;
+        let ts = self.text_shape(x.shape[0], text)?;
+        let m = self.manifest();
+        let qk_shape = vec![x.shape[0] as i64, m.heads as i64, rope.tokens as i64, m.head_dim as i64];
+        let mut inputs = Self::dit_inputs(x, t, text, rope, ts);
+        inputs.push(("dq", Input::F32(qk_shape.clone(), dq)));
+        inputs.push(("dk", Input::F32(qk_shape, dk)));
+        let out = Self::run(graph, inputs, &["dx"], cancel)?;
+        Ok(out.into_iter().next().map(|o| o.data).unwrap_or_default())
+    }
+}
+
+/// An input tensor borrowed from the caller.
+pub enum Input<'a> {
+    F32(Vec<i64>, &'a [f32]),
+    I64(Vec<i64>, &'a [i64]),
+}
+
+/// A borrowed latent `[B, C, F, H, W]`.
+pub struct Latent<'a> {
+    pub shape: [usize; 5],
+    pub data: &'a [f32],
+}
+
+/// RoPE tables for one token grid.
+pub struct Rope {
+    pub tokens: usize,
+    pub cols: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    /// Token grid (frames, rows, cols).
+    pub grid: (usize, usize, usize),
+}

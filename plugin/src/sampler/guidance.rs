@@ -1,0 +1,314 @@
+//! AMF guidance: on the first denoising steps, optimise the latent so the motion flow read
+//! from the motion block's attention matches the reference's.
+//!
+//! Modes (`GuidanceMode`):
+//! - `ditflow`: dense AMF (all ordered frame pairs, all keys; DiTFlow's moving-entries mask),
+//!   a real forward+backward on every inner step.
+//! - `fastvmt`: the model's AMF setting (by default local: spatial key window, optional
+//!   temporal window, pair weights 1 → 0.8) and gradient skipping: a real gradient on inner
+//!   steps `0, r, 2r, …` (r = reuse interval), the cached one otherwise.
+//! - `adaptive`: like `fastvmt`, but the interval follows the measured cosine between
+//!   successive real gradients (similar → wait longer, different → refresh sooner), and a
+//!   step whose predecessor ended with a stable, improving gradient starts on the cached one
+//!   (reuse across denoising steps).
+//!
+//! Per guided step the reference AMF is recomputed: the reference noised to
+//! `reference_noise_scale * t` with fixed noise, through the guidance head with the empty
+//! prompt, read out with argmax.
+
+use fastvmt_kernels::{
+    amf_loss_and_grad, compute_amf, AmfField, AmfSpec, Backend, KeyWindow, LossAndGrad, LossSpec, PairSet, PairWeights, Readout, WindowCentre,
+};
+use half::{bf16, f16};
+
+use super::adamw::AdamW;
+use super::{SampleError, SampleStats};
+use crate::model::dit::{CancelCheck, Latent, ModelError, Rope};
+use crate::model::DitModel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuidanceMode {
+    None,
+    DitFlow,
+    FastVmt,
+    Adaptive,
+}
+
+impl GuidanceMode {
+    pub const NAMES: [&'static str; 4] = ["none", "ditflow", "fastvmt", "adaptive"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GuidanceMode::None => "none",
+            GuidanceMode::DitFlow => "ditflow",
+            GuidanceMode::FastVmt => "fastvmt",
+            GuidanceMode::Adaptive => "adaptive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(GuidanceMode::None),
+            "ditflow" => Some(GuidanceMode::DitFlow),
+            "fastvmt" => Some(GuidanceMode::FastVmt),
+            "adaptive" => Some(GuidanceMode::Adaptive),
+            _ => None,
+        }
+    }
+}
+
+/// Numeric precision of the Q/K fed to the AMF kernels (accumulation is always f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmfPrecision {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// The AMF used by `fastvmt` and `adaptive` (set on the MODEL by `LocalAttentionDiT`).
+#[derive(Debug, Clone)]
+pub struct AmfConfig {
+    /// Local (key window) or dense AMF.
+    pub local: bool,
+    /// Forward pairs `1 <= j-i < temporal_window`; 0 = all ordered pairs.
+    pub temporal_window: usize,
+    pub spatial_radius: usize,
+    /// Window centre from FastVMT's coarse tile search (else the query's own position).
+    pub coarse_tiles: bool,
+    pub tau: f32,
+    pub precision: AmfPrecision,
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuidanceSettings {
+    pub mode: GuidanceMode,
+    /// Fraction of the denoising steps that are guided (the first ones).
+    pub fraction: f32,
+    pub inner_steps: usize,
+    pub reuse_interval: usize,
+    /// Learning rate at the first guided step, decaying linearly to `lr * lr_end_ratio`.
+    pub lr: f32,
+    pub lr_end_ratio: f32,
+    pub weight_decay: f32,
+    pub reference_noise_scale: f32,
+    pub amf: AmfConfig,
+    /// Adaptive: cosine above which a gradient is considered stable (wait longer).
+    pub stable_cos: f32,
+    /// Adaptive: cosine below which a gradient changed (refresh sooner).
+    pub changed_cos: f32,
+}
+
+/// What one guided step needs to know.
+pub struct StepContext<'a> {
+    pub step: usize,
+    pub t: f32,
+    pub reference: &'a [f32],
+    pub ref_noise: &'a [f32],
+    pub shape: &'a [usize; 5],
+    pub text: &'a [f32],
+    pub empty_text: &'a [f32],
+}
+
+pub struct Guide<'m> {
+    model: &'m DitModel,
+    settings: GuidanceSettings,
+    rope: &'m Rope,
+    guided_steps: usize,
+    spec: AmfSpec,
+    loss: LossSpec,
+    cached: Option<Vec<f32>>,
+    previous_real: Option<Vec<f32>>,
+    interval: usize,
+    last_cos: Option<f32>,
+    last_step_improved: bool,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        ab += (*x as f64) * (*y as f64);
+        aa += (*x as f64) * (*x as f64);
+        bb += (*y as f64) * (*y as f64);
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return 0.0;
+    }
+    (ab / (aa.sqrt() * bb.sqrt())) as f32
+}
+
+impl<'m> Guide<'m> {
+    pub fn new(model: &'m DitModel, settings: &GuidanceSettings, rope: &'m Rope, guided_steps: usize) -> Result<Self, SampleError> {
+        let m = model.manifest();
+        let (f, h, w) = rope.grid;
+        let dense = settings.mode == GuidanceMode::DitFlow || !settings.amf.local;
+        let (pairs, window) = if dense {
+            (PairSet::AllOrdered, KeyWindow::Full)
+        } else {
+            let pairs = if settings.amf.temporal_window == 0 { PairSet::AllOrdered } else { PairSet::Forward { span: settings.amf.temporal_window } };
+            let centre = if settings.amf.coarse_tiles { WindowCentre::CoarseTiles { tile_h: 3, tile_w: 4 } } else { WindowCentre::Query };
+            (pairs, KeyWindow::Local { radius: settings.amf.spatial_radius, centre })
+        };
+        let spec = AmfSpec { heads: m.heads, frames: f, grid_h: h, grid_w: w, head_dim: m.head_dim, tau: settings.amf.tau, pairs, window };
+        let loss = if settings.mode == GuidanceMode::DitFlow {
+            LossSpec { pair_weights: PairWeights::Uniform, moving_threshold: Some(0.5) }
+        } else {
+            LossSpec { pair_weights: PairWeights::LinearDecay { first: 1.0, last: 0.8 }, moving_threshold: None }
+        };
+        Ok(Self {
+            model,
+            settings: settings.clone(),
+            rope,
+            guided_steps,
+            spec,
+            loss,
+            cached: None,
+            previous_real: None,
+            interval: settings.reuse_interval.max(1),
+            last_cos: None,
+            last_step_improved: false,
+        })
+    }
+
+    fn amf(&self, q: &[f32], k: &[f32]) -> Result<AmfField, fastvmt_kernels::KernelError> {
+        let b = &self.settings.amf.backend;
+        match self.settings.amf.precision {
+            AmfPrecision::F32 => compute_amf(b, q, k, &self.spec, Readout::Argmax),
+            AmfPrecision::F16 => compute_amf(b, &to_half::<f16>(q), &to_half::<f16>(k), &self.spec, Readout::Argmax),
+            AmfPrecision::Bf16 => compute_amf(b, &to_half::<bf16>(q), &to_half::<bf16>(k), &self.spec, Readout::Argmax),
+        }
+    }
+
+    fn loss_grad(&self, q: &[f32], k: &[f32], reference: &AmfField) -> Result<LossAndGrad, fastvmt_kernels::KernelError> {
+        let b = &self.settings.amf.backend;
+        match self.settings.amf.precision {
+            AmfPrecision::F32 => amf_loss_and_grad(b, q, k, &self.spec, reference, &self.loss),
+            AmfPrecision::F16 => amf_loss_and_grad(b, &to_half::<f16>(q), &to_half::<f16>(k), &self.spec, reference, &self.loss),
+            AmfPrecision::Bf16 => amf_loss_and_grad(b, &to_half::<bf16>(q), &to_half::<bf16>(k), &self.spec, reference, &self.loss),
+        }
+    }
+
+    /// The reference AMF at time `t` (one guidance-head pass, no gradient).
+    fn reference_amf(&self, ctx: &StepContext<'_>, stats: &mut SampleStats, cancel: CancelCheck<'_>) -> Result<AmfField, SampleError> {
+        let rt = (self.settings.reference_noise_scale * ctx.t).clamp(0.0, 1.0);
+        let x_ref: Vec<f32> = ctx.reference.iter().zip(ctx.ref_noise).map(|(r, e)| (1.0 - rt) * r + rt * e).collect();
+        let (q, k) = self.model.guidance_qk(&Latent { shape: *ctx.shape, data: &x_ref }, &[rt], ctx.empty_text, self.rope, cancel)?;
+        stats.real_forward += 1;
+        Ok(self.amf(&q, &k)?)
+    }
+
+    /// A real gradient: guidance-head forward, AMF loss and its gradient, VJP to the latent.
+    fn real_gradient(&self, x: &[f32], ctx: &StepContext<'_>, reference: &AmfField, stats: &mut SampleStats, cancel: CancelCheck<'_>) -> Result<(f32, Vec<f32>), SampleError> {
+        let latent = Latent { shape: *ctx.shape, data: x };
+        let (q, k) = self.model.guidance_qk(&latent, &[ctx.t], ctx.text, self.rope, cancel)?;
+        stats.real_forward += 1;
+        let lg = self.loss_grad(&q, &k, reference)?;
+        let dx = self.model.guidance_grad(&latent, &[ctx.t], ctx.text, self.rope, &lg.dq, &lg.dk, cancel)?;
+        stats.real_backward += 1;
+        Ok((lg.loss, dx))
+    }
+
+    /// Runs the inner optimisation of one guided denoising step on `x`.
+    pub fn optimise(
+        &mut self,
+        x: &mut Vec<f32>,
+        ctx: &StepContext<'_>,
+        stats: &mut SampleStats,
+        progress: &mut dyn FnMut(usize, &str),
+        cancel: CancelCheck<'_>,
+    ) -> Result<(), SampleError> {
+        let s = &self.settings;
+        let decay = if self.guided_steps > 1 { ctx.step as f32 / (self.guided_steps - 1) as f32 } else { 0.0 };
+        let lr = s.lr * (1.0 - (1.0 - s.lr_end_ratio) * decay);
+        let reference = self.reference_amf(ctx, stats, cancel)?;
+        let snapshot = x.clone();
+        let mut opt = AdamW::new(x.len(), s.weight_decay);
+        let mode = s.mode;
+        let inner = s.inner_steps;
+
+        // Adaptive: start on the previous step's gradient when it had settled.
+        let mut next_real = 0usize;
+        if mode == GuidanceMode::Adaptive && self.cached.is_some() && self.last_step_improved && self.last_cos.is_some_and(|c| c >= s.stable_cos) {
+            next_real = self.interval;
+        } else if mode != GuidanceMode::Adaptive {
+            self.cached = None; // FastVMT: no reuse across denoising steps
+        }
+        let mut first_loss: Option<f32> = None;
+        let mut last_loss: Option<f32> = None;
+
+        for j in 0..inner {
+            if cancel() {
+                return Err(SampleError::Model(ModelError::Cancelled));
+            }
+            let need_real = self.cached.is_none()
+                || match mode {
+                    GuidanceMode::DitFlow => true,
+                    GuidanceMode::FastVmt => j % self.settings.reuse_interval.max(1) == 0,
+                    GuidanceMode::Adaptive => j >= next_real,
+                    GuidanceMode::None => false,
+                };
+            let mut note = String::new();
+            if need_real {
+                let (loss, dx) = self.real_gradient(x, ctx, &reference, stats, cancel)?;
+                if !loss.is_finite() || dx.iter().any(|v| !v.is_finite()) {
+                    stats.stopped_on_nan = Some(format!("non-finite AMF loss or gradient at guided step {}, inner step {j}; guidance stopped, sampling went on unguided", ctx.step));
+                    *x = snapshot;
+                    self.cached = None;
+                    return Ok(());
+                }
+                stats.first_loss.get_or_insert(loss);
+                stats.final_loss = Some(loss);
+                first_loss.get_or_insert(loss);
+                last_loss = Some(loss);
+                if let Some(prev) = &self.previous_real {
+                    let cos = cosine(prev, &dx);
+                    self.last_cos = Some(cos);
+                    if mode == GuidanceMode::Adaptive {
+                        if cos >= self.settings.stable_cos {
+                            self.interval = (self.interval + 1).min(inner.max(1));
+                        } else if cos < self.settings.changed_cos {
+                            self.interval = (self.interval.saturating_sub(1)).max(1);
+                        }
+                    }
+                }
+                if mode == GuidanceMode::Adaptive {
+                    next_real = j + self.interval;
+                }
+                note = format!(", real gradient, loss {loss:.4}");
+                self.previous_real = Some(dx.clone());
+                self.cached = Some(dx);
+            } else {
+                stats.cached_steps += 1;
+            }
+            let grad = self.cached.as_ref().expect("a gradient exists after a real pass");
+            opt.step(x, grad, lr);
+            if x.iter().any(|v| !v.is_finite()) {
+                stats.stopped_on_nan = Some(format!("the latent became non-finite at guided step {}, inner step {j} (learning rate {lr} too high?); guidance stopped, sampling went on unguided", ctx.step));
+                *x = snapshot;
+                self.cached = None;
+                return Ok(());
+            }
+            progress(j, &format!("guided step {}/{}, inner {}/{inner}{note}", ctx.step + 1, self.guided_steps, j + 1));
+        }
+        self.last_step_improved = matches!((first_loss, last_loss), (Some(a), Some(b)) if b <= a);
+        Ok(())
+    }
+}
+
+fn to_half<T: HalfFrom>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}
+
+trait HalfFrom {
+    fn from_f32(x: f32) -> Self;
+}
+impl HalfFrom for f16 {
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+impl HalfFrom for bf16 {
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}

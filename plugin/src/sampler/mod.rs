@@ -1,0 +1,214 @@
+//! Motion-transfer sampling: flow-matching Euler sampling with classifier-free guidance, and
+//! AMF guidance on the first denoising steps (DiTFlow, FastVMT, or our adaptive schedule).
+//! Used by the `GradientCachedSampler` node and by the motion-fidelity harness binary.
+
+pub mod adamw;
+pub mod guidance;
+pub mod schedule;
+
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::model::dit::{CancelCheck, Latent, ModelError};
+use crate::model::DitModel;
+pub use guidance::{AmfConfig, GuidanceMode, GuidanceSettings};
+
+/// Everything a sampling run needs besides the model and the prompts.
+#[derive(Debug, Clone)]
+pub struct SampleSettings {
+    pub seed: u64,
+    pub steps: usize,
+    pub cfg: f32,
+    /// 1 starts from pure noise; below 1 starts from the reference noised to that level.
+    pub denoise: f32,
+    pub guidance: GuidanceSettings,
+}
+
+/// What the run did, for logs, the node's report output and the harness.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SampleStats {
+    pub denoiser_passes: usize,
+    /// Guidance-head forward passes (reference AMF and real gradients).
+    pub real_forward: usize,
+    /// Guidance-gradient (VJP) passes.
+    pub real_backward: usize,
+    /// Inner optimisation steps that reused a cached gradient.
+    pub cached_steps: usize,
+    pub guided_steps: usize,
+    pub inner_steps: usize,
+    /// AMF loss at the first and last real gradient.
+    pub first_loss: Option<f32>,
+    pub final_loss: Option<f32>,
+    /// Set when guidance was stopped because a loss or gradient was not finite.
+    pub stopped_on_nan: Option<String>,
+    pub wall_s: f64,
+}
+
+/// A progress report: `step` of `total` units (denoising steps plus inner steps).
+pub struct Progress<'a> {
+    pub step: u64,
+    pub total: u64,
+    pub message: &'a str,
+}
+
+/// Prompt embeddings for one run: conditional and unconditional, each `[1, L, D]`.
+pub struct PromptEmbeddings<'a> {
+    pub positive: &'a [f32],
+    pub negative: &'a [f32],
+}
+
+pub struct SampleOutput {
+    /// `[1, C, F, H, W]` in the model's pixel space (-1..1).
+    pub latent: Vec<f32>,
+    pub stats: SampleStats,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("{input}: {message}")]
+    Input { input: &'static str, message: String },
+    #[error("AMF kernel: {0}")]
+    Kernel(#[from] fastvmt_kernels::KernelError),
+}
+
+fn gaussian(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+/// Samples a video with the prompt's content; with guidance, moving like `reference`.
+///
+/// `reference` is `[1, C, F, H, W]` in the model's space (-1..1). Guidance needs it; plain
+/// sampling uses it only for the shape (and as the start when `denoise < 1`).
+pub fn sample(
+    model: &DitModel,
+    reference: (&[usize; 5], &[f32]),
+    prompts: &PromptEmbeddings<'_>,
+    settings: &SampleSettings,
+    progress: &mut dyn FnMut(Progress<'_>),
+    cancel: CancelCheck<'_>,
+) -> Result<SampleOutput, SampleError> {
+    let started = std::time::Instant::now();
+    let (shape, ref_data) = reference;
+    let [b, c, f, h, w] = *shape;
+    if b != 1 {
+        return Err(SampleError::Input { input: "reference", message: format!("batch {b}: one video at a time") });
+    }
+    if c != model.manifest().latent.channels {
+        return Err(SampleError::Input { input: "reference", message: format!("{c} channels, the model takes {}", model.manifest().latent.channels) });
+    }
+    if settings.steps == 0 {
+        return Err(SampleError::Input { input: "steps", message: "must be at least 1".into() });
+    }
+    let rope = model.rope(f, h, w).map_err(|e| SampleError::Input { input: "reference", message: e.to_string() })?;
+    let guided = settings.guidance.mode != GuidanceMode::None;
+    if guided {
+        if !model.has_guidance() {
+            return Err(SampleError::Input {
+                input: "mode",
+                message: format!(
+                    "guidance mode '{}' needs the bundle's guidance_head and guidance_grad graphs, which {} lacks; use mode 'none'",
+                    settings.guidance.mode.name(),
+                    model.bundle.dir.display()
+                ),
+            });
+        }
+        if rope.grid.0 < 2 {
+            return Err(SampleError::Input {
+                input: "reference",
+                message: format!("has {f} frame(s); motion guidance needs at least 2 latent frames ({} video frames)", 2 * model.manifest().patch_size[0]),
+            });
+        }
+    }
+
+    let mut rng = StdRng::seed_from_u64(settings.seed);
+    let n = ref_data.len();
+    let noise = gaussian(&mut rng, n);
+    // Fixed noise for the reference AMF, drawn once so every guided step sees the same one.
+    let ref_noise = gaussian(&mut rng, n);
+
+    let sigmas = schedule::sigmas(settings.steps, model.manifest().scheduler.shift);
+    let start = schedule::start_index(&sigmas, settings.denoise);
+    let s0 = sigmas[start];
+    let mut x: Vec<f32> = if settings.denoise >= 1.0 {
+        noise.clone()
+    } else {
+        ref_data.iter().zip(&noise).map(|(r, e)| (1.0 - s0) * r + s0 * e).collect()
+    };
+
+    let run_steps = settings.steps - start;
+    let guided_steps = if guided { ((settings.guidance.fraction * run_steps as f32).round() as usize).min(run_steps) } else { 0 };
+    let inner = settings.guidance.inner_steps;
+    let total = (run_steps + guided_steps * inner) as u64;
+    let mut done_units = 0u64;
+    let mut stats = SampleStats { guided_steps, inner_steps: inner, ..Default::default() };
+
+    let empty = model.empty_text(cancel)?.to_vec();
+    let mut guide = guidance::Guide::new(model, &settings.guidance, &rope, guided_steps)?;
+    let mut cfg_text = Vec::with_capacity(prompts.positive.len() * 2);
+    cfg_text.extend_from_slice(prompts.positive);
+    cfg_text.extend_from_slice(prompts.negative);
+    let use_cfg = (settings.cfg - 1.0).abs() > 1e-6;
+
+    for (k, i) in (start..settings.steps).enumerate() {
+        let (t, t_next) = (sigmas[i], sigmas[i + 1]);
+        if k < guided_steps && stats.stopped_on_nan.is_none() {
+            let ctx = guidance::StepContext { step: k, t, reference: ref_data, ref_noise: &ref_noise, shape, text: prompts.positive, empty_text: &empty };
+            let mut inner_progress = |j: usize, msg: &str| {
+                progress(Progress { step: done_units + j as u64 + 1, total, message: msg });
+            };
+            guide.optimise(&mut x, &ctx, &mut stats, &mut inner_progress, cancel)?;
+            done_units += inner as u64;
+        }
+        // Classifier-free guidance: conditional and unconditional in one batch.
+        let v = if use_cfg {
+            let mut xx = Vec::with_capacity(2 * n);
+            xx.extend_from_slice(&x);
+            xx.extend_from_slice(&x);
+            let both = model.velocity(&Latent { shape: [2, c, f, h, w], data: &xx }, &[t, t], &cfg_text, &rope, cancel)?;
+            let (vc, vu) = both.split_at(n);
+            vc.iter().zip(vu).map(|(c, u)| u + settings.cfg * (c - u)).collect::<Vec<f32>>()
+        } else {
+            model.velocity(&Latent { shape: [1, c, f, h, w], data: &x }, &[t], prompts.positive, &rope, cancel)?
+        };
+        stats.denoiser_passes += 1;
+        let dt = t_next - t;
+        for (xv, vv) in x.iter_mut().zip(&v) {
+            *xv += dt * vv;
+        }
+        done_units += 1;
+        progress(Progress { step: done_units, total, message: &format!("denoising step {}/{run_steps} (t={t:.3})", k + 1) });
+    }
+    stats.wall_s = started.elapsed().as_secs_f64();
+    Ok(SampleOutput { latent: x, stats })
+}
+
+/// Video frames `[F, H, W, 3]` in 0..1 → the model's pixel latent `[1, 3, F, H, W]` in -1..1.
+pub fn video_to_latent(frames: usize, height: usize, width: usize, data: &[f32]) -> Vec<f32> {
+    let plane = height * width;
+    let mut out = vec![0.0f32; 3 * frames * plane];
+    for fi in 0..frames {
+        for p in 0..plane {
+            for ch in 0..3 {
+                out[(ch * frames + fi) * plane + p] = data[(fi * plane + p) * 3 + ch] * 2.0 - 1.0;
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`video_to_latent`], clamped to 0..1.
+pub fn latent_to_video(frames: usize, height: usize, width: usize, latent: &[f32]) -> Vec<f32> {
+    let plane = height * width;
+    let mut out = vec![0.0f32; 3 * frames * plane];
+    for fi in 0..frames {
+        for p in 0..plane {
+            for ch in 0..3 {
+                out[(fi * plane + p) * 3 + ch] = ((latent[(ch * frames + fi) * plane + p] + 1.0) * 0.5).clamp(0.0, 1.0);
+            }
+        }
+    }
+    out
+}
