@@ -36,6 +36,18 @@ fn gpu_cases() -> Vec<AmfSpec> {
     ));
     v.push(spec(2, 3, 13, 19, 40, PairSet::AllOrdered, coarse(3, 3, 4)));
     v.push(spec(3, 3, 9, 10, 33, PairSet::AllOrdered, KeyWindow::Full));
+    // head_dim % 64 == 0: f16/bf16 take the tensor-core kernels.
+    v.push(spec(
+        2,
+        4,
+        11,
+        13,
+        64,
+        PairSet::Forward { span: 4 },
+        local(3),
+    ));
+    v.push(spec(1, 3, 9, 7, 64, PairSet::AllOrdered, coarse(2, 3, 4)));
+    v.push(spec(2, 3, 6, 5, 128, PairSet::AllOrdered, KeyWindow::Full));
     v.push(spec(
         12,
         3,
@@ -131,15 +143,16 @@ fn cuda_matches_cpu() {
             e16.map(|v| format!("{v:.1e}")),
             eb.map(|v| format!("{v:.1e}"))
         );
-        for e in [&e32, &e16, &eb] {
+        // Tensor-core path (half inputs, head_dim % 64 == 0): the backward's score matrix is
+        // rounded to the 16-bit input type, so the gradients are checked at 1e-2.
+        let tc = s.head_dim % 64 == 0;
+        for (e, half) in [(&e32, false), (&e16, true), (&eb, true)] {
             for (a, b) in rep.worst.iter_mut().zip(e) {
                 *a = a.max(*b);
             }
-            assert!(
-                e[0] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-5 && e[4] < 1e-5,
-                "{}: {e:?}",
-                window_name(s)
-            );
+            let gtol = if half && tc { 1e-2 } else { 1e-5 };
+            assert!(e[0] < 1e-5 && e[2] < 1e-5, "{}: {e:?}", window_name(s));
+            assert!(e[3] < gtol && e[4] < gtol, "{}: {e:?}", window_name(s));
             assert!(e[1] < 1e-3, "argmax mismatch fraction {}", e[1]);
         }
         assert!(half_vs_f32 < 1e-2);

@@ -33,6 +33,13 @@ struct LdBF16 {
     }
 };
 
+__device__ __forceinline__ u16 f32_to_16(float v, int bf16) {
+    u16 r;
+    if (bf16) asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    else asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    return r;
+}
+
 #define TQ 32     // query slots per block (logits, dQ) / keys per block (dK)
 #define NK 64     // keys per chunk (logits)
 #define DK 32     // features per chunk (logits)
@@ -191,13 +198,15 @@ LOGITS_ENTRY(f16, LdF16)
 LOGITS_ENTRY(bf16, LdBF16)
 
 // One warp per row (pair, row). mode 0: soft-argmax disp; 1: argmax disp; 2: absolute expected
-// position; 3: soft disp + loss term + score gradient in place (coef = w*m/sum(w*m)).
+// position; 3: soft disp + loss term + score gradient (coef = w*m/sum(w*m)), in place (f32), or
+// when s16 is not null into s16 as f16/bf16 times gscale (tensor-core backward).
 // Rows of out/ref/coef/loss_rows are global: (p0 + pair) * nrows + row.
 extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int nrows, int wh, int ww,
                                     int w, const int2* __restrict__ win, const int* __restrict__ row_tok,
                                     int mode, int p0, const float* __restrict__ ref,
                                     const float* __restrict__ coef, float scale, float* __restrict__ out,
-                                    float* __restrict__ loss_rows) {
+                                    float* __restrict__ loss_rows, u16* __restrict__ s16, float gscale,
+                                    int bf16) {
     const int lane = threadIdx.x & 31;
     const long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= (long long)npairs * nrows) return;
@@ -250,7 +259,9 @@ extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int 
     const float inv = scale / s0;
     for (int n = lane; n < W; n += 32) {
         float a = expf(row[n] - m) * inv;
-        row[n] = a * (gy * ((float)(st.x + n / ww) - ey) + gx * ((float)(st.y + n % ww) - ex));
+        const float v = a * (gy * ((float)(st.x + n / ww) - ey) + gx * ((float)(st.y + n % ww) - ex));
+        if (s16) s16[r * W + n] = f32_to_16(v * gscale, bf16);
+        else row[n] = v;
     }
 }
 
@@ -484,3 +495,397 @@ __device__ void dk_impl(const float* __restrict__ scores, const typename L::T* _
 GRAD_ENTRY(f32, LdF32)
 GRAD_ENTRY(f16, LdF16)
 GRAD_ENTRY(bf16, LdBF16)
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core variants for f16/bf16 inputs with head_dim % 64 == 0 (mma.sync m16n8k16, f32
+// accumulation). The backward's score matrix is stored in the input's 16-bit type, multiplied
+// by `gscale` (a power of two chosen on the host so f16 scores stay in range); the gradient
+// kernels divide it out.
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    if (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+__device__ __forceinline__ void ldsm_x2_trans(unsigned& r0, unsigned& r1, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r0), "=r"(r1)
+                 : "r"(smem_u32(p)));
+}
+
+
+#define TC_NK 128  // keys per chunk (logits)
+#define TC_DC 64   // features per stage (logits)
+#define TC_LD (TC_DC + 8)
+
+// Logits on tensor cores: grid (ceil(nslots/32), npairs), block 128 (4 warps x 32 keys).
+template <bool BF16>
+__device__ void logits_tc_impl(const u16* __restrict__ q, const u16* __restrict__ k,
+                               const int2* __restrict__ pairs, int H, int F, int S, int d, int w,
+                               const int* __restrict__ slot_tok, const int* __restrict__ slot_row,
+                               int nslots, int nrows, const int2* __restrict__ win, int wh, int ww,
+                               float scale, float* __restrict__ logits) {
+    __shared__ __align__(16) u16 Qs[TQ][TC_LD];
+    __shared__ __align__(16) u16 Ks[TC_NK][TC_LD];
+    __shared__ int s_tok[TQ], s_row[TQ], s_r0[TQ], s_c0[TQ], box[4];
+    __shared__ int k_tok[TC_NK];
+    const int pair = blockIdx.y;
+    const int fi = pairs[pair].x, fj = pairs[pair].y;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const long long W = (long long)wh * ww;
+    if (tid < TQ) {
+        int sl = blockIdx.x * TQ + tid;
+        int tok = -1, row = 0, r0 = 0, c0 = 0;
+        if (sl < nslots) {
+            tok = slot_tok[sl];
+            row = slot_row[sl];
+            int2 st = win[(long long)pair * nrows + row];
+            r0 = st.x; c0 = st.y;
+        }
+        s_tok[tid] = tok; s_row[tid] = row; s_r0[tid] = r0; s_c0[tid] = c0;
+    }
+    __syncthreads();
+    if (tid == 0) union_box(s_r0, s_c0, s_tok, TQ, wh, ww, box);
+    __syncthreads();
+    const int by0 = box[0], bh = box[1], bx0 = box[2], bw = box[3];
+    const int nkeys = bh * bw;
+    for (int kc = 0; kc < nkeys; kc += TC_NK) {
+        __syncthreads();
+        {
+            int key = kc + tid;  // blockDim == TC_NK
+            k_tok[tid] = key < nkeys ? (by0 + key / bw) * w + bx0 + key % bw : -1;
+        }
+        float acc[2][4][4];
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
+        for (int hh = 0; hh < H; hh++) {
+            const long long qbase = ((long long)hh * F + fi) * S;
+            const long long kbase = ((long long)hh * F + fj) * S;
+            for (int cb = 0; cb < d; cb += TC_DC) {
+                __syncthreads();
+                for (int u = tid; u < TQ * 8; u += 128) {
+                    int r = u >> 3, c8 = (u & 7) * 8;
+                    int tok = s_tok[r];
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (tok >= 0) v = *reinterpret_cast<const uint4*>(q + (qbase + tok) * d + cb + c8);
+                    *reinterpret_cast<uint4*>(&Qs[r][c8]) = v;
+                }
+                for (int u = tid; u < TC_NK * 8; u += 128) {
+                    int r = u >> 3, c8 = (u & 7) * 8;
+                    int kt = k_tok[r];
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (kt >= 0) v = *reinterpret_cast<const uint4*>(k + (kbase + kt) * d + cb + c8);
+                    *reinterpret_cast<uint4*>(&Ks[r][c8]) = v;
+                }
+                __syncthreads();
+#pragma unroll
+                for (int ks = 0; ks < TC_DC / 16; ks++) {
+                    unsigned a[2][4];
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) {
+                        a[mt][0] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g][ks * 16 + 2 * t4]);
+                        a[mt][1] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g + 8][ks * 16 + 2 * t4]);
+                        a[mt][2] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g][ks * 16 + 2 * t4 + 8]);
+                        a[mt][3] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g + 8][ks * 16 + 2 * t4 + 8]);
+                    }
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) {
+                        const int kr = warp * 32 + nt * 8 + g;
+                        unsigned b0 = *reinterpret_cast<const unsigned*>(&Ks[kr][ks * 16 + 2 * t4]);
+                        unsigned b1 = *reinterpret_cast<const unsigned*>(&Ks[kr][ks * 16 + 2 * t4 + 8]);
+                        mma16816<BF16>(acc[0][nt], a[0], b0, b1);
+                        mma16816<BF16>(acc[1][nt], a[1], b0, b1);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int sq = mt * 16 + g + (e >= 2 ? 8 : 0);
+                if (s_tok[sq] < 0) continue;
+                const int r0 = s_r0[sq], c0 = s_c0[sq];
+                float* out = logits + ((long long)pair * nrows + s_row[sq]) * W;
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    const int key = kc + warp * 32 + nt * 8 + 2 * t4 + (e & 1);
+                    if (key >= nkeys) continue;
+                    const int ky = by0 + key / bw, kx = bx0 + key % bw;
+                    if (ky >= r0 && ky < r0 + wh && kx >= c0 && kx < c0 + ww)
+                        out[(ky - r0) * ww + (kx - c0)] = acc[mt][nt][e] * scale;
+                }
+            }
+    }
+}
+
+#define LOGITS_TC_ENTRY(SUF, BF)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) amf_logits_tc_##SUF(                         \
+        const u16* q, const u16* k, const int2* pairs, int H, int F, int S, int d, int w,          \
+        const int* slot_tok, const int* slot_row, int nslots, int nrows, const int2* win, int wh,  \
+        int ww, float scale, float* logits) {                                                      \
+        logits_tc_impl<BF>(q, k, pairs, H, F, S, d, w, slot_tok, slot_row, nslots, nrows, win, wh, \
+                           ww, scale, logits);                                                     \
+    }
+LOGITS_TC_ENTRY(f16, false)
+LOGITS_TC_ENTRY(bf16, true)
+
+#define TC_SA (NB + 8)   // A tile row stride (u16)
+#define TC_SB (DS + 8)   // B tile row stride (u16)
+
+// acc[4][4] += A[32 x 32] . B[32 x 128] for this warp's 16 x 32 output tile.
+template <bool BF16>
+__device__ __forceinline__ void tile_mma(const u16 (*A)[TC_SA], const u16 (*B)[TC_SB], float (*acc)[4],
+                                         int warp, int lane) {
+    const int g = lane >> 2, t4 = lane & 3;
+    const int m0 = (warp & 1) * 16, n0 = (warp >> 1) * 32;
+#pragma unroll
+    for (int ks = 0; ks < NB / 16; ks++) {
+        unsigned a[4];
+        a[0] = *reinterpret_cast<const unsigned*>(&A[m0 + g][ks * 16 + 2 * t4]);
+        a[1] = *reinterpret_cast<const unsigned*>(&A[m0 + g + 8][ks * 16 + 2 * t4]);
+        a[2] = *reinterpret_cast<const unsigned*>(&A[m0 + g][ks * 16 + 2 * t4 + 8]);
+        a[3] = *reinterpret_cast<const unsigned*>(&A[m0 + g + 8][ks * 16 + 2 * t4 + 8]);
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            unsigned b0, b1;
+            ldsm_x2_trans(b0, b1, &B[ks * 16 + (lane & 15)][n0 + nt * 8]);
+            mma16816<BF16>(acc[nt], a, b0, b1);
+        }
+    }
+}
+
+// Store this warp's 16 x 32 tile: row r of the block -> token tok[r]; feature f0 + col.
+__device__ __forceinline__ void tile_store(float (*acc)[4], const int* tok, int warp, int lane, int f0,
+                                           int D, int d, int F, int S, int frame, float inv,
+                                           int accumulate, float* __restrict__ out) {
+    const int g = lane >> 2, t4 = lane & 3;
+    const int m0 = (warp & 1) * 16, n0 = (warp >> 1) * 32;
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = m0 + g + (e >= 2 ? 8 : 0);
+            const int tk = tok[r];
+            const int fe = f0 + n0 + nt * 8 + 2 * t4 + (e & 1);
+            if (tk < 0 || fe >= D) continue;
+            const int hh = fe / d, c = fe % d;
+            const long long o = (((long long)hh * F + frame) * S + tk) * d + c;
+            const float v = acc[nt][e] * inv;
+            out[o] = accumulate ? out[o] + v : v;
+        }
+}
+
+// dQ on tensor cores. grid (ceil(S/32), ceil(H*d/128), F), block 256 (8 warps of 16 x 32).
+template <bool BF16>
+__device__ void dq_tc_impl(const u16* __restrict__ scores, const u16* __restrict__ k,
+                           const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                           const int* __restrict__ pair_idx, int H, int F, int S, int d, int w,
+                           const int* __restrict__ slot_tok, const int2* __restrict__ win, int wh,
+                           int ww, float inv, int accumulate, float* __restrict__ dq) {
+    __shared__ __align__(16) u16 As[TQ][TC_SA];
+    __shared__ __align__(16) u16 Bs[NB][TC_SB];
+    __shared__ int s_tok[TQ], s_r0[TQ], s_c0[TQ], box[4], k_tok[NB];
+    const int fi = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int D = H * d;
+    const int f0 = blockIdx.y * DS;
+    const long long W = (long long)wh * ww;
+    if (tid < TQ) {
+        int sl = blockIdx.x * TQ + tid;
+        s_tok[tid] = sl < S ? slot_tok[sl] : -1;
+    }
+    __syncthreads();
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    for (int pp = pair_off[fi]; pp < pair_off[fi + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int fj = pairs[pair].y;
+        __syncthreads();
+        if (tid < TQ) {
+            int tok = s_tok[tid];
+            int2 st = tok >= 0 ? win[(long long)pair * S + tok] : make_int2(0, 0);
+            s_r0[tid] = st.x; s_c0[tid] = st.y;
+        }
+        __syncthreads();
+        if (tid == 0) union_box(s_r0, s_c0, s_tok, TQ, wh, ww, box);
+        __syncthreads();
+        const int by0 = box[0], bx0 = box[2], bw = box[3];
+        const int nkeys = box[1] * bw;
+        for (int kc = 0; kc < nkeys; kc += NB) {
+            __syncthreads();
+            if (tid < NB) {
+                int key = kc + tid;
+                k_tok[tid] = key < nkeys ? (by0 + key / bw) * w + bx0 + key % bw : -1;
+            }
+            for (int e = tid; e < NB * TQ; e += blockDim.x) {
+                int kk = e % NB, sq = e / NB;
+                int key = kc + kk, tok = s_tok[sq];
+                u16 v = 0;
+                if (key < nkeys && tok >= 0) {
+                    int ky = by0 + key / bw, kx = bx0 + key % bw;
+                    int r0 = s_r0[sq], c0 = s_c0[sq];
+                    if (ky >= r0 && ky < r0 + wh && kx >= c0 && kx < c0 + ww)
+                        v = scores[((long long)pair * S + tok) * W + (ky - r0) * ww + (kx - c0)];
+                }
+                As[sq][kk] = v;
+            }
+            __syncthreads();
+            for (int u = tid; u < NB * (DS / 8); u += blockDim.x) {
+                int r = u / (DS / 8), c8 = (u % (DS / 8)) * 8;
+                int kt = k_tok[r], fe = f0 + c8;
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (kt >= 0 && fe < D) {
+                    int hh = fe / d, c = fe % d;
+                    v = *reinterpret_cast<const uint4*>(k + (((long long)hh * F + fj) * S + kt) * d + c);
+                }
+                *reinterpret_cast<uint4*>(&Bs[r][c8]) = v;
+            }
+            __syncthreads();
+            tile_mma<BF16>(As, Bs, acc, warp, lane);
+        }
+    }
+    tile_store(acc, s_tok, warp, lane, f0, D, d, F, S, fi, inv, accumulate, dq);
+}
+
+// dK on tensor cores. grid (ceil(S/32), ceil(H*d/128), F), block 256.
+template <bool BF16>
+__device__ void dk_tc_impl(const u16* __restrict__ scores, const u16* __restrict__ q,
+                           const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                           const int* __restrict__ pair_idx, int H, int F, int S, int d, int w,
+                           const int* __restrict__ slot_tok, const int2* __restrict__ win, int wh,
+                           int ww, float inv, int accumulate, float* __restrict__ dk) {
+    __shared__ __align__(16) u16 As[TQ][TC_SA];
+    __shared__ __align__(16) u16 Bs[NB][TC_SB];
+    __shared__ int s_tok[TQ], qbox[4], kbox[4], q_tok[NB];
+    __shared__ int2 q_st[NB];
+    const int fj = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int D = H * d;
+    const int f0 = blockIdx.y * DS;
+    const long long W = (long long)wh * ww;
+    if (tid < TQ) {
+        int sl = blockIdx.x * TQ + tid;
+        s_tok[tid] = sl < S ? slot_tok[sl] : -1;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+        for (int a = 0; a < TQ; a++) {
+            int t = s_tok[a];
+            if (t < 0) continue;
+            y0 = min(y0, t / w); y1 = max(y1, t / w);
+            x0 = min(x0, t % w); x1 = max(x1, t % w);
+        }
+        kbox[0] = y0; kbox[1] = y1; kbox[2] = x0; kbox[3] = x1;
+    }
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    for (int pp = pair_off[fj]; pp < pair_off[fj + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int fi = pairs[pair].x;
+        __syncthreads();
+        if (tid == 0) { qbox[0] = 1 << 30; qbox[1] = -1; qbox[2] = 1 << 30; qbox[3] = -1; }
+        __syncthreads();
+        {
+            int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+            for (int t = tid; t < S; t += blockDim.x) {
+                int2 st = win[(long long)pair * S + t];
+                if (st.x <= kbox[1] && st.x + wh > kbox[0] && st.y <= kbox[3] && st.y + ww > kbox[2]) {
+                    int ty = t / w, tx = t % w;
+                    y0 = min(y0, ty); y1 = max(y1, ty); x0 = min(x0, tx); x1 = max(x1, tx);
+                }
+            }
+            if (y1 >= 0) {
+                atomicMin(&qbox[0], y0); atomicMax(&qbox[1], y1);
+                atomicMin(&qbox[2], x0); atomicMax(&qbox[3], x1);
+            }
+        }
+        __syncthreads();
+        if (qbox[1] < 0) continue;
+        const int qy0 = qbox[0], qx0 = qbox[2], qw = qbox[3] - qbox[2] + 1;
+        const int nq = (qbox[1] - qbox[0] + 1) * qw;
+        for (int qc = 0; qc < nq; qc += NB) {
+            __syncthreads();
+            if (tid < NB) {
+                int cand = qc + tid;
+                int qt = cand < nq ? (qy0 + cand / qw) * w + qx0 + cand % qw : -1;
+                q_tok[tid] = qt;
+                q_st[tid] = qt >= 0 ? win[(long long)pair * S + qt] : make_int2(0, 0);
+            }
+            __syncthreads();
+            for (int e = tid; e < NB * TQ; e += blockDim.x) {
+                int qq = e % NB, sk = e / NB;
+                int qt = q_tok[qq], key = s_tok[sk];
+                u16 v = 0;
+                if (qt >= 0 && key >= 0) {
+                    int2 st = q_st[qq];
+                    int ky = key / w, kx = key % w;
+                    if (ky >= st.x && ky < st.x + wh && kx >= st.y && kx < st.y + ww)
+                        v = scores[((long long)pair * S + qt) * W + (ky - st.x) * ww + (kx - st.y)];
+                }
+                As[sk][qq] = v;
+            }
+            for (int u = tid; u < NB * (DS / 8); u += blockDim.x) {
+                int r = u / (DS / 8), c8 = (u % (DS / 8)) * 8;
+                int qt = q_tok[r], fe = f0 + c8;
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (qt >= 0 && fe < D) {
+                    int hh = fe / d, c = fe % d;
+                    v = *reinterpret_cast<const uint4*>(q + (((long long)hh * F + fi) * S + qt) * d + c);
+                }
+                *reinterpret_cast<uint4*>(&Bs[r][c8]) = v;
+            }
+            __syncthreads();
+            tile_mma<BF16>(As, Bs, acc, warp, lane);
+        }
+    }
+    tile_store(acc, s_tok, warp, lane, f0, D, d, F, S, fj, inv, accumulate, dk);
+}
+
+#define GRAD_TC_ENTRY(SUF, BF)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) amf_dq_tc_##SUF(                             \
+        const u16* scores, const u16* k, const int2* pairs, const int* pair_off,                   \
+        const int* pair_idx, int H, int F, int S, int d, int w, const int* slot_tok,               \
+        const int2* win, int wh, int ww, float inv, int accumulate, float* dq) {                   \
+        dq_tc_impl<BF>(scores, k, pairs, pair_off, pair_idx, H, F, S, d, w, slot_tok, win, wh, ww, \
+                       inv, accumulate, dq);                                                       \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) amf_dk_tc_##SUF(                             \
+        const u16* scores, const u16* q, const int2* pairs, const int* pair_off,                   \
+        const int* pair_idx, int H, int F, int S, int d, int w, const int* slot_tok,               \
+        const int2* win, int wh, int ww, float inv, int accumulate, float* dk) {                   \
+        dk_tc_impl<BF>(scores, q, pairs, pair_off, pair_idx, H, F, S, d, w, slot_tok, win, wh, ww, \
+                       inv, accumulate, dk);                                                       \
+    }
+GRAD_TC_ENTRY(f16, false)
+GRAD_TC_ENTRY(bf16, true)

@@ -41,7 +41,21 @@ const FUNCS: &[&str] = &[
     "amf_dk_f32",
     "amf_dk_f16",
     "amf_dk_bf16",
+    "amf_logits_tc_f16",
+    "amf_logits_tc_bf16",
+    "amf_dq_tc_f16",
+    "amf_dq_tc_bf16",
+    "amf_dk_tc_f16",
+    "amf_dk_tc_bf16",
 ];
+
+/// Tensor-core kernels serve f16/bf16 inputs with `head_dim % 64 == 0`, unless the
+/// environment variable `FASTVMT_AMF_NO_TC` is set (then the f32 SIMT kernels run).
+fn use_tc<T: Element>(d: usize) -> bool {
+    T::CUDA_SUFFIX != "f32"
+        && d.is_multiple_of(64)
+        && std::env::var_os("FASTVMT_AMF_NO_TC").is_none()
+}
 
 /// Why CUDA cannot run here, or `Ok(())`. Never panics (checks the libraries before cudarc
 /// touches them).
@@ -148,6 +162,9 @@ fn csr(
     }
     (off, idx)
 }
+
+/// Pairs (int2), window starts (int2) and logits of one pair chunk, on the device.
+type ChunkBuffers = (CudaSlice<i32>, CudaSlice<i32>, CudaSlice<f32>);
 
 /// Index arrays shared by all chunks of one call.
 struct Tables {
@@ -287,7 +304,7 @@ impl CudaAmf {
         q: &CudaSlice<T>,
         k: &CudaSlice<T>,
         chunk: &[(usize, usize)],
-    ) -> Result<(CudaSlice<i32>, CudaSlice<i32>, CudaSlice<f32>), KernelError> {
+    ) -> Result<ChunkBuffers, KernelError> {
         let g = plan.geom;
         let s = g.s();
         let np = chunk.len();
@@ -304,7 +321,11 @@ impl CudaAmf {
             .flat_map(|&(i, j)| [i as i32, j as i32])
             .collect();
         let pairs = self.upload(&flat)?;
-        let logits_fn = self.f(&format!("amf_logits_{}", T::CUDA_SUFFIX))?;
+        let logits_fn = if use_tc::<T>(plan.d) {
+            self.f(&format!("amf_logits_tc_{}", T::CUDA_SUFFIX))?
+        } else {
+            self.f(&format!("amf_logits_{}", T::CUDA_SUFFIX))?
+        };
         let npi = i32of(np, "pairs")?;
         // Coarse pass: tile centres over all keys -> absolute expected positions.
         let mut centres = self.alloc(2)?;
@@ -364,6 +385,7 @@ impl CudaAmf {
                 None,
                 plan.scale,
                 &mut centres,
+                None,
                 None,
             )?;
         }
@@ -432,6 +454,7 @@ impl CudaAmf {
         scale: f32,
         out: &mut CudaSlice<f32>,
         loss_rows: Option<&mut CudaSlice<f32>>,
+        s16: Option<(&mut CudaSlice<u16>, f32, i32)>,
     ) -> Result<(), KernelError> {
         let n = np * nrows;
         let (npi, nr, whi, wwi, p0i) = (
@@ -449,27 +472,35 @@ impl CudaAmf {
             Some(l) => l,
             None => &mut dummy_out,
         };
-        unsafe {
-            self.stream
-                .launch_builder(self.f("amf_rows")?)
-                .arg(logits)
-                .arg(&npi)
-                .arg(&nr)
-                .arg(&whi)
-                .arg(&wwi)
-                .arg(&wgrid)
-                .arg(win)
-                .arg(row_tok)
-                .arg(&mode)
-                .arg(&p0i)
-                .arg(r)
-                .arg(c)
-                .arg(&scale)
-                .arg(out)
-                .arg(lr)
-                .launch(cfg((n.div_ceil(8), 1, 1), 256))
-        }
-        .map_err(drv)?;
+        let null = 0u64;
+        let mut launch = self.stream.launch_builder(self.f("amf_rows")?);
+        launch
+            .arg(logits)
+            .arg(&npi)
+            .arg(&nr)
+            .arg(&whi)
+            .arg(&wwi)
+            .arg(&wgrid)
+            .arg(win)
+            .arg(row_tok)
+            .arg(&mode)
+            .arg(&p0i)
+            .arg(r)
+            .arg(c)
+            .arg(&scale)
+            .arg(out)
+            .arg(lr);
+        let (gscale, bf) = match &s16 {
+            Some((_, g, b)) => (*g, *b),
+            None => (1.0f32, 0i32),
+        };
+        match s16 {
+            Some((buf, _, _)) => launch.arg(buf),
+            None => launch.arg(&null),
+        };
+        launch.arg(&gscale).arg(&bf);
+        // SAFETY: argument list matches amf_rows in amf.cu.
+        unsafe { launch.launch(cfg((n.div_ceil(8), 1, 1), 256)) }.map_err(drv)?;
         Ok(())
     }
 
@@ -506,6 +537,7 @@ impl CudaAmf {
                 None,
                 plan.scale,
                 &mut disp,
+                None,
                 None,
             )?;
         }
@@ -555,13 +587,27 @@ impl CudaAmf {
             i32of(g.w, "grid_w")?,
         );
         let (wh, ww) = (i32of(g.wh, "wh")?, i32of(g.ww, "ww")?);
-        let dq_fn = self.f(&format!("amf_dq_{}", T::CUDA_SUFFIX))?;
-        let dk_fn = self.f(&format!("amf_dk_{}", T::CUDA_SUFFIX))?;
+        let tc = use_tc::<T>(plan.d);
+        let kind = if tc { "_tc" } else { "" };
+        let dq_fn = self.f(&format!("amf_dq{kind}_{}", T::CUDA_SUFFIX))?;
+        let dk_fn = self.f(&format!("amf_dk{kind}_{}", T::CUDA_SUFFIX))?;
+        // 16-bit scores are scaled by a power of two near the number of kept rows (coef ~ 1/kept)
+        // so that f16 neither underflows nor overflows; the gradient kernels divide it out.
+        let gscale = (2f32).powi((lp.kept.max(1) as f64).log2().floor() as i32);
+        let inv = 1.0 / gscale;
+        let bf = i32::from(T::CUDA_SUFFIX == "bf16");
         let nslices = (plan.heads * plan.d).div_ceil(DS);
         let cp = self.chunk_pairs(plan);
         for (ci, chunk) in plan.pairs.chunks(cp).enumerate() {
             let p0 = ci * cp;
             let (pairs, win, mut scores) = self.chunk_logits(plan, &tb, q, k, chunk)?;
+            // Tensor-core backward: the rows kernel writes the scores as 16-bit values.
+            let mut s16 = if tc {
+                // SAFETY: every element is written by amf_rows (mode 3).
+                Some(unsafe { self.stream.alloc::<u16>(scores.len()) }.map_err(drv)?)
+            } else {
+                None
+            };
             self.rows(
                 &mut scores,
                 chunk.len(),
@@ -575,6 +621,7 @@ impl CudaAmf {
                 plan.scale,
                 &mut disp,
                 Some(&mut loss_rows),
+                s16.as_mut().map(|b| (b, gscale, bf)),
             )?;
             let acc = i32::from(ci > 0);
             let (qoff, qidx) = csr(chunk, plan.frames, |p| p.0);
@@ -582,50 +629,64 @@ impl CudaAmf {
             let (qoff, qidx) = (self.upload(&qoff)?, self.upload(&qidx)?);
             let (koff, kidx) = (self.upload(&koff)?, self.upload(&kidx)?);
             let grid = (s.div_ceil(TQ), nslices, plan.frames);
-            unsafe {
-                self.stream
-                    .launch_builder(dq_fn)
-                    .arg(&scores)
-                    .arg(k)
-                    .arg(&pairs)
-                    .arg(&qoff)
-                    .arg(&qidx)
-                    .arg(&hn)
-                    .arg(&fr)
-                    .arg(&si)
-                    .arg(&d)
-                    .arg(&w)
-                    .arg(&tb.slot_tok)
-                    .arg(&win)
-                    .arg(&wh)
-                    .arg(&ww)
-                    .arg(&acc)
-                    .arg(&mut *dq)
-                    .launch(cfg(grid, 256))
+            if let Some(s16) = s16 {
+                for (func, operand, off, idx, out) in [
+                    (dq_fn, k, &qoff, &qidx, &mut *dq),
+                    (dk_fn, q, &koff, &kidx, &mut *dk),
+                ] {
+                    unsafe {
+                        self.stream
+                            .launch_builder(func)
+                            .arg(&s16)
+                            .arg(operand)
+                            .arg(&pairs)
+                            .arg(off)
+                            .arg(idx)
+                            .arg(&hn)
+                            .arg(&fr)
+                            .arg(&si)
+                            .arg(&d)
+                            .arg(&w)
+                            .arg(&tb.slot_tok)
+                            .arg(&win)
+                            .arg(&wh)
+                            .arg(&ww)
+                            .arg(&inv)
+                            .arg(&acc)
+                            .arg(out)
+                            .launch(cfg(grid, 256))
+                    }
+                    .map_err(drv)?;
+                }
+                continue;
             }
-            .map_err(drv)?;
-            unsafe {
-                self.stream
-                    .launch_builder(dk_fn)
-                    .arg(&scores)
-                    .arg(q)
-                    .arg(&pairs)
-                    .arg(&koff)
-                    .arg(&kidx)
-                    .arg(&hn)
-                    .arg(&fr)
-                    .arg(&si)
-                    .arg(&d)
-                    .arg(&w)
-                    .arg(&tb.slot_tok)
-                    .arg(&win)
-                    .arg(&wh)
-                    .arg(&ww)
-                    .arg(&acc)
-                    .arg(&mut *dk)
-                    .launch(cfg(grid, 256))
+            for (func, operand, off, idx, out) in [
+                (dq_fn, k, &qoff, &qidx, &mut *dq),
+                (dk_fn, q, &koff, &kidx, &mut *dk),
+            ] {
+                unsafe {
+                    self.stream
+                        .launch_builder(func)
+                        .arg(&scores)
+                        .arg(operand)
+                        .arg(&pairs)
+                        .arg(off)
+                        .arg(idx)
+                        .arg(&hn)
+                        .arg(&fr)
+                        .arg(&si)
+                        .arg(&d)
+                        .arg(&w)
+                        .arg(&tb.slot_tok)
+                        .arg(&win)
+                        .arg(&wh)
+                        .arg(&ww)
+                        .arg(&acc)
+                        .arg(out)
+                        .launch(cfg(grid, 256))
+                }
+                .map_err(drv)?;
             }
-            .map_err(drv)?;
         }
         let rows = self.stream.clone_dtoh(&loss_rows).map_err(drv)?;
         Ok(rows.iter().map(|&v| v as f64).sum::<f64>() as f32)
