@@ -1,0 +1,299 @@
+//! The shipped bundle through ONNX Runtime on CPU: tokenizer, RoPE tables and every graph
+//! against reference values exported with the bundle from the PyTorch model; the bundle
+//! checks; and the sampler's behaviour (pass counts, refusals, NaN handling, cancellation).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastvmt_kernels::Backend;
+use fastvmt_plugin::model::{bundle::default_bundle_dir, dit::Latent, rope, tokenizer, Bundle, Device, DitModel, ModelError};
+use fastvmt_plugin::sampler::{self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::Value;
+
+fn bundle_dir() -> PathBuf {
+    let dir = default_bundle_dir();
+    assert!(dir.join("manifest.json").is_file(), "the shipped bundle is missing at {}", dir.display());
+    dir
+}
+
+fn model() -> Arc<DitModel> {
+    DitModel::load(&bundle_dir(), Device::Cpu).expect("the shipped bundle loads on CPU")
+}
+
+struct Vectors {
+    dir: PathBuf,
+    index: Value,
+}
+
+impl Vectors {
+    fn load() -> Self {
+        let dir = bundle_dir().join("test_vectors");
+        let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).expect("test_vectors/index.json")).unwrap();
+        Self { dir, index }
+    }
+    fn entry(&self, name: &str) -> &Value {
+        let e = &self.index[name];
+        if e.is_null() {
+            let names: Vec<&String> = self.index.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            panic!("test vector '{name}' missing; have {names:?}");
+        }
+        e
+    }
+    fn shape(&self, name: &str) -> Vec<usize> {
+        self.entry(name)["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()
+    }
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(self.entry(name)["file"].as_str().unwrap())).unwrap()
+    }
+    fn f32(&self, name: &str) -> Vec<f32> {
+        self.bytes(name).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+    fn i64(&self, name: &str) -> Vec<i64> {
+        self.bytes(name).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+    fn has(&self, name: &str) -> bool {
+        !self.index[name].is_null()
+    }
+}
+
+fn max_rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let scale = want.iter().map(|v| v.abs() as f64).fold(0.0, f64::max).max(1e-6);
+    got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn rope_tables_match_the_exported_ones() {
+    let v = Vectors::load();
+    let m = Bundle::open(&bundle_dir()).unwrap().manifest;
+    let x_shape = v.shape("x");
+    let [pt, ph, pw] = m.patch_size;
+    let (f, h, w) = (x_shape[2] / pt, x_shape[3] / ph, x_shape[4] / pw);
+    let (cos, sin) = rope::tables(f, h, w, m.rope.axes_dim, m.rope.theta);
+    assert!(max_rel_err(&cos, &v.f32("rope_cos")) < 1e-6);
+    assert!(max_rel_err(&sin, &v.f32("rope_sin")) < 1e-6);
+}
+
+#[test]
+fn tokenizer_matches_the_exported_ids() {
+    let v = Vectors::load();
+    let m = Bundle::open(&bundle_dir()).unwrap().manifest;
+    let prompts: Vec<String> = v.index["prompts"]["values"].as_array().map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+    assert!(!prompts.is_empty(), "test vectors name their prompts");
+    let ids = v.i64("tokens");
+    for (i, p) in prompts.iter().enumerate() {
+        let (got, _) = tokenizer::tokenize(&m.text, p);
+        assert_eq!(got, ids[i * m.text.max_len..(i + 1) * m.text.max_len], "prompt {p:?}");
+    }
+}
+
+#[test]
+fn every_graph_matches_the_pytorch_reference_values() {
+    let v = Vectors::load();
+    let model = model();
+    let never = || false;
+    let x_shape = v.shape("x");
+    let shape: [usize; 5] = x_shape.clone().try_into().unwrap();
+    let (x, t, text) = (v.f32("x"), v.f32("t"), v.f32("text"));
+    let rope = model.rope(shape[2], shape[3], shape[4]).unwrap();
+    let latent = Latent { shape, data: &x };
+
+    let vel = model.velocity(&latent, &t, &text, &rope, &never).unwrap();
+    let e = max_rel_err(&vel, &v.f32("velocity"));
+    assert!(e < 1e-4, "denoiser rel err {e}");
+
+    let (q, k) = model.guidance_qk(&latent, &t, &text, &rope, &never).unwrap();
+    assert!(max_rel_err(&q, &v.f32("q")) < 1e-4 && max_rel_err(&k, &v.f32("k")) < 1e-4);
+
+    let dx = model.guidance_grad(&latent, &t, &text, &rope, &v.f32("dq"), &v.f32("dk"), &never).unwrap();
+    let e = max_rel_err(&dx, &v.f32("dx"));
+    assert!(e < 1e-4, "guidance gradient rel err {e}");
+}
+
+fn copy_bundle(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(bundle_dir()).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_bundles_are_refused_naming_the_file_and_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = Bundle::open(&bundle_dir()).unwrap().manifest;
+    let denoiser = base.files["denoiser"].path.clone();
+
+    // Missing file.
+    let d = tmp.path().join("missing");
+    copy_bundle(&d);
+    std::fs::remove_file(d.join(&denoiser)).unwrap();
+    let e = Bundle::open(&d).unwrap_err().to_string();
+    assert!(e.contains(&denoiser) && e.contains("missing"), "{e}");
+
+    // Corrupt file (hash mismatch).
+    let d = tmp.path().join("corrupt");
+    copy_bundle(&d);
+    let mut bytes = std::fs::read(d.join(&denoiser)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(d.join(&denoiser), bytes).unwrap();
+    let e = Bundle::open(&d).unwrap_err().to_string();
+    assert!(e.contains(&denoiser) && e.contains("hash mismatch"), "{e}");
+
+    // A graph with the wrong inputs: the text encoder listed as the denoiser.
+    let d = tmp.path().join("wrong-graph");
+    copy_bundle(&d);
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+    manifest["files"]["denoiser"] = manifest["files"]["text_encoder"].clone();
+    manifest["files"]["denoiser"]["inputs"] = Value::Array(vec![]);
+    std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
+    let e = DitModel::load(&d, Device::Cpu).err().expect("refused").to_string();
+    assert!(e.contains("input 'x' is missing"), "{e}");
+
+    // Not a manifest at all.
+    let d = tmp.path().join("garbage");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("manifest.json"), "{\"format\": 3").unwrap();
+    let e = Bundle::open(&d).unwrap_err().to_string();
+    assert!(e.contains("manifest.json") && e.contains("not a valid bundle manifest"), "{e}");
+}
+
+fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
+    SampleSettings {
+        seed: 1,
+        steps,
+        cfg: 4.0,
+        denoise: 1.0,
+        guidance: GuidanceSettings {
+            mode,
+            fraction: 0.5,
+            inner_steps: inner,
+            reuse_interval: 3,
+            lr: 0.015,
+            lr_end_ratio: 0.7,
+            weight_decay: 0.01,
+            reference_noise_scale: 0.5,
+            amf: AmfConfig { local: true, temporal_window: 0, spatial_radius: 2, coarse_tiles: false, tau: 2.0, precision: AmfPrecision::F32, backend: Backend::Cpu },
+            stable_cos: 0.9,
+            changed_cos: 0.7,
+        },
+    }
+}
+
+/// A small random reference clip `[1, 3, F, H, W]` at the model's patch multiple.
+fn reference(model: &DitModel, frames: usize, patches: usize) -> ([usize; 5], Vec<f32>) {
+    let m = model.manifest();
+    let (h, w) = (m.patch_size[1] * patches, m.patch_size[2] * patches);
+    let mut rng = StdRng::seed_from_u64(11);
+    let data = (0..3 * frames * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+    ([1, 3, frames, h, w], data)
+}
+
+fn run(model: &DitModel, reference: &([usize; 5], Vec<f32>), s: &SampleSettings) -> Result<sampler::SampleOutput, SampleError> {
+    let never = || false;
+    let (emb, _) = model.encode_text(&["a red circle on a white background", ""], &never).unwrap();
+    let (p, n) = emb.split_at(emb.len() / 2);
+    sampler::sample(model, (&reference.0, &reference.1), &PromptEmbeddings { positive: p, negative: n }, s, &mut |_| {}, &never)
+}
+
+#[test]
+fn guidance_modes_make_the_passes_their_schedules_promise() {
+    let model = model();
+    let r = reference(&model, 4, 4);
+    // 4 steps, half guided = 2 guided steps, 4 inner steps each.
+    let none = run(&model, &r, &settings(GuidanceMode::None, 4, 4)).unwrap();
+    assert_eq!((none.stats.real_forward, none.stats.real_backward, none.stats.denoiser_passes), (0, 0, 4));
+    assert!(none.latent.iter().all(|v| v.is_finite()));
+
+    let dit = run(&model, &r, &settings(GuidanceMode::DitFlow, 4, 4)).unwrap();
+    // Per guided step: 1 reference pass + 4 real forward/backward.
+    assert_eq!((dit.stats.real_forward, dit.stats.real_backward, dit.stats.cached_steps), (2 * 5, 2 * 4, 0));
+
+    let fast = run(&model, &r, &settings(GuidanceMode::FastVmt, 4, 4)).unwrap();
+    // Real gradients on inner steps 0 and 3 only.
+    assert_eq!((fast.stats.real_forward, fast.stats.real_backward, fast.stats.cached_steps), (2 * 3, 2 * 2, 2 * 2));
+    assert!(fast.stats.first_loss.is_some() && fast.stats.final_loss.unwrap().is_finite());
+
+    let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 4)).unwrap();
+    assert!(adaptive.stats.real_backward <= fast.stats.real_backward, "adaptive {} vs fastvmt {}", adaptive.stats.real_backward, fast.stats.real_backward);
+    // Guidance changed the result.
+    assert!(fast.latent.iter().zip(&none.latent).any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_input_named() {
+    let model = model();
+    let one_frame = reference(&model, 1, 4);
+    let e = run(&model, &one_frame, &settings(GuidanceMode::FastVmt, 2, 2)).err().unwrap().to_string();
+    assert!(e.contains("reference") && e.contains("at least 2"), "{e}");
+    // Plain sampling of one frame is fine.
+    run(&model, &one_frame, &settings(GuidanceMode::None, 2, 2)).unwrap();
+
+    let m = model.manifest();
+    let mut odd = reference(&model, 3, 4);
+    odd.0[3] = m.patch_size[1] * 4 + 1;
+    odd.1 = vec![0.1; odd.0.iter().product()];
+    let e = run(&model, &odd, &settings(GuidanceMode::None, 2, 2)).err().unwrap().to_string();
+    assert!(e.contains("reference") && e.contains("multiples"), "{e}");
+
+    let r = reference(&model, 3, 4);
+    let e = run(&model, &r, &settings(GuidanceMode::None, 0, 2)).err().unwrap().to_string();
+    assert!(e.contains("steps"), "{e}");
+}
+
+#[test]
+fn a_runaway_learning_rate_stops_guidance_and_sampling_goes_on() {
+    let model = model();
+    let r = reference(&model, 3, 4);
+    let mut s = settings(GuidanceMode::DitFlow, 2, 3);
+    s.guidance.lr = 1e38;
+    let out = run(&model, &r, &s).unwrap();
+    let why = out.stats.stopped_on_nan.expect("guidance stopped");
+    assert!(why.contains("non-finite"), "{why}");
+    assert!(out.latent.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_bundle_without_guidance_graphs_samples_only_unguided() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("no-guidance");
+    copy_bundle(&d);
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+    let files = manifest["files"].as_object_mut().unwrap();
+    files.remove("guidance_head");
+    files.remove("guidance_grad");
+    std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
+    let model = DitModel::load(&d, Device::Cpu).unwrap();
+    let r = reference(&model, 3, 4);
+    let e = run(&model, &r, &settings(GuidanceMode::FastVmt, 2, 2)).err().unwrap().to_string();
+    assert!(e.contains("guidance_head") && e.contains("mode 'none'"), "{e}");
+    run(&model, &r, &settings(GuidanceMode::None, 2, 2)).unwrap();
+}
+
+#[test]
+fn cancellation_stops_within_one_model_call() {
+    let model = model();
+    let r = reference(&model, 8, 8);
+    let flag = Arc::new(AtomicBool::new(false));
+    let f2 = flag.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        f2.store(true, Ordering::SeqCst);
+        Instant::now()
+    });
+    let cancel = || flag.load(Ordering::SeqCst);
+    let never = || false;
+    let (emb, _) = model.encode_text(&["a blue square", ""], &never).unwrap();
+    let (p, n) = emb.split_at(emb.len() / 2);
+    let result = sampler::sample(&model, (&r.0, &r.1), &PromptEmbeddings { positive: p, negative: n }, &settings(GuidanceMode::DitFlow, 200, 10), &mut |_| {}, &cancel);
+    let stopped = Instant::now();
+    let cancelled_at = canceller.join().unwrap();
+    assert!(matches!(result, Err(SampleError::Model(ModelError::Cancelled))), "{:?}", result.err());
+    assert!(stopped.duration_since(cancelled_at) < Duration::from_secs(2), "took {:?} to stop", stopped.duration_since(cancelled_at));
+}
