@@ -573,6 +573,7 @@ def aggregate(scores):
             wall_s=_mean([s.get("wall_s") for s in rs]),
             real_forward=_mean([s.get("real_forward") for s in rs]),
             real_backward=_mean([s.get("real_backward") for s in rs]),
+            stopped_on_nan=int(sum(bool(s.get("stopped_on_nan")) for s in rs)),
         )
         for dom in ("in_domain", "out_of_domain"):
             v = _finite([s.get("mf") for s in ok if s.get("domain") == dom])
@@ -591,7 +592,8 @@ def table(rows, meta=None):
     meta = meta or {}
     lines = []
     if meta:
-        lines.append(f"Machine: {meta.get('machine', '?')} · model: {meta.get('model', '?')} · "
+        extra = "".join(f" · {k}: {meta[k]}" for k in ("device", "steps") if meta.get(k) is not None)
+        lines.append(f"Machine: {meta.get('machine', '?')} · model: {meta.get('model', '?')}{extra} · "
                      f"{meta.get('n_clips', '?')} clips")
         lines.append("")
     lines += ["| mode | runs | motion fidelity | MF in / out of domain | MF symmetric | centroid err (px) | colour | shape | "
@@ -599,7 +601,8 @@ def table(rows, meta=None):
               "speedup vs ditflow |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
-        runs = f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+        runs = f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else "") + \
+            (f" ({r['stopped_on_nan']} NaN-stopped)" if r.get("stopped_on_nan") else "")
         lines.append(
             f"| {m} | {runs} | {_f(r['mf_mean'])} ± {_f(r['mf_std'])} | {_f(r['mf_in_domain'], '{:.2f}')} / "
             f"{_f(r['mf_out_of_domain'], '{:.2f}')} | {_f(r['mf_symmetric'], '{:.2f}')} | {_f(r['centroid_err_px'], '{:.1f}')} | "
@@ -652,7 +655,8 @@ def score_runs(run_dir, clips=None, quiet=False):
         rec = dict(clip=run.get("clip"), mode=run.get("mode"), gif=run.get("gif"),
                    domain=(entry or {}).get("domain"), family=(entry or {}).get("family"),
                    **{k: run.get(k) for k in ("wall_s", "real_forward", "real_backward", "cached_steps",
-                                              "guided_steps", "final_loss", "seed")})
+                                              "guided_steps", "denoiser_passes", "first_loss", "final_loss",
+                                              "stopped_on_nan", "seed")})
         try:
             ref_path = _resolve(run["reference_gif"], run_dir, os.getcwd(), clips_dir) if run.get("reference_gif") \
                 else os.path.join(clips_dir, entry["gif"])
@@ -674,8 +678,8 @@ def score_runs(run_dir, clips=None, quiet=False):
                      f"colour {rec.get('colour_ok')}, shape {rec.get('shape_ok')}" if "error" not in rec else rec["error"]),
                   file=sys.stderr)
     rows = aggregate(scores)
-    meta = dict(machine=runs_doc.get("machine"), model=runs_doc.get("model"),
-                n_clips=len({s["clip"] for s in scores}))
+    meta = dict(machine=runs_doc.get("machine"), model=runs_doc.get("model"), device=runs_doc.get("device"),
+                steps=runs_doc.get("steps"), n_clips=len({s["clip"] for s in scores}))
     md = table(rows, meta)
     with open(os.path.join(run_dir, "scores.json"), "w") as f:
         json.dump(dict(meta=meta, clips=os.path.abspath(clips) if clips else None,
