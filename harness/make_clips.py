@@ -6,7 +6,8 @@
 Clips come from onnx/fastvmt_onnx/data.py: about two thirds `make_clip` (in-domain: one flat
 coloured shape on a flat background), one third `make_harness_clip` (out-of-domain: a textured
 object on a textured, often moving background). Trajectory families cycle over every moving
-family of data.TRAJECTORIES ("still" is left out: a still reference has no motion to transfer).
+family of data.TRAJECTORIES ("still" is left out: a still reference has no motion to transfer;
+"scaling" only in-domain: make_harness_clip does not scale the texture with the shape).
 Each clip gets a prompt asking for different content: a colour, a shape and a background all
 different from the reference's, from the training vocabulary (uniform over the vocabulary's combinations;
 `target_held_out` says whether the combination was held out of the training captions).
@@ -29,6 +30,9 @@ sys.path.insert(0, os.path.join(REPO, "onnx"))
 from fastvmt_onnx import data as D  # noqa: E402
 
 MOVING = [t for t in D.TRAJECTORIES if t != "still"]
+# make_harness_clip translates a scaling object's texture without scaling it: points on it have
+# no single true motion, so out-of-domain clips use the other families
+MOVING_OOD = [t for t in MOVING if t != "scaling"]
 
 
 def bundle_defaults(bundle):
@@ -79,7 +83,7 @@ def make_set(count=24, seed=0, frames=D.DEFAULT_FRAMES, H=D.DEFAULT_H, W=D.DEFAU
         rng = np.random.default_rng([seed, i])
         ood = (i % ood_every) == ood_every - 1
         if ood:
-            fam = MOVING[(n_ood * 3 + 1) % len(MOVING)]
+            fam = MOVING_OOD[(n_ood * 5 + 1) % len(MOVING_OOD)]  # 5 is coprime with 6: every family
             n_ood += 1
             clip, cap, info = D.make_harness_clip(rng, frames, H, W, trajectory=fam)
             o = info["objects"][0]

@@ -174,7 +174,9 @@ def fill_holes(m):
 
 def background(video):
     """Background estimate float [F,H,W,3], a description, and the background's per-frame shift.
-    Flat border ring -> per-frame ring median colour; textured -> per-pixel temporal median
+    Flat border ring (< 5% of its pixels farther than FG_THRESH from its median; "flat, noisy"
+    when their median distance exceeds FLAT_BG_SPREAD, and that mask is then opened) -> per-frame
+    ring median colour; textured -> per-pixel temporal median
     after aligning frames by the background's global translation (border-band matching)."""
     x = video.astype(np.float64)
     Fn, H, W, _ = x.shape
@@ -182,8 +184,11 @@ def background(video):
                            x[:, :, :2].reshape(Fn, -1, 3), x[:, :, -2:].reshape(Fn, -1, 3)], 1)
     med = np.median(ring, 1)
     spread = float(np.median(np.sqrt(((ring - med[:, None]) ** 2).sum(-1))))
-    if spread < FLAT_BG_SPREAD:
-        return np.broadcast_to(med[:, None, None], x.shape).copy(), "flat", None
+    # flat: the border is one colour up to noise (a generated background may be noisy)
+    outliers = float((np.sqrt(((ring - med[:, None]) ** 2).sum(-1)) > FG_THRESH).mean())
+    if outliers < 0.05:
+        kind = "flat" if spread < FLAT_BG_SPREAD else "flat, noisy"
+        return np.broadcast_to(med[:, None, None], x.shape).copy(), kind, None
     shifts = background_shifts(x)
     moving = any(s != (0, 0) for s in shifts)
     kind = "textured" + (f", moving ({shifts[-1][1]}, {shifts[-1][0]}) px (x, y) by the last frame" if moving else ", static")
@@ -203,7 +208,8 @@ def foreground(video):
     bg, kind, shifts = background(video)
     if shifts is None:
         dist = np.sqrt(((x - bg) ** 2).sum(-1))
-        return dist > FG_THRESH, kind, dist
+        fg = dist > FG_THRESH
+        return (fg if kind == "flat" else np.stack([dilate(erode(f, 1), 1) for f in fg])), kind, dist
     fg = _clean(np.sqrt(((x - bg) ** 2).sum(-1)) > FG_THRESH_TEXTURED)
     for _ in range(2):
         bg = _aligned_median(x, shifts, exclude=np.stack([dilate(f, 1) for f in fg]))
@@ -322,7 +328,7 @@ def track_video(video):
     the foreground on the first frame where an object is found. NaN = not tracked."""
     Fn, H, W, _ = video.shape
     fg, bg_kind, dist = foreground(video)
-    cents, areas, dominant, masks, spread = object_stats(fg, video, dist, soft=bg_kind == "flat")
+    cents, areas, dominant, masks, spread = object_stats(fg, video, dist, soft=bg_kind.startswith("flat"))
     textured = bool(np.nanmedian(spread) > TEXTURE_STD) if np.isfinite(spread).any() else False
     present = np.nonzero(~np.isnan(cents[:, 0]))[0]
     tracks = [cents.copy()]
