@@ -30,7 +30,7 @@ PAPER_HEADLINE_SPEEDUP = 3.43
 # tracker / metric constants, as fractions of the frame's larger side (48 px -> value in px)
 FG_THRESH = 50.0          # RGB distance from the background estimate that counts as foreground
 FG_THRESH_TEXTURED = 35.0  # same, against a textured background's aligned temporal median
-FLAT_BG_SPREAD = 12.0     # border-ring spread (median abs RGB distance) below which the bg is flat
+FLAT_BG_SPREAD = 12.0     # border-ring spread (median RGB distance) above which a flat bg is 'noisy'
 GRID_FRAC = 1 / 12        # grid stride: 4 px at 48
 SEARCH_FRAC = 1 / 12      # block-matching search radius around the prediction: 4 px at 48
 PATCH_R = 2               # block-matching patch: 5 x 5
@@ -446,12 +446,11 @@ def motion_fidelity(gen, ref, H, W):
     return out
 
 
-def centroid_error(track, gt):
+def centroid_error(track, gt, H, W):
     """Mean / max distance (px) between a centroid track and the ground-truth centre; frames
-    without an object count as the frame diagonal / 2."""
+    without an object count as half the frame diagonal."""
     d = np.linalg.norm(track - gt, axis=-1)
-    H_W_diag = float(np.nanmax(np.abs(gt)) * math.sqrt(2)) if np.isfinite(gt).any() else float("nan")
-    d = np.where(np.isnan(d), H_W_diag / 2, d)
+    d = np.where(np.isnan(d), 0.5 * math.hypot(H, W), d)
     return float(d.mean()), float(d.max())
 
 
@@ -520,7 +519,7 @@ def score_pair(gen, ref, entry=None, ref_tracks=None):
     ref_tracks = ref_tracks[:, :Fn]
     out.update(motion_fidelity(tg["tracks"], ref_tracks, Hr, Wr))
     gt = np.asarray(entry["trajectory"], np.float64)[:Fn] if entry and entry.get("trajectory") else ref_tracks[0]
-    out["centroid_err_px"], out["centroid_err_max_px"] = centroid_error(tg["centroid"], gt)
+    out["centroid_err_px"], out["centroid_err_max_px"] = centroid_error(tg["centroid"], gt, Hr, Wr)
     out.update({"tc_" + k: v for k, v in temporal_consistency(gen, tg).items()})
     out["gen_background"] = tg["background"]
     out.update(adherence(gen, (entry or {}).get("target")))

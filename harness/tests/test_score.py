@@ -206,3 +206,30 @@ def test_make_clips_reads_bundle_defaults(tmp_path):
         assert v.shape == (6, 32, 40, 3)
         c = np.asarray(e["trajectory"])
         assert (c[:, 0] > 0).all() and (c[:, 0] < 40).all() and (c[:, 1] > 0).all() and (c[:, 1] < 32).all()
+
+
+def test_rust_runs_format(tmp_path):
+    """runs.json as plugin/harness-runner writes it: GIF names relative to the run folder,
+    absolute reference paths, extra keys, null losses, a NaN-stopped run."""
+    clips_dir = os.path.join(str(tmp_path), "clips")
+    MC.main(["--out", clips_dir, "--count", "2", "--seed", "1", "--bundle", ""])
+    entries = json.load(open(os.path.join(clips_dir, "clips.json")))
+    run_dir = os.path.join(str(tmp_path), "runs")
+    os.makedirs(run_dir)
+    runs = []
+    for e in entries:
+        for mode, wall in (("ditflow", 4.0), ("fastvmt", 2.0)):
+            D.save_gif(FR.fake_video(e, "ditflow", entries, np.random.default_rng(0)),
+                       os.path.join(run_dir, f"{e['name']}.{mode}.gif"))
+            runs.append({"clip": e["name"], "mode": mode, "gif": f"{e['name']}.{mode}.gif",
+                         "reference_gif": os.path.abspath(os.path.join(clips_dir, e["gif"])),
+                         "prompt": e["prompt"], "wall_s": wall, "real_forward": 40, "real_backward": 16,
+                         "cached_steps": 24, "guided_steps": 6, "denoiser_passes": 60, "first_loss": None,
+                         "final_loss": None, "stopped_on_nan": mode == "fastvmt", "seed": 0})
+    json.dump({"machine": "test", "model": "tiny-shapes", "device": "cpu", "steps": 30, "runs": runs},
+              open(os.path.join(run_dir, "runs.json"), "w"))
+    md, rows, scores = S.score_runs(run_dir, clips_dir, quiet=True)
+    assert all("error" not in s for s in scores)
+    assert rows["fastvmt"]["speedup_vs_ditflow"] == pytest.approx(2.0)
+    assert rows["fastvmt"]["stopped_on_nan"] == 2 and "NaN-stopped" in md
+    assert "device: cpu" in md and rows["ditflow"]["mf_mean"] > 0.95
