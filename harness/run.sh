@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The motion-fidelity harness, one command:
-#   harness/run.sh [--count N] [--seed S] [--modes none,ditflow,fastvmt,adaptive] [--out DIR] [--fake] [-- ARGS...]
+#   harness/run.sh [--count N] [--seed S] [--families F1,F2] [--modes none,ditflow,fastvmt,adaptive] [--out DIR] [--fake] [-- ARGS...]
 # 1. harness/make_clips.py writes the reference set to DIR/clips (GIFs + clips.json);
 # 2. the Rust harness binary runs every mode on every clip -> DIR/runs/runs.json + GIFs
 #    (ARGS after `--` go to it, e.g. -- --device cuda);
@@ -21,11 +21,13 @@ MODES="none,ditflow,fastvmt,adaptive"
 OUT="$ROOT/harness/out"
 FAKE=0
 EXTRA=()
+FAMILIES=()
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --count) COUNT="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
+    --families) FAMILIES=(--families "$2"); shift 2 ;;
     --modes) MODES="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --fake) FAKE=1; shift ;;
@@ -46,7 +48,7 @@ CLIPS="$OUT/clips"
 RUNS="$OUT/runs"
 
 echo "== 1/3 reference clips -> $CLIPS"
-"$PY" "$HERE/make_clips.py" --out "$CLIPS" --count "$COUNT" --seed "$SEED"
+"$PY" "$HERE/make_clips.py" --out "$CLIPS" --count "$COUNT" --seed "$SEED" ${FAMILIES[@]+"${FAMILIES[@]}"}
 
 echo "== 2/3 runs ($MODES) -> $RUNS"
 rm -f "$RUNS/runs.json"

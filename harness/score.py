@@ -22,7 +22,6 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "onnx"))
 
 from fastvmt_onnx import checker as C  # noqa: E402
-from fastvmt_onnx import data as D  # noqa: E402
 
 MODE_ORDER = ["none", "ditflow", "fastvmt", "adaptive"]
 PAPER_HEADLINE_SPEEDUP = 3.43
@@ -172,23 +171,27 @@ def fill_holes(m):
     return m | ((lab > 0) & ~np.isin(lab, list(border)))
 
 
-def background(video):
-    """Background estimate float [F,H,W,3], a description, and the background's per-frame shift.
-    Flat border ring (< 5% of its pixels farther than FG_THRESH from its median; "flat, noisy"
-    when their median distance exceeds FLAT_BG_SPREAD, and that mask is then opened) -> per-frame
-    ring median colour; textured -> per-pixel temporal median
-    after aligning frames by the background's global translation (border-band matching)."""
+def background(video, force_textured=False):
+    """Background estimate float [F,H,W,3], a description, and the background's per-frame shift
+    (None for a flat background). Flat when the 2-px border ring is one colour up to noise (< 5%
+    of its pixels farther than FG_THRESH from the frame's ring median; "flat, noisy" when their
+    median distance exceeds FLAT_BG_SPREAD) -> each frame's ring median colour. Textured -> the
+    per-pixel temporal median after aligning frames by the background's global translation
+    (border-band matching)."""
     x = video.astype(np.float64)
     Fn, H, W, _ = x.shape
-    ring = np.concatenate([x[:, :2].reshape(Fn, -1, 3), x[:, -2:].reshape(Fn, -1, 3),
-                           x[:, :, :2].reshape(Fn, -1, 3), x[:, :, -2:].reshape(Fn, -1, 3)], 1)
-    med = np.median(ring, 1)
-    spread = float(np.median(np.sqrt(((ring - med[:, None]) ** 2).sum(-1))))
-    # flat: the border is one colour up to noise (a generated background may be noisy)
-    outliers = float((np.sqrt(((ring - med[:, None]) ** 2).sum(-1)) > FG_THRESH).mean())
-    if outliers < 0.05:
-        kind = "flat" if spread < FLAT_BG_SPREAD else "flat, noisy"
-        return np.broadcast_to(med[:, None, None], x.shape).copy(), kind, None
+    if not force_textured:
+        ring = np.concatenate([x[:, :2].reshape(Fn, -1, 3), x[:, -2:].reshape(Fn, -1, 3),
+                               x[:, :, :2].reshape(Fn, -1, 3), x[:, :, -2:].reshape(Fn, -1, 3)], 1)
+        med = np.median(ring, 1)
+        rd = np.sqrt(((ring - med[:, None]) ** 2).sum(-1))
+        if float((rd > FG_THRESH).mean()) < 0.05:
+            kind = "flat" if float(np.median(rd)) < FLAT_BG_SPREAD else "flat, noisy"
+            # some frame's border not explained by one colour (a moving gradient entering, or
+            # an object touching the border): flag it for a comparison with the textured model
+            if float((rd > FG_THRESH).mean(1).max()) >= 0.02:
+                kind += ", uncertain"
+            return np.broadcast_to(med[:, None, None], x.shape).copy(), kind, None
     shifts = background_shifts(x)
     moving = any(s != (0, 0) for s in shifts)
     kind = "textured" + (f", moving ({shifts[-1][1]}, {shifts[-1][0]}) px (x, y) by the last frame" if moving else ", static")
@@ -199,17 +202,28 @@ def _clean(m):
     return np.stack([dilate(erode(fill_holes(erode(dilate(f, 1), 1)), 1), 1) for f in m])
 
 
-def foreground(video):
-    """Foreground mask bool [F,H,W], the background description and the distance map. Flat background: RGB
-    distance > FG_THRESH from the border colour. Textured: distance > FG_THRESH_TEXTURED from the
-    aligned temporal median, closed, hole-filled and opened; the median is then recomputed
-    without the foreground's votes (twice) so slow objects do not ghost into the background."""
+def foreground(video, force_textured=False):
+    """Foreground mask bool [F,H,W], the background description and the distance map.
+    Flat background: RGB distance > FG_THRESH from the border colour (opened if noisy).
+    Textured: distance > FG_THRESH_TEXTURED from the aligned temporal median, closed,
+    hole-filled and opened; the median is then recomputed without the foreground's votes
+    (twice) so slow objects do not ghost into the background. When the flat model is uncertain
+    (some frame's border is not one colour), both are computed and the one leaving the smaller
+    foreground is kept if it is under 0.6x the flat one (the textured median can swallow part of
+    a slow object, so it must explain the frames clearly better)."""
     x = video.astype(np.float64)
-    bg, kind, shifts = background(video)
+    bg, kind, shifts = background(video, force_textured)
     if shifts is None:
         dist = np.sqrt(((x - bg) ** 2).sum(-1))
         fg = dist > FG_THRESH
-        return (fg if kind == "flat" else np.stack([dilate(erode(f, 1), 1) for f in fg])), kind, dist
+        if kind != "flat":
+            fg = np.stack([dilate(erode(f, 1), 1) for f in fg])
+        if kind.endswith(", uncertain"):
+            fg_t, kind_t, dist_t = foreground(video, force_textured=True)
+            if fg_t.sum() < 0.6 * fg.sum():
+                return fg_t, kind_t, dist_t
+            kind = kind[: -len(", uncertain")]
+        return fg, kind, dist
     fg = _clean(np.sqrt(((x - bg) ** 2).sum(-1)) > FG_THRESH_TEXTURED)
     for _ in range(2):
         bg = _aligned_median(x, shifts, exclude=np.stack([dilate(f, 1) for f in fg]))
@@ -358,21 +372,23 @@ def track_video(video):
 
 
 def reference_tracks_gt(entry, textured=None):
-    """Ground-truth tracks of a clips.json reference: the object's centre + grid points on its
-    rendered first-frame mask, moved with the object (similarity: centre + scale for flat
+    """Ground-truth tracks of a clips.json reference: the object's centre + the grid points within
+    its first-frame bounding disc (radius = size), moved with the object (similarity: centre + scale for flat
     objects; translation by the rounded centre shift for textured ones, whose texture is only
     translated by data.make_harness_clip)."""
     H, W = entry["height"], entry["width"]
     c = np.asarray(entry["trajectory"], np.float64)
     size = np.asarray(entry.get("size") or [1.0] * len(c), np.float64)
-    ref = entry.get("reference", {})
-    shape = ref.get("shape")
     if textured is None:
         textured = entry.get("domain") == "out_of_domain"
     tracks = [c]
-    if shape in D.SHAPES and entry.get("size"):
-        cov = D.shape_coverage(shape, c[:1, 0], c[:1, 1], size[:1], H, W)[0]
-        seeds = grid_seeds(cov > 0.5, H, W) + 0.5
+    if entry.get("size"):
+        # the object's motion field over its bounding disc (not only the shape's own pixels:
+        # an output drawn as another shape should still find tracks in every direction)
+        g = max(2, int(round(max(H, W) * GRID_FRAC)))
+        ys, xs = np.mgrid[g // 2:H:g, g // 2:W:g]
+        seeds = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64) + 0.5
+        seeds = seeds[np.linalg.norm(seeds - c[0], axis=-1) <= size[0]]
         if textured:
             shift = np.rint(c - c[:1])
             pts = seeds[:, None, :] + shift[None]
@@ -498,7 +514,7 @@ def adherence(video, target):
 
 
 # ----------------------------------------------------------------------------- scoring a pair
-def score_pair(gen, ref, entry=None, ref_tracks=None):
+def score_pair(gen, ref, entry=None, ref_tracks=None, check_prompt=True):
     """Score a generated video against a reference. entry: the clip's clips.json record (gives
     ground-truth tracks and the target); without it the reference is tracked like the output."""
     Hr, Wr = ref.shape[1:3]
@@ -522,7 +538,8 @@ def score_pair(gen, ref, entry=None, ref_tracks=None):
     out["centroid_err_px"], out["centroid_err_max_px"] = centroid_error(tg["centroid"], gt, Hr, Wr)
     out.update({"tc_" + k: v for k, v in temporal_consistency(gen, tg).items()})
     out["gen_background"] = tg["background"]
-    out.update(adherence(gen, (entry or {}).get("target")))
+    if check_prompt:
+        out.update(adherence(gen, (entry or {}).get("target")))
     return out
 
 
@@ -620,6 +637,11 @@ def table(rows, meta=None):
         lines.append("")
         lines.append(f"FastVMT's headline speedup is {PAPER_HEADLINE_SPEEDUP}x (whole job vs DiTFlow): " + "; ".join(
             f"{m} {v:.2f}x = {100 * v / PAPER_HEADLINE_SPEEDUP:.0f}% of it" for m, v in sp.items()) + ".")
+    sc = meta.get("tracker_selfcheck_mf")
+    if sc:
+        lines.append("")
+        lines.append(f"Tracker self-check (each reference scored as its own output against its ground truth): "
+                     f"MF {sc['mean']:.3f} mean, {sc['min']:.3f} min over {sc['n']} clips.")
     lines.append("")
     lines.append("Motion fidelity: mean over generated tracks of the best-matching reference track's mean cosine "
                  "of per-step displacements (1 = same motion, 0 = unrelated or still, -1 = opposite); symmetric: "
@@ -644,7 +666,7 @@ def _jsonable(d):
     return out
 
 
-def score_runs(run_dir, clips=None, quiet=False):
+def score_runs(run_dir, clips=None, quiet=False, selfcheck=True):
     with open(os.path.join(run_dir, "runs.json")) as f:
         runs_doc = json.load(f)
     runs = runs_doc.get("runs", [])
@@ -682,9 +704,18 @@ def score_runs(run_dir, clips=None, quiet=False):
                   + (f"MF {_f(rec.get('mf'))}, centroid err {_f(rec.get('centroid_err_px'), '{:.1f}')} px, "
                      f"colour {rec.get('colour_ok')}, shape {rec.get('shape_ok')}" if "error" not in rec else rec["error"]),
                   file=sys.stderr)
+    # tracker self-check: each reference scored as its own output against its ground truth
+    checks = []
+    for key, (ref, rt) in (ref_cache.items() if selfcheck else ()):
+        if rt is not None:
+            tr = track_video(ref)["tracks"]
+            checks.append(motion_fidelity(tr, rt[:, :len(ref)], ref.shape[1], ref.shape[2])["mf"])
     rows = aggregate(scores)
     meta = dict(machine=runs_doc.get("machine"), model=runs_doc.get("model"), device=runs_doc.get("device"),
                 steps=runs_doc.get("steps"), n_clips=len({s["clip"] for s in scores}))
+    sc = _finite(checks)
+    if len(sc):
+        meta["tracker_selfcheck_mf"] = dict(mean=float(sc.mean()), min=float(sc.min()), n=int(len(sc)))
     md = table(rows, meta)
     with open(os.path.join(run_dir, "scores.json"), "w") as f:
         json.dump(dict(meta=meta, clips=os.path.abspath(clips) if clips else None,
@@ -700,8 +731,9 @@ def main(argv=None):
     ap.add_argument("--clips", default=None, help="reference set folder (or its clips.json); default: "
                     "the folder of the first reference GIF, else RUN_DIR/../clips")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--no-selfcheck", action="store_true", help="skip tracking the references themselves")
     a = ap.parse_args(argv)
-    md, _, _ = score_runs(a.run_dir, a.clips, a.quiet)
+    md, _, _ = score_runs(a.run_dir, a.clips, a.quiet, selfcheck=not a.no_selfcheck)
     print(md)
 
 
