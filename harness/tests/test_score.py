@@ -12,6 +12,7 @@ sys.path.insert(0, HARNESS)
 
 import fake_runs as FR  # noqa: E402
 import make_clips as MC  # noqa: E402
+import metrics as MT  # noqa: E402
 import score as S  # noqa: E402
 from fastvmt_onnx import data as D  # noqa: E402
 
@@ -53,11 +54,11 @@ def test_similarity_definition():
     left = right[:, ::-1].copy()
     down = np.stack([np.full(F, 20.0), 10 + 3 * t], -1)[None]
     still = np.full((1, F, 2), 20.0)
-    eps = S.MOVE_FRAC * W
-    assert S.similarity(right, right, eps)[0, 0] == pytest.approx(1.0)
-    assert S.similarity(left, right, eps)[0, 0] == pytest.approx(-1.0)
-    assert S.similarity(down, right, eps)[0, 0] == pytest.approx(0.0)
-    assert S.similarity(still, right, eps)[0, 0] == pytest.approx(0.0)
+    eps = MT.MOVE_FRAC * W
+    assert MT.similarity(right, right, eps)[0, 0] == pytest.approx(1.0)
+    assert MT.similarity(left, right, eps)[0, 0] == pytest.approx(-1.0)
+    assert MT.similarity(down, right, eps)[0, 0] == pytest.approx(0.0)
+    assert MT.similarity(still, right, eps)[0, 0] == pytest.approx(0.0)
     # static tracks are dropped: a still output scores 0, a still reference is unscorable
     assert S.motion_fidelity(still, right, H, W)["mf"] == 0.0
     assert np.isnan(S.motion_fidelity(right, still, H, W)["mf"])
@@ -66,7 +67,7 @@ def test_similarity_definition():
     # untracked steps (NaN) count as disagreement, not as agreement
     gap = right.copy()
     gap[0, 3] = np.nan
-    assert S.similarity(gap, right, eps)[0, 0] == pytest.approx(5 / 7)
+    assert MT.similarity(gap, right, eps)[0, 0] == pytest.approx(5 / 7)
 
 
 # ----------------------------------------------------------------------------- fake outputs
