@@ -86,6 +86,10 @@ def aggregate(scores):
         for dom in ("in_domain", "out_of_domain"):
             v = _finite([s.get("mf") for s in ok if s.get("domain") == dom])
             rows[m]["mf_" + dom] = float(v.mean()) if len(v) else float("nan")
+        fams = sorted({s.get("family") for s in ok if s.get("family")})
+        rows[m]["mf_by_family"] = {f: _mean([s.get("mf") for s in ok if s.get("family") == f]) for f in fams}
+        held = [s for s in ok if s.get("target_held_out")]
+        rows[m]["both_held_out_targets"] = _mean([s.get("both_ok") for s in held])
     base = rows.get("ditflow", {}).get("wall_s")
     for m, r in rows.items():
         r["speedup_vs_ditflow"] = (base / r["wall_s"]) if base and r["wall_s"] and math.isfinite(base) else float("nan")
@@ -141,6 +145,8 @@ def table(rows, meta=None):
 def _jsonable(d):
     out = {}
     for k, v in d.items():
+        if isinstance(v, dict):
+            v = _jsonable(v)
         if isinstance(v, (np.floating, float)):
             v = float(v)
             v = v if math.isfinite(v) else None
@@ -167,6 +173,7 @@ def score_runs(run_dir, clips=None, quiet=False, selfcheck=True):
         entry = entries.get(run.get("clip"))
         rec = dict(clip=run.get("clip"), mode=run.get("mode"), gif=run.get("gif"),
                    domain=(entry or {}).get("domain"), family=(entry or {}).get("family"),
+                   target_held_out=(entry or {}).get("target_held_out"),
                    **{k: run.get(k) for k in ("wall_s", "real_forward", "real_backward", "cached_steps",
                                               "guided_steps", "denoiser_passes", "first_loss", "final_loss",
                                               "stopped_on_nan", "seed")})
