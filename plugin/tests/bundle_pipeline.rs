@@ -54,9 +54,6 @@ impl Vectors {
     fn i64(&self, name: &str) -> Vec<i64> {
         self.bytes(name).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
     }
-    fn has(&self, name: &str) -> bool {
-        !self.index[name].is_null()
-    }
 }
 
 fn max_rel_err(got: &[f32], want: &[f32]) -> f64 {

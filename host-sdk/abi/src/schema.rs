@@ -138,6 +138,8 @@ pub struct InputBuilder(InputSpec);
 
 impl InputSpec {
     /// A required input of type `ty`; widgets for literal types, links otherwise.
+    /// Returns a builder: `InputSpec::new("steps", ValueType::Int).range(1.0, 100.0, 1.0).build()`.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(name: &str, ty: ValueType) -> InputBuilder {
         InputBuilder(InputSpec {
             name: name.into(),

@@ -58,7 +58,7 @@ pub enum ExecError {
     #[error("the graph has {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
     #[error("node {node} ({class_type}) failed: {error}")]
-    Node { node: String, class_type: String, error: NodeError },
+    Node { node: String, class_type: String, error: Box<NodeError> },
     #[error("cancelled (while running node {node})")]
     Cancelled { node: String },
 }
@@ -182,7 +182,7 @@ impl Executor {
                 if error.kind == NodeErrorKind::Cancelled || cancel.is_cancelled() {
                     ExecError::Cancelled { node: id.clone() }
                 } else {
-                    ExecError::Node { node: id.clone(), class_type: node.class_type.clone(), error }
+                    ExecError::Node { node: id.clone(), class_type: node.class_type.clone(), error: Box::new(error) }
                 }
             };
             let mut instance = class.create().map_err(fail)?;
@@ -205,7 +205,7 @@ impl Executor {
         let bad = |message: String| ExecError::Node {
             node: id.to_string(),
             class_type: class_type.to_string(),
-            error: NodeError::new(NodeErrorKind::Internal, message),
+            error: Box::new(NodeError::new(NodeErrorKind::Internal, message)),
         };
         if produced.len() != desc.outputs.len() {
             return Err(bad(format!("returned {} output(s), its schema declares {}", produced.len(), desc.outputs.len())));

@@ -111,7 +111,9 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
     Ok(session)
 }
 
-static LOADED: OnceLock<Mutex<HashMap<(PathBuf, Device), Arc<DitModel>>>> = OnceLock::new();
+/// Loaded models by (bundle folder, device): one set of sessions per process.
+type ModelCache = Mutex<HashMap<(PathBuf, Device), Arc<DitModel>>>;
+static LOADED: OnceLock<ModelCache> = OnceLock::new();
 
 impl DitModel {
     /// Opens the bundle in `dir` on `device`, or returns the already loaded one.
@@ -228,7 +230,7 @@ impl DitModel {
     /// Checks a pixel latent shape `[B, C, F, H, W]` against the bundle and returns the token grid.
     pub fn token_grid(&self, frames: usize, height: usize, width: usize) -> Result<(usize, usize, usize), ModelError> {
         let [pt, ph, pw] = self.manifest().patch_size;
-        if frames % pt != 0 || height % ph != 0 || width % pw != 0 {
+        if !frames.is_multiple_of(pt) || !height.is_multiple_of(ph) || !width.is_multiple_of(pw) {
             return Err(ModelError::Shape(format!(
                 "{frames} frames of {width}x{height} do not divide into the model's {pt}x{ph}x{pw} patches (width and height must be multiples of {pw} and {ph})"
             )));

@@ -24,6 +24,7 @@ pub const ALL: &[NodeClass] = &[
 ];
 
 /// Assembles a descriptor from its parts.
+#[allow(clippy::too_many_arguments)]
 pub fn descriptor(
     class_type: &str,
     version: u32,
