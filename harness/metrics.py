@@ -149,16 +149,16 @@ def score_pair(gen, ref, entry=None, ref_tracks=None, check_prompt=True):
         out["frame_mismatch"] = [int(len(gen)), int(len(ref))]
     gen, ref = gen[:Fn], ref[:Fn]
     tg = track_video(gen)
+    has_gt = entry is not None and bool(entry.get("trajectory"))
+    out["reference_tracks"] = "ground truth" if has_gt else "tracked"
     if ref_tracks is None:
-        if entry is not None and entry.get("trajectory"):
+        if has_gt:
             ref_tracks = reference_tracks_gt(entry)
-            out["reference_tracks"] = "ground truth"
         else:
             ref_tracks = track_video(ref)["tracks"]
-            out["reference_tracks"] = "tracked"
     ref_tracks = ref_tracks[:, :Fn]
     out.update(motion_fidelity(tg["tracks"], ref_tracks, Hr, Wr))
-    gt = np.asarray(entry["trajectory"], np.float64)[:Fn] if entry and entry.get("trajectory") else ref_tracks[0]
+    gt = np.asarray(entry["trajectory"], np.float64)[:Fn] if has_gt else ref_tracks[0]
     out["centroid_err_px"], out["centroid_err_max_px"] = centroid_error(tg["centroid"], gt, Hr, Wr)
     out.update({"tc_" + k: v for k, v in temporal_consistency(gen, tg).items()})
     out["gen_background"] = tg["background"]
