@@ -81,7 +81,7 @@ fn main() -> Result<()> {
         temporal_window: args.temporal_window,
         spatial_radius: args.radius.unwrap_or(m.default_f64("spatial_radius", 3.0) as usize),
         coarse_tiles: false,
-        tau: m.default_f64("amf_tau", 2.0) as f32,
+        tau: m.default_f64("amf_temperature", 2.0) as f32,
         precision: AmfPrecision::F32,
         backend: if device == Device::Cuda { Backend::Cuda { device: 0 } } else { Backend::Cpu },
     };

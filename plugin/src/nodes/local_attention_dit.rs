@@ -113,7 +113,7 @@ impl Node for LocalAttentionDit {
             temporal_window,
             spatial_radius: radius,
             coarse_tiles: inputs.string("window_centre")? == "coarse_tiles",
-            tau: m.default_f64("amf_tau", 2.0) as f32,
+            tau: m.default_f64("amf_temperature", 2.0) as f32,
             precision: match inputs.string("precision")? {
                 "fp16" => AmfPrecision::F16,
                 "bf16" => AmfPrecision::Bf16,
