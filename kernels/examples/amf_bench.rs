@@ -87,7 +87,7 @@ fn run() -> Result<(), KernelError> {
         ("span4 full", PairSet::Forward { span: 4 }, KeyWindow::Full),
     ];
     println!(
-        "{:<8} {:<20} {:<5} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10}",
+        "{:<8} {:<20} {:<9} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10}",
         "shape",
         "mode",
         "dtype",
@@ -128,8 +128,17 @@ fn run() -> Result<(), KernelError> {
             let bytes = (2 * n * 2 + 2 * n * 4) as f64; // q, k bf16 in; dq, dk f32 out
             let tc_floor = (gflop / 798e3).max(bytes / 3.0e12 * 1e3);
             let simt_floor = gflop / 67e3;
-            for dtype in ["bf16", "f32"] {
-                let (fwd, fb) = if dtype == "bf16" {
+            for dtype in ["bf16", "bf16-wide", "f32"] {
+                // bf16-wide: the 256-key logits variant (FASTVMT_AMF_LOGITS_WIDE).
+                if dtype == "bf16-wide" {
+                    std::env::set_var("FASTVMT_AMF_LOGITS_WIDE", "1");
+                } else {
+                    std::env::remove_var("FASTVMT_AMF_LOGITS_WIDE");
+                }
+                if dtype == "f32" && sname == "2x" {
+                    continue; // CUDA-core path: see the small and FastVMT shapes
+                }
+                let (fwd, fb) = if dtype.starts_with("bf16") {
                     let qb: Vec<bf16> = q32.iter().map(|&v| bf16::from_f32(v)).collect();
                     let kb: Vec<bf16> = k32.iter().map(|&v| bf16::from_f32(v)).collect();
                     bench(&dev, &spec, &qb, &kb)?
@@ -137,7 +146,7 @@ fn run() -> Result<(), KernelError> {
                     bench(&dev, &spec, &q32, &k32)?
                 };
                 println!(
-                    "{:<8} {:<20} {:<5} {:>9.3} {:>11.3} {:>8.1} {:>9.1} {:>10.3} {:>10.3}",
+                    "{:<8} {:<20} {:<9} {:>9.3} {:>11.3} {:>8.1} {:>9.1} {:>10.3} {:>10.3}",
                     sname,
                     mname,
                     dtype,

@@ -537,16 +537,16 @@ __device__ __forceinline__ void ldsm_x2_trans(unsigned& r0, unsigned& r1, const 
 #define TC_LD (TC_DC + 8)
 
 // Logits on tensor cores: grid (ceil(nslots/32), npairs), block 128 (4 warps x 32 keys).
-template <bool BF16>
+template <bool BF16, int NKT>
 __device__ void logits_tc_impl(const u16* __restrict__ q, const u16* __restrict__ k,
                                const int2* __restrict__ pairs, int H, int F, int S, int d, int w,
                                const int* __restrict__ slot_tok, const int* __restrict__ slot_row,
                                int nslots, int nrows, const int2* __restrict__ win, int wh, int ww,
                                float scale, float* __restrict__ logits) {
     __shared__ __align__(16) u16 Qs[TQ][TC_LD];
-    __shared__ __align__(16) u16 Ks[TC_NK][TC_LD];
+    __shared__ __align__(16) u16 Ks[NKT][TC_LD];
     __shared__ int s_tok[TQ], s_row[TQ], s_r0[TQ], s_c0[TQ], box[4];
-    __shared__ int k_tok[TC_NK];
+    __shared__ int k_tok[NKT];
     const int pair = blockIdx.y;
     const int fi = pairs[pair].x, fj = pairs[pair].y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -568,12 +568,14 @@ __device__ void logits_tc_impl(const u16* __restrict__ q, const u16* __restrict_
     __syncthreads();
     const int by0 = box[0], bh = box[1], bx0 = box[2], bw = box[3];
     const int nkeys = bh * bw;
-    for (int kc = 0; kc < nkeys; kc += TC_NK) {
+    const int nst = H * (d / TC_DC);  // stages (head, 64-feature chunk) per key chunk
+    for (int kc = 0; kc < nkeys; kc += NKT) {
         __syncthreads();
         {
-            int key = kc + tid;  // blockDim == TC_NK
+            int key = kc + tid;  // blockDim == NKT
             k_tok[tid] = key < nkeys ? (by0 + key / bw) * w + bx0 + key % bw : -1;
         }
+        __syncthreads();
         float acc[2][4][4];
 #pragma unroll
         for (int a = 0; a < 2; a++)
@@ -581,44 +583,60 @@ __device__ void logits_tc_impl(const u16* __restrict__ q, const u16* __restrict_
             for (int b = 0; b < 4; b++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
-        for (int hh = 0; hh < H; hh++) {
+        // Registers hold the next stage's tiles while the current one is multiplied.
+        constexpr int QR = TQ * 8 / NKT;  // uint4 of the Q tile per thread
+        uint4 qreg[QR], kreg[8];
+        auto load_stage = [&](int st) {
+            const int hh = st / (d / TC_DC), cb = (st % (d / TC_DC)) * TC_DC;
             const long long qbase = ((long long)hh * F + fi) * S;
             const long long kbase = ((long long)hh * F + fj) * S;
-            for (int cb = 0; cb < d; cb += TC_DC) {
-                __syncthreads();
-                for (int u = tid; u < TQ * 8; u += 128) {
-                    int r = u >> 3, c8 = (u & 7) * 8;
-                    int tok = s_tok[r];
-                    uint4 v = make_uint4(0, 0, 0, 0);
-                    if (tok >= 0) v = *reinterpret_cast<const uint4*>(q + (qbase + tok) * d + cb + c8);
-                    *reinterpret_cast<uint4*>(&Qs[r][c8]) = v;
+#pragma unroll
+            for (int i = 0; i < QR; i++) {
+                int u = tid + i * NKT, r = u >> 3, c8 = (u & 7) * 8;
+                int tok = s_tok[r];
+                qreg[i] = tok >= 0 ? *reinterpret_cast<const uint4*>(q + (qbase + tok) * d + cb + c8)
+                                   : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int u = tid + i * NKT, r = u >> 3, c8 = (u & 7) * 8;
+                int kt = k_tok[r];
+                kreg[i] = kt >= 0 ? *reinterpret_cast<const uint4*>(k + (kbase + kt) * d + cb + c8)
+                                  : make_uint4(0, 0, 0, 0);
+            }
+        };
+        load_stage(0);
+        for (int st = 0; st < nst; st++) {
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < QR; i++) {
+                int u = tid + i * NKT;
+                *reinterpret_cast<uint4*>(&Qs[u >> 3][(u & 7) * 8]) = qreg[i];
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int u = tid + i * NKT;
+                *reinterpret_cast<uint4*>(&Ks[u >> 3][(u & 7) * 8]) = kreg[i];
+            }
+            __syncthreads();
+            if (st + 1 < nst) load_stage(st + 1);
+#pragma unroll
+            for (int ks = 0; ks < TC_DC / 16; ks++) {
+                unsigned a[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    a[mt][0] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g][ks * 16 + 2 * t4]);
+                    a[mt][1] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g + 8][ks * 16 + 2 * t4]);
+                    a[mt][2] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g][ks * 16 + 2 * t4 + 8]);
+                    a[mt][3] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g + 8][ks * 16 + 2 * t4 + 8]);
                 }
-                for (int u = tid; u < TC_NK * 8; u += 128) {
-                    int r = u >> 3, c8 = (u & 7) * 8;
-                    int kt = k_tok[r];
-                    uint4 v = make_uint4(0, 0, 0, 0);
-                    if (kt >= 0) v = *reinterpret_cast<const uint4*>(k + (kbase + kt) * d + cb + c8);
-                    *reinterpret_cast<uint4*>(&Ks[r][c8]) = v;
-                }
-                __syncthreads();
 #pragma unroll
-                for (int ks = 0; ks < TC_DC / 16; ks++) {
-                    unsigned a[2][4];
-#pragma unroll
-                    for (int mt = 0; mt < 2; mt++) {
-                        a[mt][0] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g][ks * 16 + 2 * t4]);
-                        a[mt][1] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g + 8][ks * 16 + 2 * t4]);
-                        a[mt][2] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g][ks * 16 + 2 * t4 + 8]);
-                        a[mt][3] = *reinterpret_cast<const unsigned*>(&Qs[mt * 16 + g + 8][ks * 16 + 2 * t4 + 8]);
-                    }
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++) {
-                        const int kr = warp * 32 + nt * 8 + g;
-                        unsigned b0 = *reinterpret_cast<const unsigned*>(&Ks[kr][ks * 16 + 2 * t4]);
-                        unsigned b1 = *reinterpret_cast<const unsigned*>(&Ks[kr][ks * 16 + 2 * t4 + 8]);
-                        mma16816<BF16>(acc[0][nt], a[0], b0, b1);
-                        mma16816<BF16>(acc[1][nt], a[1], b0, b1);
-                    }
+                for (int nt = 0; nt < 4; nt++) {
+                    const int kr = warp * 32 + nt * 8 + g;
+                    unsigned b0 = *reinterpret_cast<const unsigned*>(&Ks[kr][ks * 16 + 2 * t4]);
+                    unsigned b1 = *reinterpret_cast<const unsigned*>(&Ks[kr][ks * 16 + 2 * t4 + 8]);
+                    mma16816<BF16>(acc[0][nt], a[0], b0, b1);
+                    mma16816<BF16>(acc[1][nt], a[1], b0, b1);
                 }
             }
         }
@@ -642,35 +660,40 @@ __device__ void logits_tc_impl(const u16* __restrict__ q, const u16* __restrict_
     }
 }
 
-#define LOGITS_TC_ENTRY(SUF, BF)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) amf_logits_tc_##SUF(                         \
+#define LOGITS_TC_ENTRY(NAME, BF, NKT)                                                             \
+    extern "C" __global__ void __launch_bounds__(NKT) NAME(                                        \
         const u16* q, const u16* k, const int2* pairs, int H, int F, int S, int d, int w,          \
         const int* slot_tok, const int* slot_row, int nslots, int nrows, const int2* win, int wh,  \
         int ww, float scale, float* logits) {                                                      \
-        logits_tc_impl<BF>(q, k, pairs, H, F, S, d, w, slot_tok, slot_row, nslots, nrows, win, wh, \
-                           ww, scale, logits);                                                     \
+        logits_tc_impl<BF, NKT>(q, k, pairs, H, F, S, d, w, slot_tok, slot_row, nslots, nrows, win, \
+                                wh, ww, scale, logits);                                            \
     }
-LOGITS_TC_ENTRY(f16, false)
-LOGITS_TC_ENTRY(bf16, true)
+// 128 keys per chunk (4 warps) and 256 keys per chunk (8 warps: half the Q reloads).
+LOGITS_TC_ENTRY(amf_logits_tc_f16, false, 128)
+LOGITS_TC_ENTRY(amf_logits_tc_bf16, true, 128)
+LOGITS_TC_ENTRY(amf_logits_tcw_f16, false, 256)
+LOGITS_TC_ENTRY(amf_logits_tcw_bf16, true, 256)
 
-#define TC_SA (NB + 8)   // A tile row stride (u16)
-#define TC_SB (DS + 8)   // B tile row stride (u16)
+#define GB_K 64          // keys (dQ) / queries (dK) per chunk
+#define GB_N 256         // features per block
+#define TC_SA (GB_K + 8)  // A tile row stride (u16)
+#define TC_SB (GB_N + 8)  // B tile row stride (u16)
 
-// acc[4][4] += A[32 x 32] . B[32 x 128] for this warp's 16 x 32 output tile.
+// acc[8][4] += A[32 x 64] . B[64 x 256] for this warp's 16 x 64 output tile.
 template <bool BF16>
 __device__ __forceinline__ void tile_mma(const u16 (*A)[TC_SA], const u16 (*B)[TC_SB], float (*acc)[4],
                                          int warp, int lane) {
     const int g = lane >> 2, t4 = lane & 3;
-    const int m0 = (warp & 1) * 16, n0 = (warp >> 1) * 32;
+    const int m0 = (warp & 1) * 16, n0 = (warp >> 1) * 64;
 #pragma unroll
-    for (int ks = 0; ks < NB / 16; ks++) {
+    for (int ks = 0; ks < GB_K / 16; ks++) {
         unsigned a[4];
         a[0] = *reinterpret_cast<const unsigned*>(&A[m0 + g][ks * 16 + 2 * t4]);
         a[1] = *reinterpret_cast<const unsigned*>(&A[m0 + g + 8][ks * 16 + 2 * t4]);
         a[2] = *reinterpret_cast<const unsigned*>(&A[m0 + g][ks * 16 + 2 * t4 + 8]);
         a[3] = *reinterpret_cast<const unsigned*>(&A[m0 + g + 8][ks * 16 + 2 * t4 + 8]);
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
+        for (int nt = 0; nt < 8; nt++) {
             unsigned b0, b1;
             ldsm_x2_trans(b0, b1, &B[ks * 16 + (lane & 15)][n0 + nt * 8]);
             mma16816<BF16>(acc[nt], a, b0, b1);
@@ -678,28 +701,38 @@ __device__ __forceinline__ void tile_mma(const u16 (*A)[TC_SA], const u16 (*B)[T
     }
 }
 
-// Store this warp's 16 x 32 tile: row r of the block -> token tok[r]; feature f0 + col.
+// Store this warp's 16 x 64 tile: row r of the block -> token tok[r]; feature f0 + col.
 __device__ __forceinline__ void tile_store(float (*acc)[4], const int* tok, int warp, int lane, int f0,
                                            int D, int d, int F, int S, int frame, float inv,
                                            int accumulate, float* __restrict__ out) {
     const int g = lane >> 2, t4 = lane & 3;
-    const int m0 = (warp & 1) * 16, n0 = (warp >> 1) * 32;
+    const int m0 = (warp & 1) * 16, n0 = (warp >> 1) * 64;
 #pragma unroll
-    for (int nt = 0; nt < 4; nt++)
+    for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
+        for (int e = 0; e < 4; e += 2) {
             const int r = m0 + g + (e >= 2 ? 8 : 0);
             const int tk = tok[r];
-            const int fe = f0 + n0 + nt * 8 + 2 * t4 + (e & 1);
+            const int fe = f0 + n0 + nt * 8 + 2 * t4;  // even; fe + 1 is in the same head
             if (tk < 0 || fe >= D) continue;
             const int hh = fe / d, c = fe % d;
-            const long long o = (((long long)hh * F + frame) * S + tk) * d + c;
-            const float v = acc[nt][e] * inv;
-            out[o] = accumulate ? out[o] + v : v;
+            float2* o = reinterpret_cast<float2*>(out + (((long long)hh * F + frame) * S + tk) * d + c);
+            float2 v = make_float2(acc[nt][e] * inv, acc[nt][e + 1] * inv);
+            if (accumulate) {
+                float2 old = *o;
+                v.x += old.x;
+                v.y += old.y;
+            }
+            *o = v;
         }
 }
 
-// dQ on tensor cores. grid (ceil(S/32), ceil(H*d/128), F), block 256 (8 warps of 16 x 32).
+#define ZERO_ACC(acc)                          \
+    _Pragma("unroll") for (int a_ = 0; a_ < 8; a_++) \
+        _Pragma("unroll") for (int b_ = 0; b_ < 4; b_++) acc[a_][b_] = 0.f;
+
+// dQ on tensor cores. grid (ceil(S/32), ceil(H*d/256), F), block 256 (8 warps of 16 x 64).
+// Chunks of 64 keys; the next chunk's loads are issued before the current chunk's mma.
 template <bool BF16>
 __device__ void dq_tc_impl(const u16* __restrict__ scores, const u16* __restrict__ k,
                            const int2* __restrict__ pairs, const int* __restrict__ pair_off,
@@ -707,23 +740,20 @@ __device__ void dq_tc_impl(const u16* __restrict__ scores, const u16* __restrict
                            const int* __restrict__ slot_tok, const int2* __restrict__ win, int wh,
                            int ww, float inv, int accumulate, float* __restrict__ dq) {
     __shared__ __align__(16) u16 As[TQ][TC_SA];
-    __shared__ __align__(16) u16 Bs[NB][TC_SB];
-    __shared__ int s_tok[TQ], s_r0[TQ], s_c0[TQ], box[4], k_tok[NB];
+    __shared__ __align__(16) u16 Bs[GB_K][TC_SB];
+    __shared__ int s_tok[TQ], s_r0[TQ], s_c0[TQ], box[4];
     const int fi = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int D = H * d;
-    const int f0 = blockIdx.y * DS;
+    const int f0 = blockIdx.y * GB_N;
     const long long W = (long long)wh * ww;
     if (tid < TQ) {
         int sl = blockIdx.x * TQ + tid;
         s_tok[tid] = sl < S ? slot_tok[sl] : -1;
     }
     __syncthreads();
-    float acc[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; a++)
-#pragma unroll
-        for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    float acc[8][4];
+    ZERO_ACC(acc)
     for (int pp = pair_off[fi]; pp < pair_off[fi + 1]; pp++) {
         const int pair = pair_idx[pp];
         const int fj = pairs[pair].y;
@@ -738,43 +768,56 @@ __device__ void dq_tc_impl(const u16* __restrict__ scores, const u16* __restrict
         __syncthreads();
         const int by0 = box[0], bx0 = box[2], bw = box[3];
         const int nkeys = box[1] * bw;
-        for (int kc = 0; kc < nkeys; kc += NB) {
-            __syncthreads();
-            if (tid < NB) {
-                int key = kc + tid;
-                k_tok[tid] = key < nkeys ? (by0 + key / bw) * w + bx0 + key % bw : -1;
-            }
-            for (int e = tid; e < NB * TQ; e += blockDim.x) {
-                int kk = e % NB, sq = e / NB;
+        const u16* sp = scores + (long long)pair * S * W;
+        u16 areg[8];
+        uint4 breg[8];
+        auto load = [&](int kc) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int e = tid + i * 256, kk = e % GB_K, sq = e / GB_K;
                 int key = kc + kk, tok = s_tok[sq];
                 u16 v = 0;
                 if (key < nkeys && tok >= 0) {
                     int ky = by0 + key / bw, kx = bx0 + key % bw;
                     int r0 = s_r0[sq], c0 = s_c0[sq];
                     if (ky >= r0 && ky < r0 + wh && kx >= c0 && kx < c0 + ww)
-                        v = scores[((long long)pair * S + tok) * W + (ky - r0) * ww + (kx - c0)];
+                        v = sp[(long long)tok * W + (ky - r0) * ww + (kx - c0)];
                 }
-                As[sq][kk] = v;
+                areg[i] = v;
             }
-            __syncthreads();
-            for (int u = tid; u < NB * (DS / 8); u += blockDim.x) {
-                int r = u / (DS / 8), c8 = (u % (DS / 8)) * 8;
-                int kt = k_tok[r], fe = f0 + c8;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int u = tid + i * 256, r = u / (GB_N / 8), c8 = (u % (GB_N / 8)) * 8;
+                int key = kc + r, fe = f0 + c8;
                 uint4 v = make_uint4(0, 0, 0, 0);
-                if (kt >= 0 && fe < D) {
+                if (key < nkeys && fe < D) {
+                    int kt = (by0 + key / bw) * w + bx0 + key % bw;
                     int hh = fe / d, c = fe % d;
                     v = *reinterpret_cast<const uint4*>(k + (((long long)hh * F + fj) * S + kt) * d + c);
                 }
-                *reinterpret_cast<uint4*>(&Bs[r][c8]) = v;
+                breg[i] = v;
+            }
+        };
+        if (nkeys > 0) load(0);
+        for (int kc = 0; kc < nkeys; kc += GB_K) {
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int e = tid + i * 256;
+                As[e / GB_K][e % GB_K] = areg[i];
+                int u = tid + i * 256;
+                *reinterpret_cast<uint4*>(&Bs[u / (GB_N / 8)][(u % (GB_N / 8)) * 8]) = breg[i];
             }
             __syncthreads();
+            if (kc + GB_K < nkeys) load(kc + GB_K);
             tile_mma<BF16>(As, Bs, acc, warp, lane);
         }
     }
     tile_store(acc, s_tok, warp, lane, f0, D, d, F, S, fi, inv, accumulate, dq);
 }
 
-// dK on tensor cores. grid (ceil(S/32), ceil(H*d/128), F), block 256.
+// dK on tensor cores. grid (ceil(S/32), ceil(H*d/256), F), block 256. Chunks of 64 candidate
+// queries (the bounding box of the queries whose windows meet the key tile).
 template <bool BF16>
 __device__ void dk_tc_impl(const u16* __restrict__ scores, const u16* __restrict__ q,
                            const int2* __restrict__ pairs, const int* __restrict__ pair_off,
@@ -782,13 +825,12 @@ __device__ void dk_tc_impl(const u16* __restrict__ scores, const u16* __restrict
                            const int* __restrict__ slot_tok, const int2* __restrict__ win, int wh,
                            int ww, float inv, int accumulate, float* __restrict__ dk) {
     __shared__ __align__(16) u16 As[TQ][TC_SA];
-    __shared__ __align__(16) u16 Bs[NB][TC_SB];
-    __shared__ int s_tok[TQ], qbox[4], kbox[4], q_tok[NB];
-    __shared__ int2 q_st[NB];
+    __shared__ __align__(16) u16 Bs[GB_K][TC_SB];
+    __shared__ int s_tok[TQ], qbox[4], kbox[4];
     const int fj = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int D = H * d;
-    const int f0 = blockIdx.y * DS;
+    const int f0 = blockIdx.y * GB_N;
     const long long W = (long long)wh * ww;
     if (tid < TQ) {
         int sl = blockIdx.x * TQ + tid;
@@ -805,11 +847,8 @@ __device__ void dk_tc_impl(const u16* __restrict__ scores, const u16* __restrict
         }
         kbox[0] = y0; kbox[1] = y1; kbox[2] = x0; kbox[3] = x1;
     }
-    float acc[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; a++)
-#pragma unroll
-        for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    float acc[8][4];
+    ZERO_ACC(acc)
     for (int pp = pair_off[fj]; pp < pair_off[fj + 1]; pp++) {
         const int pair = pair_idx[pp];
         const int fi = pairs[pair].x;
@@ -834,38 +873,50 @@ __device__ void dk_tc_impl(const u16* __restrict__ scores, const u16* __restrict
         if (qbox[1] < 0) continue;
         const int qy0 = qbox[0], qx0 = qbox[2], qw = qbox[3] - qbox[2] + 1;
         const int nq = (qbox[1] - qbox[0] + 1) * qw;
-        for (int qc = 0; qc < nq; qc += NB) {
-            __syncthreads();
-            if (tid < NB) {
-                int cand = qc + tid;
-                int qt = cand < nq ? (qy0 + cand / qw) * w + qx0 + cand % qw : -1;
-                q_tok[tid] = qt;
-                q_st[tid] = qt >= 0 ? win[(long long)pair * S + qt] : make_int2(0, 0);
-            }
-            __syncthreads();
-            for (int e = tid; e < NB * TQ; e += blockDim.x) {
-                int qq = e % NB, sk = e / NB;
-                int qt = q_tok[qq], key = s_tok[sk];
+        const u16* sp = scores + (long long)pair * S * W;
+        const int2* wp = win + (long long)pair * S;
+        u16 areg[8];
+        uint4 breg[8];
+        auto load = [&](int qc) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int e = tid + i * 256, qq = e % GB_K, sk = e / GB_K;
+                int cand = qc + qq, key = s_tok[sk];
                 u16 v = 0;
-                if (qt >= 0 && key >= 0) {
-                    int2 st = q_st[qq];
+                if (cand < nq && key >= 0) {
+                    int qt = (qy0 + cand / qw) * w + qx0 + cand % qw;
+                    int2 st = wp[qt];
                     int ky = key / w, kx = key % w;
                     if (ky >= st.x && ky < st.x + wh && kx >= st.y && kx < st.y + ww)
-                        v = scores[((long long)pair * S + qt) * W + (ky - st.x) * ww + (kx - st.y)];
+                        v = sp[(long long)qt * W + (ky - st.x) * ww + (kx - st.y)];
                 }
-                As[sk][qq] = v;
+                areg[i] = v;
             }
-            for (int u = tid; u < NB * (DS / 8); u += blockDim.x) {
-                int r = u / (DS / 8), c8 = (u % (DS / 8)) * 8;
-                int qt = q_tok[r], fe = f0 + c8;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int u = tid + i * 256, r = u / (GB_N / 8), c8 = (u % (GB_N / 8)) * 8;
+                int cand = qc + r, fe = f0 + c8;
                 uint4 v = make_uint4(0, 0, 0, 0);
-                if (qt >= 0 && fe < D) {
+                if (cand < nq && fe < D) {
+                    int qt = (qy0 + cand / qw) * w + qx0 + cand % qw;
                     int hh = fe / d, c = fe % d;
                     v = *reinterpret_cast<const uint4*>(q + (((long long)hh * F + fi) * S + qt) * d + c);
                 }
-                *reinterpret_cast<uint4*>(&Bs[r][c8]) = v;
+                breg[i] = v;
+            }
+        };
+        load(0);
+        for (int qc = 0; qc < nq; qc += GB_K) {
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int e = tid + i * 256;
+                As[e / GB_K][e % GB_K] = areg[i];
+                int u = tid + i * 256;
+                *reinterpret_cast<uint4*>(&Bs[u / (GB_N / 8)][(u % (GB_N / 8)) * 8]) = breg[i];
             }
             __syncthreads();
+            if (qc + GB_K < nq) load(qc + GB_K);
             tile_mma<BF16>(As, Bs, acc, warp, lane);
         }
     }

@@ -23,8 +23,9 @@ const SRC: &str = include_str!("amf.cu");
 const TQ: usize = 32;
 const TILE_H: usize = 4;
 const TILE_W: usize = 8;
-/// Feature slice of the gradient kernels (`DS` in amf.cu).
+/// Feature slice of the gradient kernels (`DS` / `GB_N` in amf.cu).
 const DS: usize = 128;
+const DS_TC: usize = 256;
 /// Largest logits/score buffer per pair chunk.
 const CHUNK_BYTES: usize = 1 << 30;
 
@@ -43,6 +44,8 @@ const FUNCS: &[&str] = &[
     "amf_dk_bf16",
     "amf_logits_tc_f16",
     "amf_logits_tc_bf16",
+    "amf_logits_tcw_f16",
+    "amf_logits_tcw_bf16",
     "amf_dq_tc_f16",
     "amf_dq_tc_bf16",
     "amf_dk_tc_f16",
@@ -321,10 +324,15 @@ impl CudaAmf {
             .flat_map(|&(i, j)| [i as i32, j as i32])
             .collect();
         let pairs = self.upload(&flat)?;
-        let logits_fn = if use_tc::<T>(plan.d) {
-            self.f(&format!("amf_logits_tc_{}", T::CUDA_SUFFIX))?
+        // Tensor-core logits: 128-key chunks (4 warps), or 256-key chunks (8 warps) with
+        // FASTVMT_AMF_LOGITS_WIDE set.
+        let wide = std::env::var_os("FASTVMT_AMF_LOGITS_WIDE").is_some();
+        let (logits_fn, lthreads) = if use_tc::<T>(plan.d) {
+            let v = if wide { "tcw" } else { "tc" };
+            let t = if wide { 256 } else { 128 };
+            (self.f(&format!("amf_logits_{v}_{}", T::CUDA_SUFFIX))?, t)
         } else {
-            self.f(&format!("amf_logits_{}", T::CUDA_SUFFIX))?
+            (self.f(&format!("amf_logits_{}", T::CUDA_SUFFIX))?, 128)
         };
         let npi = i32of(np, "pairs")?;
         // Coarse pass: tile centres over all keys -> absolute expected positions.
@@ -368,7 +376,7 @@ impl CudaAmf {
                     .arg(&w)
                     .arg(&plan.scale)
                     .arg(&mut cl)
-                    .launch(cfg((ntiles.div_ceil(TQ), np, 1), 128))
+                    .launch(cfg((ntiles.div_ceil(TQ), np, 1), lthreads))
             }
             .map_err(drv)?;
             centres = self.alloc(np * ntiles * 2)?;
@@ -433,7 +441,7 @@ impl CudaAmf {
                 .arg(&ww)
                 .arg(&plan.scale)
                 .arg(&mut logits)
-                .launch(cfg((s.div_ceil(TQ), np, 1), 128))
+                .launch(cfg((s.div_ceil(TQ), np, 1), lthreads))
         }
         .map_err(drv)?;
         Ok((pairs, win, logits))
@@ -552,7 +560,8 @@ impl CudaAmf {
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(CHUNK_BYTES);
-        (limit / per_pair.max(1)).max(1)
+        // Pairs are the grid's y dimension (at most 65535 blocks).
+        (limit / per_pair.max(1)).clamp(1, 65535)
     }
 
     /// Loss and gradients on device buffers; `dq`, `dk` (f32, numel) are overwritten.
@@ -596,7 +605,7 @@ impl CudaAmf {
         let gscale = (2f32).powi((lp.kept.max(1) as f64).log2().floor() as i32);
         let inv = 1.0 / gscale;
         let bf = i32::from(T::CUDA_SUFFIX == "bf16");
-        let nslices = (plan.heads * plan.d).div_ceil(DS);
+        let nslices = (plan.heads * plan.d).div_ceil(if tc { DS_TC } else { DS });
         let cp = self.chunk_pairs(plan);
         for (ci, chunk) in plan.pairs.chunks(cp).enumerate() {
             let p0 = ci * cp;
