@@ -43,8 +43,48 @@ fn unpack(x: &[f32], plan: &Plan) -> Vec<f32> {
     out
 }
 
+/// Whether the AVX2+FMA versions of `dot`/`axpy` can run (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_generic(a, b)
+}
+
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in `dot`.
+        return unsafe { axpy_avx2(y, a, x) };
+    }
+    axpy_generic(y, a, x)
+}
+
+/// The same loops compiled with AVX2+FMA enabled (8-lane accumulators map to one register).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_generic(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_generic(y, a, x)
+}
+
+#[inline(always)]
+fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
@@ -61,8 +101,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+#[inline(always)]
+fn axpy_generic(y: &mut [f32], a: f32, x: &[f32]) {
     for (o, v) in y.iter_mut().zip(x) {
         *o += a * v;
     }
@@ -97,6 +137,9 @@ where
         }
     });
 }
+
+/// Largest score matrix (elements) the backward keeps instead of recomputing logits.
+const STORE_LIMIT: usize = 128 << 20;
 
 /// Packed inputs plus the per-(pair, query) window starts.
 pub(crate) struct Prepared {
@@ -244,11 +287,15 @@ pub(crate) fn forward(plan: &Plan, pre: &Prepared, readout: Readout) -> Vec<f32>
     disp
 }
 
-/// Loss and gradients. `disp` is the soft-argmax forward output.
+/// Loss and gradients of the soft-argmax AMF against `reference`.
+///
+/// When the score matrix fits (`P*S*W <= STORE_LIMIT`), one pass computes each row's softmax,
+/// displacement, loss gradient and scores, and the dQ/dK passes only accumulate (three
+/// products' worth of work); otherwise the forward runs first and the scores are recomputed
+/// in each gradient pass.
 pub(crate) fn loss_and_grad(
     plan: &Plan,
     pre: &Prepared,
-    disp: &[f32],
     reference: &[f32],
     lp: &LossPlan,
 ) -> (f32, Vec<f32>, Vec<f32>) {
@@ -256,6 +303,55 @@ pub(crate) fn loss_and_grad(
     let s = g.s();
     let dd = plan.heads * plan.d;
     let npairs = plan.pairs.len();
+    let wl = g.wlen();
+    // Tests set FASTVMT_AMF_CPU_STORE_LIMIT=0 to exercise the recomputing path.
+    let limit = std::env::var("FASTVMT_AMF_CPU_STORE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(STORE_LIMIT);
+    let store = npairs * s * wl <= limit;
+    // Fused pass (store): per pair, [scores S*W | disp S*2].
+    let mut fused = Vec::new();
+    let disp_owned;
+    let disp: &[f32] = if store {
+        let per = s * wl + 2 * s;
+        fused = vec![0f32; npairs * per];
+        par_chunks(&mut fused, per, |p, out| {
+            let (i, j) = plan.pairs[p];
+            let kframe = &pre.k[j * s * dd..(j + 1) * s * dd];
+            let (sc, dsp) = out.split_at_mut(s * wl);
+            let mut buf = Vec::new();
+            for t in 0..s {
+                let row = p * s + t;
+                let (r0, c0) = pre.starts[row];
+                let qv = &pre.q[(i * s + t) * dd..(i * s + t + 1) * dd];
+                let st = row_stats(plan, qv, kframe, r0, c0, &mut buf);
+                let dy = st.ey - (t / g.w) as f32;
+                let dx = st.ex - (t % g.w) as f32;
+                dsp[t * 2] = dy;
+                dsp[t * 2 + 1] = dx;
+                let c = lp.coef[row];
+                if c == 0.0 {
+                    continue;
+                }
+                let gy = c * (dy - reference[row * 2]);
+                let gx = c * (dx - reference[row * 2 + 1]);
+                let inv = 1.0 / st.sum;
+                for (n, (o, e)) in sc[t * wl..(t + 1) * wl].iter_mut().zip(&buf).enumerate() {
+                    let ddy = (r0 + n / g.ww) as f32 - st.ey;
+                    let ddx = (c0 + n % g.ww) as f32 - st.ex;
+                    *o = plan.scale * (e * inv) * (gy * ddy + gx * ddx);
+                }
+            }
+        });
+        disp_owned = (0..npairs)
+            .flat_map(|p| fused[p * per + s * wl..(p + 1) * per].iter().copied())
+            .collect::<Vec<f32>>();
+        &disp_owned
+    } else {
+        disp_owned = forward(plan, pre, Readout::SoftArgmax);
+        &disp_owned
+    };
     // Per-row gradient w.r.t. the displacement: coef * (d - r).
     let mut loss = 0f64;
     let mut gr = vec![0f32; npairs * s * 2];
@@ -290,6 +386,23 @@ pub(crate) fn loss_and_grad(
         }
         true
     };
+    let per = s * wl + 2 * s;
+    let stored: Option<&[f32]> = store.then_some(&fused[..]);
+    // Scores of row (p, t) into `buf`, from the store or recomputed; false if the row is inert.
+    let scores_of = |p: usize, t: usize, buf: &mut Vec<f32>| -> bool {
+        let row = p * s + t;
+        if gr[row * 2] == 0.0 && gr[row * 2 + 1] == 0.0 {
+            return false;
+        }
+        match stored {
+            Some(all) => {
+                buf.clear();
+                buf.extend_from_slice(&all[p * per + t * wl..p * per + (t + 1) * wl]);
+                true
+            }
+            None => row_scores(p, t, buf),
+        }
+    };
     // dQ: one frame of queries per work item.
     let mut dq = vec![0f32; plan.frames * s * dd];
     par_chunks(&mut dq, s * dd, |i, out| {
@@ -300,7 +413,7 @@ pub(crate) fn loss_and_grad(
             }
             let kframe = &pre.k[j * s * dd..(j + 1) * s * dd];
             for t in 0..s {
-                if !row_scores(p, t, &mut buf) {
+                if !scores_of(p, t, &mut buf) {
                     continue;
                 }
                 let (r0, c0) = pre.starts[p * s + t];
@@ -321,7 +434,7 @@ pub(crate) fn loss_and_grad(
                 continue;
             }
             for t in 0..s {
-                if !row_scores(p, t, &mut buf) {
+                if !scores_of(p, t, &mut buf) {
                     continue;
                 }
                 let (r0, c0) = pre.starts[p * s + t];

@@ -145,8 +145,7 @@ pub fn amf_loss_and_grad<T: Element>(
     let (loss, dq, dk) = match backend {
         Backend::Cpu => {
             let pre = cpu::prepare(&plan, q, k);
-            let disp = cpu::forward(&plan, &pre, Readout::SoftArgmax);
-            cpu::loss_and_grad(&plan, &pre, &disp, &reference.disp, &lp)
+            cpu::loss_and_grad(&plan, &pre, &reference.disp, &lp)
         }
         Backend::Cuda { device } => {
             cuda::CudaAmf::get(*device)?.loss_and_grad(&plan, q, k, &reference.disp, &lp)?

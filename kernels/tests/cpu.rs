@@ -215,3 +215,29 @@ fn half_inputs_match_f32() {
     let a16_32 = compute_amf(&Backend::Cpu, &q16, &k16, &s, Readout::SoftArgmax).unwrap();
     assert_eq!(a16_32.disp, a16.disp);
 }
+
+/// The CPU backward's recomputing path (used when the score matrix is too large to keep).
+#[test]
+fn recomputing_backward_matches_stored() {
+    let s = spec(2, 4, 7, 9, 5, PairSet::AllOrdered, coarse(2, 3, 4));
+    let len = s.heads * s.frames * s.grid_h * s.grid_w * s.head_dim;
+    let q = rand_vec(len, 1100, 1.5);
+    let k = rand_vec(len, 1101, 1.5);
+    let f = compute_amf(&Backend::Cpu, &q, &k, &s, Readout::Argmax).unwrap();
+    let ls = LossSpec {
+        pair_weights: PairWeights::LinearDecay {
+            first: 1.0,
+            last: 0.8,
+        },
+        moving_threshold: Some(0.5),
+    };
+    let r = Ref::new(&s, &q, &k);
+    let c = r.weights_mask(ls.pair_weights, ls.moving_threshold, &f.disp);
+    let (dq, dk) = r.grad_with(&r.windows(), &c, &f.disp);
+    std::env::set_var("FASTVMT_AMF_CPU_STORE_LIMIT", "0");
+    let g = amf_loss_and_grad(&Backend::Cpu, &q, &k, &s, &f, &ls).unwrap();
+    std::env::remove_var("FASTVMT_AMF_CPU_STORE_LIMIT");
+    let (eq, ek) = (rel_err(&g.dq, &dq), rel_err(&g.dk, &dk));
+    println!("recomputing path: dq {eq:.1e} dk {ek:.1e}");
+    assert!(eq < 1e-4 && ek < 1e-4);
+}
