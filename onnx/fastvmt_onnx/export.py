@@ -58,7 +58,7 @@ def _dyn(names):
 def _fix_io_names(path, in_names, out_names, cfg: DiTConfig):
     """Rename inputs/outputs and set readable symbolic dim names; verify static dims."""
     import onnx
-    m = onnx.load(path)
+    m = onnx.load(path, load_external_data=False)  # large models keep their external data file
     concrete = {"D": cfg.text_dim, "R": cfg.head_dim // 2, "heads": cfg.heads, "head_dim": cfg.head_dim}
     ren = {}
     for vi, n in zip(m.graph.input, in_names):
@@ -84,7 +84,7 @@ def _fix_io_names(path, in_names, out_names, cfg: DiTConfig):
                     d.ClearField("dim_param")
                     d.dim_value = val
     onnx.save(m, path)
-    onnx.checker.check_model(path, full_check=True)
+    onnx.checker.check_model(path, full_check=True)  # by path: works above 2 GB too
 
 
 def export_graph(module, args, names_in, names_out, path, cfg, grad=False):
@@ -180,7 +180,7 @@ def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", 
         "scheduler": {"kind": "flow_matching", "prediction": "velocity", "shift": defaults.get("shift", 1.0),
                       "t_range": [0, 1],
                       "x_t": "x_t = (1 - t) * x0 + t * noise; velocity = noise - x0; sample from t=1 to t=0",
-                      "sigma_shift": "sigma' = shift * s / (1 + (shift - 1) * s), s uniform in [0, 1]"},
+                      "sigma_shift": "sigma' = shift * s / (1 + (shift - 1) * s) applied to s = linspace(1, 0, steps + 1); Euler x += (sigma'[i+1] - sigma'[i]) * v; t fed to the model = sigma'[i]"},
         "text": {"tokenizer": "words", "lowercase": True, "split": "[^a-z0-9]+", "vocab": list(D.VOCAB),
                  "pad_id": D.PAD_ID, "unk_id": D.UNK_ID, "max_len": cfg.max_len, "dim": cfg.text_dim,
                  "unconditional": "all pad_id (the empty prompt)"},
@@ -251,6 +251,11 @@ def write_test_vectors(out_dir, dit: DiT, te: TextEncoder, seed=123):
     return index
 
 
+DESCRIPTION = ("Tiny Wan-like pixel-space video DiT (2.2M params) trained with flow matching on synthetic clips of "
+               "coloured shapes (6 colours x 5 shapes x 4 backgrounds) moving along varied trajectories; prompts like "
+               "'a red circle on a black background'. 8 frames x 48 x 48 by default. See onnx/README.md.")
+
+
 def load_checkpoint(path, map_location="cpu"):
     ck = torch.load(path, map_location=map_location, weights_only=False)
     cfg = DiTConfig(**{**ck["config"], "patch_size": tuple(ck["config"]["patch_size"])})
@@ -265,14 +270,17 @@ def main():
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--out", default="onnx/models/tiny-shapes")
     ap.add_argument("--defaults", default=None, help="JSON file of defaults to put in the manifest")
+    ap.add_argument("--description", default=DESCRIPTION)
+    ap.add_argument("--manifest-only", action="store_true", help="only rewrite manifest.json (hashes, specs)")
     a = ap.parse_args()
     dit, te, ck = load_checkpoint(a.ckpt)
-    export_all(dit, te, a.out)
-    write_test_vectors(a.out, dit, te)
+    if not a.manifest_only:
+        export_all(dit, te, a.out)
+        write_test_vectors(a.out, dit, te)
     defaults = ck.get("defaults", {})
     if a.defaults:
         defaults.update(json.load(open(a.defaults)))
-    write_manifest(a.out, dit.cfg, defaults, description=ck.get("description", ""), training=ck.get("training"))
+    write_manifest(a.out, dit.cfg, defaults, description=a.description, training=ck.get("training"))
     print("wrote", a.out)
 
 

@@ -1,0 +1,238 @@
+"""Export diffusers' WanTransformer3DModel (Wan2.1 T2V) to the FastVMT graphs.
+
+    # tiny random config, parity vs diffusers' own forward and vs ONNX Runtime:
+    python -m fastvmt_onnx.export_wan --tiny --out /tmp/wan_tiny --check
+    # real weights (a local diffusers-format checkpoint, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers):
+    python -m fastvmt_onnx.export_wan --model /path/to/Wan2.1-T2V-1.3B-Diffusers --subfolder transformer \
+        --motion-block 14 --out onnx/models/wan2.1-t2v-1.3b
+
+Graphs (same names and inputs as the tiny-shapes bundle, see README):
+  denoiser       (x [B,16,F,H,W] VAE latent, t [B] in [0,1], text [B,L,4096] umT5 states,
+                  rope_cos, rope_sin [N, head_dim/2]) -> velocity [B,16,F,H,W]
+  guidance_head  same inputs -> q, k [B, heads, N, head_dim] of block L after QK-norm and RoPE
+  guidance_grad  same inputs + dq, dk -> dx (VJP through blocks 0..L)
+The wrapper reuses the diffusers modules' weights but:
+  * replaces the Conv3d patch embedding by reshape + Linear (conv weight reshaped; exact),
+  * takes the RoPE tables as inputs (one value per rotated pair; identical to Wan's
+    WanRotaryPosEmbed, which repeats each value twice: cos = freqs_cos[..., 0::2]),
+  * runs every attention through model.attention() (plain ops, exportable backward; the place
+    to swap in the fused custom op),
+  * maps t in [0,1] to Wan's timestep t*1000 inside the graph.
+The text encoder (umT5-XXL) and the VAE are NOT exported here (see README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import attention, apply_rope, set_attention_impl
+from .model_np import rope_tables_np, rope_axes_dim
+
+
+class WanGraph(nn.Module):
+    """Wraps a diffusers WanTransformer3DModel. mode: 'denoiser' | 'guidance_head' | 'guidance_grad'."""
+
+    def __init__(self, wan, mode="denoiser", motion_block=None):
+        super().__init__()
+        self.wan = wan
+        self.mode = mode
+        cfg = wan.config
+        self.patch_size = tuple(cfg.patch_size)
+        self.heads = cfg.num_attention_heads
+        self.motion_block = cfg.num_layers // 2 if motion_block is None else motion_block
+        conv = wan.patch_embedding
+        self.patch = nn.Linear(conv.in_channels * int(np.prod(self.patch_size)), conv.out_channels)
+        with torch.no_grad():
+            self.patch.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+            self.patch.bias.copy_(conv.bias)
+
+    def patchify(self, x):
+        B, C, Fr, H, W = x.shape
+        pt, ph, pw = self.patch_size
+        x = x.reshape(B, C, Fr // pt, pt, H // ph, ph, W // pw, pw)
+        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4).flatten(1, 3)
+
+    def _heads(self, z):
+        return z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def self_qk(self, blk, h, mods, cos, sin):
+        shift, scale = mods[0], mods[1]
+        xn = (blk.norm1(h.float()) * (1 + scale) + shift).type_as(h)
+        a = blk.attn1
+        q = apply_rope(self._heads(a.norm_q(a.to_q(xn))), cos, sin)
+        k = apply_rope(self._heads(a.norm_k(a.to_k(xn))), cos, sin)
+        v = self._heads(a.to_v(xn))
+        return q, k, v
+
+    def block(self, blk, h, text, tproj, cos, sin):
+        mods = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
+        q, k, v = self.self_qk(blk, h, mods, cos, sin)
+        o = attention(q, k, v).transpose(1, 2).flatten(2)
+        o = blk.attn1.to_out[1](blk.attn1.to_out[0](o))
+        h = (h.float() + o * mods[2]).type_as(h)
+        a = blk.attn2
+        xn = blk.norm2(h.float()).type_as(h)
+        cq = self._heads(a.norm_q(a.to_q(xn)))
+        ck = self._heads(a.norm_k(a.to_k(text)))
+        cv = self._heads(a.to_v(text))
+        o = attention(cq, ck, cv).transpose(1, 2).flatten(2)
+        h = h + a.to_out[1](a.to_out[0](o))
+        xn = (blk.norm3(h.float()) * (1 + mods[4]) + mods[3]).type_as(h)
+        h = (h.float() + blk.ffn(xn).float() * mods[5]).type_as(h)
+        return h
+
+    def embed(self, x, t, text):
+        h = self.patch(self.patchify(x))
+        temb, tproj, text, _ = self.wan.condition_embedder(t * 1000.0, text, None)
+        return h, temb, tproj.unflatten(1, (6, -1)), text
+
+    def forward_all(self, x, t, text, cos, sin):
+        h, temb, tproj, text = self.embed(x, t, text)
+        for blk in self.wan.blocks:
+            h = self.block(blk, h, text, tproj, cos, sin)
+        shift, scale = (self.wan.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        h = (self.wan.norm_out(h.float()) * (1 + scale) + shift).type_as(h)
+        h = self.wan.proj_out(h)
+        B, C, Fr, H, W = x.shape
+        pt, ph, pw = self.patch_size
+        h = h.reshape(B, Fr // pt, H // ph, W // pw, pt, ph, pw, -1)
+        return h.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def qk(self, x, t, text, cos, sin):
+        h, temb, tproj, text = self.embed(x, t, text)
+        for blk in self.wan.blocks[:self.motion_block]:
+            h = self.block(blk, h, text, tproj, cos, sin)
+        blk = self.wan.blocks[self.motion_block]
+        mods = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
+        q, k, _ = self.self_qk(blk, h, mods, cos, sin)
+        return q, k
+
+    def forward(self, x, t, text, rope_cos, rope_sin, dq=None, dk=None):
+        if self.mode == "denoiser":
+            return self.forward_all(x, t, text, rope_cos, rope_sin)
+        if self.mode == "guidance_head":
+            return self.qk(x, t, text, rope_cos, rope_sin)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            q, k = self.qk(x, t, text, rope_cos, rope_sin)
+            (dx,) = torch.autograd.grad((q, k), (x,), (dq, dk))
+        return dx
+
+
+def tiny_wan():
+    from diffusers import WanTransformer3DModel
+    torch.manual_seed(0)
+    m = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                              out_channels=4, text_dim=16, freq_dim=32, ffn_dim=48, num_layers=3,
+                              cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return m.eval()
+
+
+def example(wan, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, grad=False, heads_n=None):
+    cfg = wan.config
+    g = torch.Generator().manual_seed(seed)
+    pt, ph, pw = cfg.patch_size
+    x = torch.randn(B, cfg.in_channels, Fr * pt, hh * ph, ww * pw, generator=g)
+    t = torch.rand(B, generator=g)
+    text = torch.randn(B, L, cfg.text_dim, generator=g)
+    hd = cfg.attention_head_dim
+    cos, sin = (torch.from_numpy(a) for a in rope_tables_np(Fr, hh, ww, rope_axes_dim(hd), 10000.0))
+    ins = [x, t, text, cos, sin]
+    if grad:
+        N = Fr * hh * ww
+        ins += [torch.randn(B, cfg.num_attention_heads, N, hd, generator=g) for _ in range(2)]
+    return tuple(ins)
+
+
+def export_wan(wan, out_dir, motion_block=None):
+    from .export import export_graph, SYM
+    from .model import DiTConfig
+    set_attention_impl("math")
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = wan.config
+    # a DiTConfig-shaped stand-in so export.py's dim fixer knows the static sizes
+    stand = DiTConfig(in_channels=cfg.in_channels, patch_size=tuple(cfg.patch_size),
+                      width=cfg.num_attention_heads * cfg.attention_head_dim, heads=cfg.num_attention_heads,
+                      text_dim=cfg.text_dim)
+    SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = cfg.in_channels
+    base = ["x", "t", "text", "rope_cos", "rope_sin"]
+    paths = {}
+    t0 = time.time()
+    paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
+                                     os.path.join(out_dir, "denoiser.onnx"), stand)
+    paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base, ["q", "k"],
+                                          os.path.join(out_dir, "guidance_head.onnx"), stand)
+    paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
+                                          base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
+                                          stand, grad=True)
+    SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = 3
+    print(f"exported in {time.time() - t0:.0f}s")
+    return paths
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
+
+
+def check(wan, paths, motion_block=None, shapes=((1, 2, 3, 4, 5), (2, 3, 5, 4, 7), (3, 4, 2, 6, 9))):
+    """Parity: wrapper vs diffusers' own forward (torch), ORT vs wrapper, ORT VJP vs autograd."""
+    import onnxruntime as ort
+    sess = {k: ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    set_attention_impl("math")
+    rows = []
+    for (B, Fr, hh, ww, L) in shapes:
+        x, t, text, cos, sin, dq, dk = example(wan, B, Fr, hh, ww, L, seed=B * 100 + Fr, grad=True)
+        w_den = WanGraph(wan, "denoiser", motion_block)
+        w_qk = WanGraph(wan, "guidance_head", motion_block)
+        with torch.no_grad():
+            ref = wan(x, t * 1000.0, text, return_dict=False)[0]
+            v = w_den(x, t, text, cos, sin)
+            q, k = w_qk(x, t, text, cos, sin)
+        xr = x.clone().requires_grad_(True)
+        q2, k2 = w_qk.qk(xr, t, text, cos, sin)
+        (dx,) = torch.autograd.grad((q2, k2), (xr,), (dq, dk))
+        feeds = dict(x=x.numpy(), t=t.numpy(), text=text.numpy(), rope_cos=cos.numpy(), rope_sin=sin.numpy())
+        o_v = sess["denoiser"].run(None, feeds)[0]
+        o_q, o_k = sess["guidance_head"].run(None, feeds)
+        o_dx = sess["guidance_grad"].run(None, {**feeds, "dq": dq.numpy(), "dk": dk.numpy()})[0]
+        row = dict(shape=dict(B=B, F=Fr, h=hh, w=ww, L=L), wrapper_vs_diffusers=rel(v, ref),
+                   ort_denoiser=rel(o_v, v), ort_q=rel(o_q, q), ort_k=rel(o_k, k), ort_vjp_vs_autograd=rel(o_dx, dx))
+        rows.append(row)
+        print(json.dumps(row))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="tiny random config (tests the route)")
+    ap.add_argument("--model", default=None, help="diffusers checkpoint dir or hub id (local files)")
+    ap.add_argument("--subfolder", default="transformer")
+    ap.add_argument("--motion-block", type=int, default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args()
+    if a.tiny:
+        wan = tiny_wan()
+    else:
+        from diffusers import WanTransformer3DModel
+        wan = WanTransformer3DModel.from_pretrained(a.model, subfolder=a.subfolder, torch_dtype=torch.float32).eval()
+    paths = export_wan(wan, a.out, a.motion_block)
+    if a.check:
+        rows = check(wan, paths, a.motion_block)
+        with open(os.path.join(a.out, "parity.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
