@@ -35,9 +35,9 @@ impl Vectors {
         Self { dir, index }
     }
     fn entry(&self, name: &str) -> &Value {
-        let e = &self.index[name];
+        let e = &self.index["tensors"][name];
         if e.is_null() {
-            let names: Vec<&String> = self.index.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            let names: Vec<&String> = self.index["tensors"].as_object().map(|o| o.keys().collect()).unwrap_or_default();
             panic!("test vector '{name}' missing; have {names:?}");
         }
         e
@@ -78,7 +78,7 @@ fn rope_tables_match_the_exported_ones() {
 fn tokenizer_matches_the_exported_ids() {
     let v = Vectors::load();
     let m = Bundle::open(&bundle_dir()).unwrap().manifest;
-    let prompts: Vec<String> = v.index["prompts"]["values"].as_array().map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+    let prompts: Vec<String> = v.index["prompts"].as_array().map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect()).unwrap_or_default();
     assert!(!prompts.is_empty(), "test vectors name their prompts");
     let ids = v.i64("tokens");
     for (i, p) in prompts.iter().enumerate() {
@@ -92,6 +92,12 @@ fn every_graph_matches_the_pytorch_reference_values() {
     let v = Vectors::load();
     let model = model();
     let never = || false;
+    let prompts: Vec<&str> = v.index["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let (text_emb, unknown) = model.encode_text(&prompts, &never).unwrap();
+    let e = max_rel_err(&text_emb, &v.f32("text"));
+    assert!(e < 1e-4, "text encoder rel err {e}");
+    assert_eq!(unknown, vec!["unknown".to_string(), "thing".to_string()], "words outside the vocabulary are reported");
+
     let x_shape = v.shape("x");
     let shape: [usize; 5] = x_shape.clone().try_into().unwrap();
     let (x, t, text) = (v.f32("x"), v.f32("t"), v.f32("text"));

@@ -8,7 +8,8 @@
 //!   temporal window, pair weights 1 → 0.8) and gradient skipping: a real gradient on inner
 //!   steps `0, r, 2r, …` (r = reuse interval), the cached one otherwise.
 //! - `adaptive`: like `fastvmt`, but the interval follows the measured cosine between
-//!   successive real gradients (similar → wait longer, different → refresh sooner), and a
+//!   successive real gradients (similar → wait longer, different → back to the base
+//!   interval), and a
 //!   step whose predecessor ended with a stable, improving gradient starts on the cached one
 //!   (reuse across denoising steps).
 //!
@@ -249,7 +250,12 @@ impl<'m> Guide<'m> {
                 };
             let mut note = String::new();
             if need_real {
-                let (loss, dx) = self.real_gradient(x, ctx, &reference, stats, cancel)?;
+                let (loss, dx) = match self.real_gradient(x, ctx, &reference, stats, cancel) {
+                    Ok(r) => r,
+                    // Non-finite Q/K from the model: handled like a non-finite loss below.
+                    Err(SampleError::Kernel(fastvmt_kernels::KernelError::NonFinite { .. })) => (f32::NAN, Vec::new()),
+                    Err(e) => return Err(e),
+                };
                 if !loss.is_finite() || dx.iter().any(|v| !v.is_finite()) {
                     stats.stopped_on_nan = Some(format!("non-finite AMF loss or gradient at guided step {}, inner step {j}; guidance stopped, sampling went on unguided", ctx.step));
                     *x = snapshot;
@@ -267,7 +273,9 @@ impl<'m> Guide<'m> {
                         if cos >= self.settings.stable_cos {
                             self.interval = (self.interval + 1).min(inner.max(1));
                         } else if cos < self.settings.changed_cos {
-                            self.interval = (self.interval.saturating_sub(1)).max(1);
+                            // Changed: back to FastVMT's interval (never denser, so adaptive
+                            // never makes more real passes than fastvmt).
+                            self.interval = self.settings.reuse_interval.max(1);
                         }
                     }
                 }
