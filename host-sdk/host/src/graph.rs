@@ -100,15 +100,17 @@ impl Graph {
                 graph.meta.insert(id, entry);
                 continue;
             }
+            // `shift_remove` below, not `remove`: with `preserve_order`, `remove` swaps the last
+            // key into the hole, reordering the node's other keys on every load.
             let Json::Object(mut fields) = entry else {
                 return Err(shape(format!("node {id}: must be an object with class_type and inputs")));
             };
-            let class_type = match fields.remove("class_type") {
+            let class_type = match fields.shift_remove("class_type") {
                 Some(Json::String(s)) if !s.is_empty() => s,
                 Some(_) => return Err(shape(format!("node {id}: class_type must be a non-empty string"))),
                 None => return Err(shape(format!("node {id}: class_type is missing"))),
             };
-            let inputs = match fields.remove("inputs") {
+            let inputs = match fields.shift_remove("inputs") {
                 None => Vec::new(),
                 Some(Json::Object(map)) => map
                     .into_iter()

@@ -1,0 +1,4 @@
+mod fixture;
+mod graph_json;
+mod sdk;
+mod validate;
