@@ -138,6 +138,16 @@ def tiny_wan():
     return m.eval()
 
 
+def wan13_dims(num_layers=2):
+    """Random model with Wan2.1-T2V-1.3B's dimensions (12 heads x 128, FFN 8960, text 4096, 16 latent
+    channels) but only num_layers blocks (the real model has 30)."""
+    from diffusers import WanTransformer3DModel
+    torch.manual_seed(0)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=num_layers,
+                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024).eval()
+
+
 def example(wan, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, grad=False, heads_n=None):
     cfg = wan.config
     g = torch.Generator().manual_seed(seed)
@@ -216,6 +226,8 @@ def check(wan, paths, motion_block=None, shapes=((1, 2, 3, 4, 5), (2, 3, 5, 4, 7
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true", help="tiny random config (tests the route)")
+    ap.add_argument("--wan13-dims", type=int, default=0, metavar="LAYERS",
+                    help="random model with Wan2.1-1.3B dimensions and this many blocks")
     ap.add_argument("--model", default=None, help="diffusers checkpoint dir or hub id (local files)")
     ap.add_argument("--subfolder", default="transformer")
     ap.add_argument("--motion-block", type=int, default=None)
@@ -224,6 +236,8 @@ def main():
     a = ap.parse_args()
     if a.tiny:
         wan = tiny_wan()
+    elif a.wan13_dims:
+        wan = wan13_dims(a.wan13_dims)
     else:
         from diffusers import WanTransformer3DModel
         wan = WanTransformer3DModel.from_pretrained(a.model, subfolder=a.subfolder, torch_dtype=torch.float32).eval()
