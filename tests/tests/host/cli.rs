@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,8 @@ use rand::Rng;
 use serde_json::{json, Value as Json};
 
 use super::util::{
-    entries, lines, nodehost_in, output, plugin_dir, read_gif, rng, write_gif, Output, INCOMPATIBLE_PLUGIN, REAL_PLUGIN,
-    TEST_PLUGIN,
+    entries, library, lines, nodehost, nodehost_in, output, plugin_dir, read_gif, rng, target_dir, write_gif, Output,
+    INCOMPATIBLE_PLUGIN, REAL_PLUGIN, TEST_PLUGIN,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -288,25 +288,46 @@ fn doctor_reports_plugins_refusals_and_onnx_runtime_honestly() {
 
 #[test]
 fn plugins_are_found_next_to_the_binary_and_through_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    // No --plugin-dir: the folder of the binary, where cargo put the workspace's plugin.
-    let out = output(nodehost_in(dir.path()).args(["nodes", "--json"]), TIMEOUT);
+    // A copy of the binary with the real plugin beside it (a link would resolve to cargo's
+    // folder): without --plugin-dir it finds that plugin.
+    let dir = tempfile::tempdir_in(target_dir()).unwrap();
+    let exe = dir.path().join(nodehost().file_name().unwrap());
+    let link_or_copy = |from: &Path, to: &Path| std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ())).unwrap();
+    link_or_copy(&nodehost(), &exe);
+    let plugin = library(REAL_PLUGIN);
+    link_or_copy(&plugin, &dir.path().join(plugin.file_name().unwrap()));
+    let run = |plugin_path: Option<&Path>, args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut cmd = Command::new(&exe);
+        cmd.current_dir(dir.path()).env_remove(node_host::loader::PLUGIN_PATH_ENV).stdin(Stdio::null());
+        if let Some(p) = plugin_path {
+            cmd.env(node_host::loader::PLUGIN_PATH_ENV, p);
+        }
+        cmd.args(args.iter().map(|a| a.as_ref()));
+        output(&mut cmd, TIMEOUT)
+    };
+    let out = run(None, &[&"nodes", &"--json"]);
     out.assert_success();
     let json: Json = serde_json::from_str(&out.stdout).unwrap();
     assert!(json.get("LoadReference").is_some(), "{}", out.stdout);
+    assert!(json.get("MakeNumber").is_none(), "only the plugin beside the binary: {}", out.stdout);
 
-    // NODEHOST_PLUGIN_PATH is searched too: a junk library there is reported.
+    // NODEHOST_PLUGIN_PATH is searched too (before the binary's folder).
     let extra = dir.path().join("extra");
-    std::fs::create_dir(&extra).unwrap();
-    std::fs::write(extra.join("junk.so"), "not a library").unwrap();
-    let out = output(nodehost_in(dir.path()).env(node_host::loader::PLUGIN_PATH_ENV, &extra).arg("nodes"), TIMEOUT);
+    let extra_plugins = plugin_dir(&extra, &[TEST_PLUGIN]);
+    std::fs::write(extra_plugins.join("junk.so"), "not a library").unwrap();
+    let out = run(Some(extra_plugins.as_path()), &[&"nodes"]);
     out.assert_success();
+    assert!(out.stdout.contains("plugin org.fastvmt.test-nodes") && out.stdout.contains("plugin org.fastvmt.nodes"), "{out:#?}");
     assert!(out.stderr.lines().any(|l| l.starts_with("warning:") && l.contains("junk.so") && l.contains("not a loadable node plugin")), "{out:#?}");
 
-    // An explicit folder without plugins is an error that says how to get one.
+    // --plugin-dir replaces the binary's folder (the environment's folders still count).
+    let out = run(Some(extra_plugins.as_path()), &[&"--plugin-dir", &extra_plugins, &"nodes"]);
+    out.assert_success();
+    assert!(!out.stdout.contains("plugin org.fastvmt.nodes "), "{out:#?}");
+    // One without plugins says how to get one.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = output(nodehost_in(dir.path()).arg("--plugin-dir").arg(&empty).arg("nodes"), TIMEOUT);
+    let out = run(None, &[&"--plugin-dir", &empty, &"nodes"]);
     out.assert_error(&["no plugin found", "empty"]);
 }
 
@@ -338,7 +359,7 @@ fn interrupt(ws: &Workspace, graph: &str, trigger: &str) -> (Option<i32>, String
         }
         assert!(started.elapsed() < TIMEOUT, "{seen:#?}");
     }
-    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let signalled = Instant::now();
     let exit = loop {

@@ -33,15 +33,29 @@ pub fn artifact(file: &str) -> PathBuf {
     let path = target_dir().join(file);
     assert!(
         path.is_file(),
-        "{} is missing: these tests load the workspace's built plugins and run its nodehost binary; build them with `cargo test --workspace`",
+        "{} is missing: these tests run the workspace's nodehost binary; build it with `cargo test --workspace`",
         path.display()
     );
     path
 }
 
-/// The shared library of the workspace crate `lib_name` (e.g. `fastvmt_plugin`).
+/// The shared library of the workspace crate `lib_name` (e.g. `fastvmt_plugin`): `cargo
+/// build` puts it in `target/<profile>`, `cargo test` (which builds it as a dependency of this
+/// crate) only in `target/<profile>/deps`; the newer of the two wins.
 pub fn library(lib_name: &str) -> PathBuf {
-    artifact(&format!("{DLL_PREFIX}{lib_name}{DLL_SUFFIX}"))
+    let file = format!("{DLL_PREFIX}{lib_name}{DLL_SUFFIX}");
+    let target = target_dir();
+    [target.join(&file), target.join("deps").join(&file)]
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| {
+            panic!(
+                "{file} is missing from {} and its deps/ folder: these tests load the workspace's built plugins; build them with `cargo test --workspace`",
+                target.display()
+            )
+        })
 }
 
 pub fn nodehost() -> PathBuf {
