@@ -23,7 +23,7 @@ use node_abi::{
 
 use crate::graph::{Graph, InputValue};
 use crate::registry::Registry;
-use crate::validate::{literal_value, validate, Problem};
+use crate::validate::{check_value, literal_value, validate, Problem};
 
 /// Shared flag a user (Ctrl-C, a cancel button) sets to stop a run.
 #[derive(Clone, Default)]
@@ -149,7 +149,16 @@ impl Executor {
                 let value = match node.input(name) {
                     Some(InputValue::Link { node: src, slot }) => {
                         (name, "link", src.as_str(), *slot, keys[src.as_str()]).hash(&mut hasher);
-                        Some(outputs[src.as_str()][*slot].clone())
+                        let value = outputs[src.as_str()][*slot].clone();
+                        // A linked value honours the input's range and choices like a literal.
+                        if let Err((_, message)) = check_value(spec, &value) {
+                            return Err(ExecError::Node {
+                                node: id.clone(),
+                                class_type: node.class_type.clone(),
+                                error: Box::new(NodeError::input(name, format!("{message} (from node {src})"))),
+                            });
+                        }
+                        Some(value)
                     }
                     Some(InputValue::Literal(json)) => {
                         (name, "literal", json.to_string()).hash(&mut hasher);

@@ -82,7 +82,15 @@ pub fn literal_value(spec: &InputSpec, json: &Json) -> Result<Value, (ProblemKin
         },
         other => return Err((ProblemKind::WrongType, format!("{other} inputs take a link, not a constant ({})", describe(json)))),
     };
-    let number = match &value {
+    check_value(spec, &value)?;
+    Ok(value)
+}
+
+/// Checks a value an input of `spec` is about to receive against its range and choices.
+/// Literals are checked by [`literal_value`] when a graph is validated; the executor checks
+/// values arriving over links, which are only known at run time.
+pub fn check_value(spec: &InputSpec, value: &Value) -> Result<(), (ProblemKind, String)> {
+    let number = match value {
         Value::Int(i) => Some(*i as f64),
         Value::Float(f) => Some(*f),
         _ => None,
@@ -99,7 +107,13 @@ pub fn literal_value(spec: &InputSpec, json: &Json) -> Result<Value, (ProblemKin
             }
         }
     }
-    Ok(value)
+    if let (ValueType::Choice, Value::String(s)) = (spec.ty, value) {
+        if !spec.choices.iter().any(|c| c == s) {
+            let allowed: Vec<&str> = spec.choices.iter().map(|c| c.as_str()).collect();
+            return Err((ProblemKind::OutOfRange, format!("'{s}' is not one of {}", allowed.join(", "))));
+        }
+    }
+    Ok(())
 }
 
 fn describe(json: &Json) -> String {

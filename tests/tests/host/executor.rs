@@ -287,6 +287,52 @@ fn an_output_of_the_wrong_type_is_caught() {
     assert!(error.message.contains("INT") && error.message.contains("STRING"), "{error}");
 }
 
+/// Linked values are only known at run time: the executor holds them to the input's range
+/// and choices as validation holds literals, before the node runs.
+#[test]
+fn linked_values_honour_ranges_and_choices() {
+    let mut rng = rng();
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_path(dir.path());
+    let mut executor = Executor::new(registry());
+
+    // 1e6 + r steps: above SlowCounter's maximum of 1e6.
+    let r = rng.random_range(1..1_000_000i64);
+    let too_many = graph(json!({
+        "1": {"class_type": "MakeNumber", "inputs": {"value": 1_000_000}},
+        "2": {"class_type": "MakeNumber", "inputs": {"value": r}},
+        "3": {"class_type": "AddNumbers", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+        "4": {"class_type": "SlowCounter", "inputs": {"steps": ["3", 0], "step_ms": 0, "log": log}},
+        "5": {"class_type": "Collect", "inputs": {"value": ["4", 0]}}
+    }));
+    let err = run(&mut executor, &too_many).0.unwrap_err();
+    let ExecError::Node { node, class_type, error } = &err else { panic!("{err:?}") };
+    assert_eq!((node.as_str(), class_type.as_str(), error.kind), ("4", "SlowCounter", NodeErrorKind::InvalidInput));
+    assert_eq!(error.input.as_ref().map(|s| s.as_str()).into_option(), Some("steps"));
+    assert!(error.message.contains(&format!("{}", 1_000_000 + r)) && error.message.contains("maximum") && error.message.contains("node 3"), "{err}");
+
+    // A string that is not one of the choices.
+    let word = format!("c{}", rng.random::<u16>());
+    let bad_choice = |which: &str| {
+        graph(json!({
+            "t": {"class_type": "MakeText", "inputs": {"text": which}},
+            "1": {"class_type": "MakeNumber", "inputs": {"value": 1}},
+            "2": {"class_type": "MakeNumber", "inputs": {"value": 2}},
+            "p": {"class_type": "Pick", "inputs": {"which": ["t", 0], "a": ["1", 0], "b": ["2", 0], "log": log}},
+            "o": {"class_type": "Collect", "inputs": {"value": ["p", 0], "log": log}}
+        }))
+    };
+    let err = run(&mut executor, &bad_choice(&word)).0.unwrap_err();
+    let ExecError::Node { node, error, .. } = &err else { panic!("{err:?}") };
+    assert_eq!((node.as_str(), error.input.as_ref().map(|s| s.as_str()).into_option()), ("p", Some("which")));
+    assert!(error.message.contains(&word) && error.message.contains("a, b"), "{err}");
+    assert_eq!(lines(Path::new(&log)), Vec::<String>::new(), "neither SlowCounter nor Pick ran");
+
+    // A good choice over a link goes through.
+    run(&mut executor, &bad_choice("b")).0.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lines(Path::new(&log)), ["Pick b", "Collect 2"]);
+}
+
 #[test]
 fn an_invalid_graph_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -138,7 +138,7 @@ fn the_test_plugin_loads_beside_the_real_one() {
     assert_eq!(test.sdk, SDK_VERSION);
     let mut classes: Vec<&str> = test.nodes.iter().map(|d| d.class_type.as_str()).collect();
     classes.sort();
-    assert_eq!(classes, ["AddNumbers", "Collect", "Fail", "MakeNumber", "Panic", "SlowCounter", "WriteText", "WrongOutput"]);
+    assert_eq!(classes, ["AddNumbers", "Collect", "Fail", "MakeNumber", "MakeText", "Panic", "Pick", "SlowCounter", "WriteText", "WrongOutput"]);
     test.nodes.iter().for_each(check_schema);
     let make = node(&test.nodes, "MakeNumber");
     assert_eq!((make.input("value").unwrap().min.into_option(), make.input("value").unwrap().max.into_option()), (Some(-1.0e6), Some(1.0e6)));

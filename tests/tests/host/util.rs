@@ -58,6 +58,9 @@ pub fn library(lib_name: &str) -> PathBuf {
         })
 }
 
+/// The `nodehost` binary. Cargo builds it for `node-host-cli`'s own integration tests, so
+/// `cargo test --workspace` (or `-p node-host-cli -p workspace-tests`) keeps it current; with
+/// `-p workspace-tests` alone a binary from an earlier build is used as it is.
 pub fn nodehost() -> PathBuf {
     artifact(&format!("nodehost{EXE_SUFFIX}"))
 }
