@@ -396,7 +396,7 @@ fn cancelling_a_slow_node_stops_promptly_and_writes_nothing() {
         Err(ExecError::Cancelled { node }) => assert_eq!(node, "count"),
         other => panic!("expected Cancelled, got {other:?}"),
     }
-    assert!(latency < Duration::from_millis(500), "took {latency:?} to stop after cancel");
+    assert!(latency < Duration::from_secs(2), "took {latency:?} to stop after cancel (20 s if not cancelled)");
     let last_step = events.iter().filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None }).max().unwrap();
     assert!(last_step < 10_000, "ran to the end");
     assert!(!started(&events).contains(&"write".to_string()), "the writer must not start");
@@ -411,7 +411,7 @@ fn cancelling_an_output_node_mid_write_leaves_no_partial_file() {
         Err(ExecError::Cancelled { node }) => assert_eq!(node, "write"),
         other => panic!("expected Cancelled, got {other:?}"),
     }
-    assert!(latency < Duration::from_millis(500), "took {latency:?} to stop after cancel");
+    assert!(latency < Duration::from_secs(2), "took {latency:?} to stop after cancel (20 s if not cancelled)");
     assert!(started(&events).contains(&"write".to_string()));
     assert_eq!(entries(dir.path()), Vec::<String>::new(), "no output, no temporary file");
 }
