@@ -10,7 +10,10 @@ const NODEHOST: &str = env!("CARGO_BIN_EXE_nodehost");
 fn version_and_help_name_the_subcommands() {
     let out = Command::new(NODEHOST).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("nodehost {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("nodehost {}", env!("CARGO_PKG_VERSION"))
+    );
     let out = Command::new(NODEHOST).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
@@ -23,17 +26,32 @@ fn version_and_help_name_the_subcommands() {
 fn a_folder_without_plugins_is_a_one_line_error() {
     let dir = std::env::temp_dir().join(format!("nodehost-empty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(NODEHOST).arg("--plugin-dir").arg(&dir).arg("nodes").env_remove("NODEHOST_PLUGIN_PATH").output().unwrap();
+    let out = Command::new(NODEHOST)
+        .arg("--plugin-dir")
+        .arg(&dir)
+        .arg("nodes")
+        .env_remove("NODEHOST_PLUGIN_PATH")
+        .output()
+        .unwrap();
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: no plugin found in") && stderr.contains(&dir.display().to_string()), "{stderr}");
+    assert!(
+        stderr.starts_with("error: no plugin found in")
+            && stderr.contains(&dir.display().to_string()),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2_without_a_panic() {
-    for args in [&["frobnicate"][..], &["run"], &["validate", "a.json", "b.json"], &["run", "g.json", "--set"]] {
+    for args in [
+        &["frobnicate"][..],
+        &["run"],
+        &["validate", "a.json", "b.json"],
+        &["run", "g.json", "--set"],
+    ] {
         let out = Command::new(NODEHOST).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");

@@ -59,7 +59,10 @@ fn runs_only_what_outputs_need_in_dependency_order() {
                 };
                 values.push(v);
                 inputs_of.push(vec![]);
-                docs.push((ids[k].clone(), json!({"class_type": "MakeNumber", "inputs": {"value": v, "log": log}})));
+                docs.push((
+                    ids[k].clone(),
+                    json!({"class_type": "MakeNumber", "inputs": {"value": v, "log": log}}),
+                ));
             } else {
                 let (a, b) = loop {
                     let pair = (rng.random_range(0..k), rng.random_range(0..k));
@@ -76,9 +79,15 @@ fn runs_only_what_outputs_need_in_dependency_order() {
             }
         }
         let target = rng.random_range(leaves..total);
-        docs.push(("out".into(), json!({"class_type": "Collect", "inputs": {"value": [ids[target], 0], "log": log}})));
+        docs.push((
+            "out".into(),
+            json!({"class_type": "Collect", "inputs": {"value": [ids[target], 0], "log": log}}),
+        ));
         // A node that is not connected at all.
-        docs.push(("lonely".into(), json!({"class_type": "MakeNumber", "inputs": {"value": 999_999, "log": log}})));
+        docs.push((
+            "lonely".into(),
+            json!({"class_type": "MakeNumber", "inputs": {"value": 999_999, "log": log}}),
+        ));
         docs.shuffle(&mut rng);
         let doc: Map<String, Json> = docs.into_iter().collect();
 
@@ -94,25 +103,53 @@ fn runs_only_what_outputs_need_in_dependency_order() {
         let (result, events) = run(&mut executor, &graph(Json::Object(doc)));
         let report = result.unwrap_or_else(|e| panic!("{e}"));
         let order = started(&events);
-        let expected: HashSet<String> = needed.iter().map(|&k| ids[k].clone()).chain(["out".to_string()]).collect();
-        assert_eq!(order.iter().cloned().collect::<HashSet<_>>(), expected, "exactly the needed nodes run");
+        let expected: HashSet<String> = needed
+            .iter()
+            .map(|&k| ids[k].clone())
+            .chain(["out".to_string()])
+            .collect();
+        assert_eq!(
+            order.iter().cloned().collect::<HashSet<_>>(),
+            expected,
+            "exactly the needed nodes run"
+        );
         assert_eq!(order.len(), expected.len(), "each once: {order:?}");
-        assert_eq!(report.executed.iter().cloned().collect::<HashSet<_>>(), expected);
+        assert_eq!(
+            report.executed.iter().cloned().collect::<HashSet<_>>(),
+            expected
+        );
         assert!(report.cached.is_empty());
-        let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let position: HashMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
         for &k in &needed {
             for &dep in &inputs_of[k] {
-                assert!(position[ids[dep].as_str()] < position[ids[k].as_str()], "{} ran before its input {}", ids[k], ids[dep]);
+                assert!(
+                    position[ids[dep].as_str()] < position[ids[k].as_str()],
+                    "{} ran before its input {}",
+                    ids[k],
+                    ids[dep]
+                );
             }
         }
         assert_eq!(order.last().map(String::as_str), Some("out"));
-        let Some(Event::Plan { order: plan }) = events.first() else { panic!("the first event is the plan: {events:?}") };
+        let Some(Event::Plan { order: plan }) = events.first() else {
+            panic!("the first event is the plan: {events:?}")
+        };
         assert_eq!(plan, &order, "the plan is the order things ran in");
 
         let log_lines = lines(Path::new(&log));
         assert_eq!(log_lines.len(), expected.len(), "{log_lines:#?}");
-        assert_eq!(log_lines.last().unwrap(), &format!("Collect {}", values[target]));
-        assert!(!log_lines.iter().any(|l| l.contains("999999")), "the unconnected node ran: {log_lines:#?}");
+        assert_eq!(
+            log_lines.last().unwrap(),
+            &format!("Collect {}", values[target])
+        );
+        assert!(
+            !log_lines.iter().any(|l| l.contains("999999")),
+            "the unconnected node ran: {log_lines:#?}"
+        );
     }
 }
 
@@ -134,7 +171,11 @@ fn caching_reruns_only_the_changed_node_and_its_dependents() {
     let mut rng = rng();
     let dir = tempfile::tempdir().unwrap();
     let log = log_path(dir.path());
-    let (a, b, c) = (rng.random_range(-500..500i64), rng.random_range(500..1000i64), rng.random_range(1000..2000i64));
+    let (a, b, c) = (
+        rng.random_range(-500..500i64),
+        rng.random_range(500..1000i64),
+        rng.random_range(1000..2000i64),
+    );
     let c2 = c + rng.random_range(1..100i64);
     let mut executor = Executor::new(registry());
     let mut seen = 0;
@@ -169,7 +210,14 @@ fn caching_reruns_only_the_changed_node_and_its_dependents() {
 
     // One widget changed: that node and its dependents run, nothing else.
     let (report, ran) = step(&mut executor, c2);
-    assert_eq!(ran, [format!("MakeNumber {c2}"), format!("AddNumbers {} {c2} {}", a + b, a + b + c2), format!("Collect {}", a + b + c2)]);
+    assert_eq!(
+        ran,
+        [
+            format!("MakeNumber {c2}"),
+            format!("AddNumbers {} {c2} {}", a + b, a + b + c2),
+            format!("Collect {}", a + b + c2)
+        ]
+    );
     assert_eq!(report.executed, ["c", "abc", "out"]);
     assert_eq!(report.cached, ["a", "b", "ab"]);
 
@@ -202,7 +250,12 @@ fn progress_and_log_events_arrive_in_order() {
     let progress: Vec<(u64, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Progress { node, step, total, message } => {
+            Event::Progress {
+                node,
+                step,
+                total,
+                message,
+            } => {
                 assert_eq!(node, "count");
                 assert_eq!(message, &format!("step {step}"));
                 Some((*step, *total))
@@ -210,11 +263,23 @@ fn progress_and_log_events_arrive_in_order() {
             _ => None,
         })
         .collect();
-    assert_eq!(progress, (1..=steps).map(|s| (s, steps)).collect::<Vec<_>>());
-    let index = |pred: &dyn Fn(&Event) -> bool| events.iter().position(pred).unwrap_or_else(|| panic!("{events:#?}"));
-    let start = index(&|e| matches!(e, Event::NodeStarted { node, class_type } if node == "count" && class_type == "SlowCounter"));
+    assert_eq!(
+        progress,
+        (1..=steps).map(|s| (s, steps)).collect::<Vec<_>>()
+    );
+    let index = |pred: &dyn Fn(&Event) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("{events:#?}"))
+    };
+    let start = index(
+        &|e| matches!(e, Event::NodeStarted { node, class_type } if node == "count" && class_type == "SlowCounter"),
+    );
     let first = index(&|e| matches!(e, Event::Progress { .. }));
-    let log = index(&|e| matches!(e, Event::Log { node, level: LogLevel::Info, message } if node == "count" && *message == format!("counted {steps} steps")));
+    let log = index(
+        &|e| matches!(e, Event::Log { node, level: LogLevel::Info, message } if node == "count" && *message == format!("counted {steps} steps")),
+    );
     let finish = index(&|e| matches!(e, Event::NodeFinished { node, .. } if node == "count"));
     assert!(start < first && first < log && log < finish, "{events:#?}");
 }
@@ -232,29 +297,44 @@ fn a_panicking_node_is_an_error_for_that_node_and_the_host_goes_on() {
     for _ in 0..2 {
         let (result, events) = run(&mut executor, &bad);
         match result {
-            Err(ExecError::Node { node, class_type, error }) => {
+            Err(ExecError::Node {
+                node,
+                class_type,
+                error,
+            }) => {
                 assert_eq!((node.as_str(), class_type.as_str()), ("2", "Panic"));
                 assert_eq!(error.kind, NodeErrorKind::Panic);
                 assert!(error.message.contains(&message), "{error}");
             }
             other => panic!("expected a node error, got {other:?}"),
         }
-        assert!(!started(&events).contains(&"3".to_string()), "nothing runs after the failure");
+        assert!(
+            !started(&events).contains(&"3".to_string()),
+            "nothing runs after the failure"
+        );
     }
     let err = run(&mut executor, &bad).0.unwrap_err().to_string();
-    assert!(err.contains("node 2 (Panic)") && err.contains(&message), "{err}");
+    assert!(
+        err.contains("node 2 (Panic)") && err.contains(&message),
+        "{err}"
+    );
 
     // The same executor (and plugin) still runs graphs.
     let dir = tempfile::tempdir().unwrap();
     let log = log_path(dir.path());
-    let (x, y) = (rng.random_range(-1000..1000i64), rng.random_range(-1000..1000i64));
+    let (x, y) = (
+        rng.random_range(-1000..1000i64),
+        rng.random_range(-1000..1000i64),
+    );
     let good = graph(json!({
         "1": {"class_type": "MakeNumber", "inputs": {"value": x}},
         "2": {"class_type": "MakeNumber", "inputs": {"value": y}},
         "3": {"class_type": "AddNumbers", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
         "4": {"class_type": "Collect", "inputs": {"value": ["3", 0], "log": log}}
     }));
-    run(&mut executor, &good).0.unwrap_or_else(|e| panic!("{e}"));
+    run(&mut executor, &good)
+        .0
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(lines(Path::new(&log)), [format!("Collect {}", x + y)]);
 }
 
@@ -266,11 +346,29 @@ fn a_failing_node_names_itself_and_the_input() {
         "o": {"class_type": "Collect", "inputs": {"value": ["f", 0]}}
     }));
     let err = run(&mut executor, &g).0.unwrap_err();
-    let ExecError::Node { node, class_type, error } = &err else { panic!("{err:?}") };
-    assert_eq!((node.as_str(), class_type.as_str(), error.kind), ("f", "Fail", NodeErrorKind::InvalidInput));
-    assert_eq!(error.input.as_ref().map(|s| s.as_str()).into_option(), Some("message"));
+    let ExecError::Node {
+        node,
+        class_type,
+        error,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (node.as_str(), class_type.as_str(), error.kind),
+        ("f", "Fail", NodeErrorKind::InvalidInput)
+    );
+    assert_eq!(
+        error.input.as_ref().map(|s| s.as_str()).into_option(),
+        Some("message")
+    );
     let text = err.to_string();
-    assert!(text.contains("node f (Fail)") && text.contains("input 'message'") && text.contains("the reason, in words"), "{text}");
+    assert!(
+        text.contains("node f (Fail)")
+            && text.contains("input 'message'")
+            && text.contains("the reason, in words"),
+        "{text}"
+    );
     assert!(!text.contains('\n'), "{text}");
 }
 
@@ -282,9 +380,14 @@ fn an_output_of_the_wrong_type_is_caught() {
         "o": {"class_type": "Collect", "inputs": {"value": ["w", 0]}}
     }));
     let err = run(&mut executor, &g).0.unwrap_err();
-    let ExecError::Node { node, error, .. } = &err else { panic!("{err:?}") };
+    let ExecError::Node { node, error, .. } = &err else {
+        panic!("{err:?}")
+    };
     assert_eq!((node.as_str(), error.kind), ("w", NodeErrorKind::Internal));
-    assert!(error.message.contains("INT") && error.message.contains("STRING"), "{error}");
+    assert!(
+        error.message.contains("INT") && error.message.contains("STRING"),
+        "{error}"
+    );
 }
 
 /// Linked values are only known at run time: the executor holds them to the input's range
@@ -306,10 +409,28 @@ fn linked_values_honour_ranges_and_choices() {
         "5": {"class_type": "Collect", "inputs": {"value": ["4", 0]}}
     }));
     let err = run(&mut executor, &too_many).0.unwrap_err();
-    let ExecError::Node { node, class_type, error } = &err else { panic!("{err:?}") };
-    assert_eq!((node.as_str(), class_type.as_str(), error.kind), ("4", "SlowCounter", NodeErrorKind::InvalidInput));
-    assert_eq!(error.input.as_ref().map(|s| s.as_str()).into_option(), Some("steps"));
-    assert!(error.message.contains(&format!("{}", 1_000_000 + r)) && error.message.contains("maximum") && error.message.contains("node 3"), "{err}");
+    let ExecError::Node {
+        node,
+        class_type,
+        error,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (node.as_str(), class_type.as_str(), error.kind),
+        ("4", "SlowCounter", NodeErrorKind::InvalidInput)
+    );
+    assert_eq!(
+        error.input.as_ref().map(|s| s.as_str()).into_option(),
+        Some("steps")
+    );
+    assert!(
+        error.message.contains(&format!("{}", 1_000_000 + r))
+            && error.message.contains("maximum")
+            && error.message.contains("node 3"),
+        "{err}"
+    );
 
     // A string that is not one of the choices.
     let word = format!("c{}", rng.random::<u16>());
@@ -323,13 +444,30 @@ fn linked_values_honour_ranges_and_choices() {
         }))
     };
     let err = run(&mut executor, &bad_choice(&word)).0.unwrap_err();
-    let ExecError::Node { node, error, .. } = &err else { panic!("{err:?}") };
-    assert_eq!((node.as_str(), error.input.as_ref().map(|s| s.as_str()).into_option()), ("p", Some("which")));
-    assert!(error.message.contains(&word) && error.message.contains("a, b"), "{err}");
-    assert_eq!(lines(Path::new(&log)), Vec::<String>::new(), "neither SlowCounter nor Pick ran");
+    let ExecError::Node { node, error, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (
+            node.as_str(),
+            error.input.as_ref().map(|s| s.as_str()).into_option()
+        ),
+        ("p", Some("which"))
+    );
+    assert!(
+        error.message.contains(&word) && error.message.contains("a, b"),
+        "{err}"
+    );
+    assert_eq!(
+        lines(Path::new(&log)),
+        Vec::<String>::new(),
+        "neither SlowCounter nor Pick ran"
+    );
 
     // A good choice over a link goes through.
-    run(&mut executor, &bad_choice("b")).0.unwrap_or_else(|e| panic!("{e}"));
+    run(&mut executor, &bad_choice("b"))
+        .0
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(lines(Path::new(&log)), ["Pick b", "Collect 2"]);
 }
 
@@ -344,9 +482,15 @@ fn an_invalid_graph_runs_nothing() {
         "3": {"class_type": "Collect", "inputs": {"value": ["9", 0]}}
     }));
     let err = run(&mut executor, &g).0.unwrap_err();
-    let ExecError::Invalid(problems) = &err else { panic!("{err:?}") };
+    let ExecError::Invalid(problems) = &err else {
+        panic!("{err:?}")
+    };
     let kinds: Vec<ProblemKind> = problems.iter().map(|p| p.kind).collect();
-    assert_eq!(kinds, [ProblemKind::OutOfRange, ProblemKind::MissingNode], "{err}");
+    assert_eq!(
+        kinds,
+        [ProblemKind::OutOfRange, ProblemKind::MissingNode],
+        "{err}"
+    );
     assert!(lines(Path::new(&log)).is_empty());
 }
 
@@ -362,14 +506,22 @@ fn slow_graph(folder: &Path, steps: u64, step_ms: u64, chunks: u64, chunk_ms: u6
 
 /// Runs `g`, cancelling from another thread shortly after the first progress event of
 /// `node`; returns the result, the events and how long the run took to stop after cancel.
-fn run_and_cancel(g: &Json, node: &str) -> (Result<node_host::RunReport, ExecError>, Vec<Event>, Duration) {
+fn run_and_cancel(
+    g: &Json,
+    node: &str,
+) -> (
+    Result<node_host::RunReport, ExecError>,
+    Vec<Event>,
+    Duration,
+) {
     let mut executor = Executor::new(registry());
     let cancel = CancelToken::new();
     let (tx, rx) = mpsc::channel::<()>();
     let canceller = {
         let cancel = cancel.clone();
         std::thread::spawn(move || {
-            rx.recv_timeout(Duration::from_secs(30)).expect("the node reported progress");
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the node reported progress");
             std::thread::sleep(Duration::from_millis(30));
             cancel.cancel();
             Instant::now()
@@ -384,36 +536,69 @@ fn run_and_cancel(g: &Json, node: &str) -> (Result<node_host::RunReport, ExecErr
     let stopped = Instant::now();
     drop(tx);
     let cancelled_at = canceller.join().unwrap();
-    (result, events, stopped.saturating_duration_since(cancelled_at))
+    (
+        result,
+        events,
+        stopped.saturating_duration_since(cancelled_at),
+    )
 }
 
 #[test]
 fn cancelling_a_slow_node_stops_promptly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // 10 000 steps of 2 ms: 20 s if cancellation did not work.
-    let (result, events, latency) = run_and_cancel(&slow_graph(dir.path(), 10_000, 2, 1, 0), "count");
+    let (result, events, latency) =
+        run_and_cancel(&slow_graph(dir.path(), 10_000, 2, 1, 0), "count");
     match result {
         Err(ExecError::Cancelled { node }) => assert_eq!(node, "count"),
         other => panic!("expected Cancelled, got {other:?}"),
     }
-    assert!(latency < Duration::from_secs(2), "took {latency:?} to stop after cancel (20 s if not cancelled)");
-    let last_step = events.iter().filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None }).max().unwrap();
+    assert!(
+        latency < Duration::from_secs(2),
+        "took {latency:?} to stop after cancel (20 s if not cancelled)"
+    );
+    let last_step = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Progress { step, .. } = e {
+                Some(*step)
+            } else {
+                None
+            }
+        })
+        .max()
+        .unwrap();
     assert!(last_step < 10_000, "ran to the end");
-    assert!(!started(&events).contains(&"write".to_string()), "the writer must not start");
-    assert_eq!(entries(dir.path()), Vec::<String>::new(), "no output, no temporary file");
+    assert!(
+        !started(&events).contains(&"write".to_string()),
+        "the writer must not start"
+    );
+    assert_eq!(
+        entries(dir.path()),
+        Vec::<String>::new(),
+        "no output, no temporary file"
+    );
 }
 
 #[test]
 fn cancelling_an_output_node_mid_write_leaves_no_partial_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (result, events, latency) = run_and_cancel(&slow_graph(dir.path(), 1, 0, 10_000, 2), "write");
+    let (result, events, latency) =
+        run_and_cancel(&slow_graph(dir.path(), 1, 0, 10_000, 2), "write");
     match result {
         Err(ExecError::Cancelled { node }) => assert_eq!(node, "write"),
         other => panic!("expected Cancelled, got {other:?}"),
     }
-    assert!(latency < Duration::from_secs(2), "took {latency:?} to stop after cancel (20 s if not cancelled)");
+    assert!(
+        latency < Duration::from_secs(2),
+        "took {latency:?} to stop after cancel (20 s if not cancelled)"
+    );
     assert!(started(&events).contains(&"write".to_string()));
-    assert_eq!(entries(dir.path()), Vec::<String>::new(), "no output, no temporary file");
+    assert_eq!(
+        entries(dir.path()),
+        Vec::<String>::new(),
+        "no output, no temporary file"
+    );
 }
 
 #[test]
@@ -425,13 +610,19 @@ fn an_uncancelled_write_completes_and_a_cancelled_token_runs_nothing() {
     let mut executor = Executor::new(registry());
     run(&mut executor, &g).0.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(entries(dir.path()), ["result.txt"]);
-    assert_eq!(std::fs::read_to_string(dir.path().join("result.txt")).unwrap(), format!("value={steps}\n").repeat(3));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("result.txt")).unwrap(),
+        format!("value={steps}\n").repeat(3)
+    );
     std::fs::remove_file(dir.path().join("result.txt")).unwrap();
 
     let cancel = CancelToken::new();
     cancel.cancel();
     let (result, events) = run_with(&mut executor, &g, &cancel, &|_| {});
-    assert!(matches!(result, Err(ExecError::Cancelled { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(ExecError::Cancelled { .. })),
+        "{result:?}"
+    );
     assert!(started(&events).is_empty(), "{events:?}");
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use node_host::{loader::load_plugin, CancelToken, Event, ExecError, Executor, Graph, Registry, RunReport};
+use node_host::{
+    loader::load_plugin, CancelToken, Event, ExecError, Executor, Graph, Registry, RunReport,
+};
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::Value as Json;
 
@@ -119,13 +121,17 @@ pub fn run_with(
 
 /// The lines of a `log` file the test nodes append to (none when it does not exist).
 pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// Names of the entries of a folder, sorted.
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     };
     names.sort();
@@ -160,13 +166,23 @@ impl Output {
     /// `error:` line mentioning each of `fragments`. Returns that line.
     #[track_caller]
     pub fn assert_error(&self, fragments: &[&str]) -> String {
-        assert!(matches!(self.code, Some(c) if c != 0 && c != 101), "expected a clean non-zero exit: {self:#?}");
+        assert!(
+            matches!(self.code, Some(c) if c != 0 && c != 101),
+            "expected a clean non-zero exit: {self:#?}"
+        );
         assert!(!self.stderr.contains("panicked"), "a panic: {self:#?}");
-        let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
         assert_eq!(errors.len(), 1, "expected one error line: {self:#?}");
         let line = errors[0];
         for f in fragments {
-            assert!(line.contains(f), "the error line {line:?} should mention {f:?}\n{self:#?}");
+            assert!(
+                line.contains(f),
+                "the error line {line:?} should mention {f:?}\n{self:#?}"
+            );
         }
         line.to_string()
     }
@@ -181,13 +197,19 @@ impl Output {
 /// A `nodehost` command run in `cwd`, with no plugin path from the environment.
 pub fn nodehost_in(cwd: &Path) -> Command {
     let mut cmd = Command::new(nodehost());
-    cmd.current_dir(cwd).env_remove(node_host::loader::PLUGIN_PATH_ENV).stdin(Stdio::null());
+    cmd.current_dir(cwd)
+        .env_remove(node_host::loader::PLUGIN_PATH_ENV)
+        .stdin(Stdio::null());
     cmd
 }
 
 /// Runs `cmd`, failing the test if it takes longer than `timeout` (a hang).
 pub fn output(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("nodehost starts");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nodehost starts");
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -213,7 +235,11 @@ pub fn output(cmd: &mut Command, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    Output {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 /// Writes an animated GIF whose frame `i` is colour `colours[i][0]` on the left half and
@@ -223,8 +249,9 @@ pub fn write_gif(path: &Path, width: u16, height: u16, colours: &[[[u8; 3]; 2]],
     let mut encoder = gif::Encoder::new(file, width, height, &[]).unwrap();
     encoder.set_repeat(gif::Repeat::Infinite).unwrap();
     for pair in colours {
-        let indices: Vec<u8> =
-            (0..height as usize).flat_map(|_| (0..width as usize).map(|x| u8::from(x >= width as usize / 2))).collect();
+        let indices: Vec<u8> = (0..height as usize)
+            .flat_map(|_| (0..width as usize).map(|x| u8::from(x >= width as usize / 2)))
+            .collect();
         let frame = gif::Frame {
             width,
             height,
@@ -255,11 +282,16 @@ impl DecodedGif {
 pub fn read_gif(path: &Path) -> DecodedGif {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::RGBA);
-    let mut decoder = options.read_info(std::fs::File::open(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut decoder = options
+        .read_info(std::fs::File::open(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let (width, height) = (decoder.width() as usize, decoder.height() as usize);
     let mut canvas = vec![0u8; width * height * 3];
     let mut frames = Vec::new();
-    while let Some(frame) = decoder.read_next_frame().unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
+    while let Some(frame) = decoder
+        .read_next_frame()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    {
         for y in 0..frame.height as usize {
             for x in 0..frame.width as usize {
                 let src = (y * frame.width as usize + x) * 4;
@@ -272,7 +304,11 @@ pub fn read_gif(path: &Path) -> DecodedGif {
         }
         frames.push(canvas.clone());
     }
-    DecodedGif { width, height, frames }
+    DecodedGif {
+        width,
+        height,
+        frames,
+    }
 }
 
 /// Whether two colours are within `tolerance` per channel.

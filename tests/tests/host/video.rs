@@ -19,7 +19,9 @@ fn random_colours(rng: &mut impl Rng, frames: usize) -> Colours {
 
 fn pipeline(source: &Path, out: &Path, extra: serde_json::Value) -> serde_json::Value {
     let mut load = json!({"path": source.display().to_string()});
-    load.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    load.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     json!({
         "1": {"class_type": "LoadReference", "inputs": load},
         "2": {"class_type": "SaveVideo", "inputs": {"video": ["1", 0], "folder": out.display().to_string(), "prefix": "clip", "format": "gif"}}
@@ -43,19 +45,38 @@ fn a_gif_goes_through_load_and_save_and_saves_never_overwrite() {
     first.unwrap_or_else(|e| panic!("{e}"));
     let (second, _) = run(&mut executor, &g);
     let second = second.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(second.cached, ["1"], "the unchanged load comes from the cache");
+    assert_eq!(
+        second.cached,
+        ["1"],
+        "the unchanged load comes from the cache"
+    );
     assert_eq!(second.executed, ["2"], "the saver runs again");
 
     let files = entries(&out);
     assert_eq!(files.len(), 2, "two runs, two numbered files: {files:?}");
-    assert!(files.iter().all(|f| f.starts_with("clip") && f.ends_with(".gif")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with("clip") && f.ends_with(".gif")),
+        "{files:?}"
+    );
     assert_ne!(files[0], files[1]);
     for file in &files {
         let gif = read_gif(&out.join(file));
-        assert_eq!((gif.width, gif.height, gif.frames.len()), (width as usize, height as usize, frames), "{file}");
+        assert_eq!(
+            (gif.width, gif.height, gif.frames.len()),
+            (width as usize, height as usize, frames),
+            "{file}"
+        );
         for (i, [left, right]) in colours.iter().enumerate() {
-            let (l, r) = (gif.pixel(i, 1, height as usize / 2), gif.pixel(i, width as usize - 2, height as usize / 2));
-            assert!(close(l, *left, 12) && close(r, *right, 12), "{file} frame {i}: got {l:?} {r:?}, wrote {left:?} {right:?}");
+            let (l, r) = (
+                gif.pixel(i, 1, height as usize / 2),
+                gif.pixel(i, width as usize - 2, height as usize / 2),
+            );
+            assert!(
+                close(l, *left, 12) && close(r, *right, 12),
+                "{file} frame {i}: got {l:?} {r:?}, wrote {left:?} {right:?}"
+            );
         }
     }
 }
@@ -70,16 +91,29 @@ fn load_options_select_frames_and_resize() {
     let out = dir.path().join("out");
     let (start, stride) = (rng.random_range(0..3usize), rng.random_range(1..4usize));
     let (w, h) = (rng.random_range(4..30u32), rng.random_range(4..30u32));
-    let g = graph(pipeline(&source, &out, json!({"start_frame": start, "stride": stride, "width": w, "height": h, "fit": "stretch"})));
-    run(&mut Executor::new(registry()), &g).0.unwrap_or_else(|e| panic!("{e}"));
+    let g = graph(pipeline(
+        &source,
+        &out,
+        json!({"start_frame": start, "stride": stride, "width": w, "height": h, "fit": "stretch"}),
+    ));
+    run(&mut Executor::new(registry()), &g)
+        .0
+        .unwrap_or_else(|e| panic!("{e}"));
     let files = entries(&out);
     assert_eq!(files.len(), 1, "{files:?}");
     let gif = read_gif(&out.join(&files[0]));
     let kept: Vec<usize> = (start..9).step_by(stride).collect();
-    assert_eq!((gif.width, gif.height, gif.frames.len()), (w as usize, h as usize, kept.len()));
+    assert_eq!(
+        (gif.width, gif.height, gif.frames.len()),
+        (w as usize, h as usize, kept.len())
+    );
     for (i, &source_frame) in kept.iter().enumerate() {
         let left = gif.pixel(i, 0, h as usize / 2);
-        assert!(close(left, colours[source_frame][0], 16), "frame {i} (source {source_frame}): {left:?} vs {:?}", colours[source_frame][0]);
+        assert!(
+            close(left, colours[source_frame][0], 16),
+            "frame {i} (source {source_frame}): {left:?} vs {:?}",
+            colours[source_frame][0]
+        );
     }
 }
 
@@ -87,10 +121,16 @@ fn load_options_select_frames_and_resize() {
 fn load_error(source: &Path) -> node_abi::NodeError {
     let out = source.parent().unwrap().join("out");
     let g = graph(pipeline(source, &out, json!({})));
-    let err = run(&mut Executor::new(registry()), &g).0.expect_err("the load must fail");
+    let err = run(&mut Executor::new(registry()), &g)
+        .0
+        .expect_err("the load must fail");
     assert!(entries(&out).is_empty(), "nothing saved");
     match err {
-        ExecError::Node { node, class_type, error } => {
+        ExecError::Node {
+            node,
+            class_type,
+            error,
+        } => {
             assert_eq!((node.as_str(), class_type.as_str()), ("1", "LoadReference"));
             assert!(!error.message.contains('\n'), "one line: {error}");
             assert_ne!(error.kind, NodeErrorKind::Panic, "{error}");
@@ -122,7 +162,10 @@ fn bad_sources_fail_for_their_node_with_a_clear_message() {
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("notes.txt"), "no frames here").unwrap();
     let e = load_error(&empty);
-    assert!(e.message.contains("frames") && e.message.contains("no PNG or JPEG"), "{e}");
+    assert!(
+        e.message.contains("frames") && e.message.contains("no PNG or JPEG"),
+        "{e}"
+    );
 
     let missing = dir.path().join("missing.gif");
     assert!(load_error(&missing).message.contains("not found"));

@@ -12,7 +12,11 @@ struct Rng(u64);
 
 impl Rng {
     fn new() -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
         eprintln!("seed {seed}");
         Rng(seed)
     }
@@ -37,7 +41,23 @@ impl Rng {
         }
     }
     fn string(&mut self) -> String {
-        const PIECES: &[&str] = &["a", "Z", "9", " ", "\"", "\\", "\n", "\t", "é", "ノード", "🎞", "/", "{", "]", "_"];
+        const PIECES: &[&str] = &[
+            "a",
+            "Z",
+            "9",
+            " ",
+            "\"",
+            "\\",
+            "\n",
+            "\t",
+            "é",
+            "ノード",
+            "🎞",
+            "/",
+            "{",
+            "]",
+            "_",
+        ];
         (0..self.below(12)).map(|_| *self.pick(PIECES)).collect()
     }
 }
@@ -66,10 +86,21 @@ fn random_extra(rng: &mut Rng) -> Json {
 /// inputs, `_meta` and other unknown node keys, and top-level `_` metadata.
 fn random_document(rng: &mut Rng) -> Json {
     let count = 1 + rng.below(12) as usize;
-    let ids: Vec<String> = (0..count).map(|i| format!("{}{}", rng.pick(&["", "n", "node-", "ノ"]), i * 7 + rng.below(5) as usize)).collect();
+    let ids: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                "{}{}",
+                rng.pick(&["", "n", "node-", "ノ"]),
+                i * 7 + rng.below(5) as usize
+            )
+        })
+        .collect();
     let mut top = Map::new();
     if rng.below(2) == 0 {
-        top.insert("_graph".into(), json!({"format_version": 1, "layout": random_extra(rng)}));
+        top.insert(
+            "_graph".into(),
+            json!({"format_version": 1, "layout": random_extra(rng)}),
+        );
     }
     for id in &ids {
         let mut inputs = Map::new();
@@ -86,7 +117,12 @@ fn random_document(rng: &mut Rng) -> Json {
         if rng.below(2) == 0 {
             entry.insert("_meta".into(), random_extra(rng));
         }
-        entry.insert("class_type".into(), json!(rng.pick(&["Num", "LoadReference", "Some Class", "名前"]).to_string()));
+        entry.insert(
+            "class_type".into(),
+            json!(rng
+                .pick(&["Num", "LoadReference", "Some Class", "名前"])
+                .to_string()),
+        );
         entry.insert("inputs".into(), Json::Object(inputs));
         if rng.below(3) == 0 {
             entry.insert("is_changed".into(), random_literal(rng));
@@ -108,15 +144,34 @@ fn load_save_round_trip_is_stable_and_loses_nothing() {
     let mut rng = Rng::new();
     for _ in 0..200 {
         let doc = random_document(&mut rng);
-        let graph = Graph::from_json(doc.clone(), origin()).unwrap_or_else(|e| panic!("{e}\n{doc:#}"));
+        let graph =
+            Graph::from_json(doc.clone(), origin()).unwrap_or_else(|e| panic!("{e}\n{doc:#}"));
         // Nothing lost: the document comes back (object key order aside).
         assert_eq!(graph.to_json(), doc);
-        let ids: Vec<&str> = doc.as_object().unwrap().keys().filter(|k| !k.starts_with('_')).map(String::as_str).collect();
-        assert_eq!(graph.nodes.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ids, "document order kept");
+        let ids: Vec<&str> = doc
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !k.starts_with('_'))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            graph
+                .nodes
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>(),
+            ids,
+            "document order kept"
+        );
         let once = graph.to_string_pretty();
         let reloaded = Graph::parse(&once, origin()).unwrap();
         assert_eq!(reloaded, graph);
-        assert_eq!(reloaded.to_string_pretty(), once, "save(load(x)) must equal save(load(save(load(x))))");
+        assert_eq!(
+            reloaded.to_string_pretty(),
+            once,
+            "save(load(x)) must equal save(load(save(load(x))))"
+        );
     }
 }
 
@@ -125,10 +180,20 @@ fn float_literals_survive_a_round_trip_bit_for_bit() {
     let mut rng = Rng::new();
     for _ in 0..20_000 {
         let f = rng.finite_f64();
-        let graph = Graph::from_json(json!({"1": {"class_type": "Num", "inputs": {"x": f}}}), origin()).unwrap();
+        let graph = Graph::from_json(
+            json!({"1": {"class_type": "Num", "inputs": {"x": f}}}),
+            origin(),
+        )
+        .unwrap();
         let back = Graph::parse(&graph.to_string_pretty(), origin()).unwrap();
-        let Some(InputValue::Literal(j)) = back.node("1").unwrap().input("x") else { panic!("literal expected") };
-        assert_eq!(j.as_f64().map(f64::to_bits), Some(f.to_bits()), "{f:e} came back as {j}");
+        let Some(InputValue::Literal(j)) = back.node("1").unwrap().input("x") else {
+            panic!("literal expected")
+        };
+        assert_eq!(
+            j.as_f64().map(f64::to_bits),
+            Some(f.to_bits()),
+            "{f:e} came back as {j}"
+        );
     }
 }
 
@@ -146,12 +211,24 @@ fn unknown_keys_are_kept_where_they_were() {
     assert_eq!(graph.node("1").unwrap().extra["_meta"]["color"], "#ff0000");
     assert_eq!(graph.meta["_graph"]["layout"]["zoom"], 1.5);
     let saved: Json = serde_json::from_str(&graph.to_string_pretty()).unwrap();
-    assert_eq!(saved["_graph"], json!({"format_version": 1, "layout": {"zoom": 1.5}}));
+    assert_eq!(
+        saved["_graph"],
+        json!({"format_version": 1, "layout": {"zoom": 1.5}})
+    );
     assert_eq!(saved["_note"], "kept");
     assert_eq!(saved["3"]["_meta"]["title"], "Save it");
-    assert_eq!(saved["1"]["_meta"], json!({"title": "Reference", "color": "#ff0000"}));
+    assert_eq!(
+        saved["1"]["_meta"],
+        json!({"title": "Reference", "color": "#ff0000"})
+    );
     assert_eq!(saved["3"]["inputs"]["video"], json!(["1", 0]));
-    assert_eq!(graph.node("3").unwrap().input("video"), Some(&InputValue::Link { node: "1".into(), slot: 0 }));
+    assert_eq!(
+        graph.node("3").unwrap().input("video"),
+        Some(&InputValue::Link {
+            node: "1".into(),
+            slot: 0
+        })
+    );
 }
 
 #[test]
@@ -163,7 +240,10 @@ fn save_writes_atomically_and_loads_back() {
         let graph = Graph::from_json(random_document(&mut rng), origin()).unwrap();
         graph.save(&path).unwrap(); // overwrites the previous one
         assert_eq!(Graph::load(&path).unwrap(), graph);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["graph.json"], "no temporary file left behind");
     }
     let missing = dir.path().join("no-such-folder").join("g.json");
@@ -180,13 +260,30 @@ fn a_node_without_inputs_has_none() {
 
 #[test]
 fn set_input_replaces_or_adds() {
-    let mut graph = Graph::parse(r#"{"1": {"class_type": "Num", "inputs": {"value": 3, "b": 1}}}"#, origin()).unwrap();
+    let mut graph = Graph::parse(
+        r#"{"1": {"class_type": "Num", "inputs": {"value": 3, "b": 1}}}"#,
+        origin(),
+    )
+    .unwrap();
     let node = graph.node_mut("1").unwrap();
     node.set_input("value", InputValue::Literal(json!(-41)));
-    node.set_input("c", InputValue::Link { node: "9".into(), slot: 2 });
+    node.set_input(
+        "c",
+        InputValue::Link {
+            node: "9".into(),
+            slot: 2,
+        },
+    );
     let names: Vec<&str> = node.inputs.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["value", "b", "c"], "replaced in place, added at the end");
-    assert_eq!(graph.to_json()["1"]["inputs"], json!({"value": -41, "b": 1, "c": ["9", 2]}));
+    assert_eq!(
+        names,
+        ["value", "b", "c"],
+        "replaced in place, added at the end"
+    );
+    assert_eq!(
+        graph.to_json()["1"]["inputs"],
+        json!({"value": -41, "b": 1, "c": ["9", 2]})
+    );
 }
 
 fn load_text(text: &str) -> (GraphError, std::path::PathBuf) {
@@ -199,12 +296,23 @@ fn load_text(text: &str) -> (GraphError, std::path::PathBuf) {
 
 #[test]
 fn broken_json_is_one_line_naming_the_file() {
-    for text in ["", "{", "{\"1\": {\"class_type\": \"Num\",}}", "nul", "{} trailing", "{\"1\": {\"class_type\": \"Num\" \"inputs\": {}}}", "\u{feff}{}"] {
+    for text in [
+        "",
+        "{",
+        "{\"1\": {\"class_type\": \"Num\",}}",
+        "nul",
+        "{} trailing",
+        "{\"1\": {\"class_type\": \"Num\" \"inputs\": {}}}",
+        "\u{feff}{}",
+    ] {
         let (err, path) = load_text(text);
         assert!(matches!(err, GraphError::Json { .. }), "{text:?}: {err}");
         let message = err.to_string();
         assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains("not valid JSON") && message.contains("line"), "{message}");
+        assert!(
+            message.contains("not valid JSON") && message.contains("line"),
+            "{message}"
+        );
         assert!(!message.contains('\n'), "one line: {message}");
     }
 }
@@ -213,7 +321,10 @@ fn broken_json_is_one_line_naming_the_file() {
 fn a_missing_file_is_named() {
     let err = Graph::load(Path::new("/definitely/not/here.json")).unwrap_err();
     assert!(matches!(err, GraphError::Read { .. }), "{err}");
-    assert!(err.to_string().contains("/definitely/not/here.json"), "{err}");
+    assert!(
+        err.to_string().contains("/definitely/not/here.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -226,26 +337,71 @@ fn wrong_shapes_name_the_node_and_input() {
         ("null", &["must be a JSON object"]),
         (r#"{"7": 5}"#, &["node 7", "object"]),
         (r#"{"7": ["Num"]}"#, &["node 7", "object"]),
-        (r#"{"7": {"inputs": {}}}"#, &["node 7", "class_type is missing"]),
-        (r#"{"7": {"class_type": 3, "inputs": {}}}"#, &["node 7", "class_type must be"]),
-        (r#"{"7": {"class_type": "", "inputs": {}}}"#, &["node 7", "non-empty"]),
-        (r#"{"7": {"class_type": "Num", "inputs": [1, 2]}}"#, &["node 7", "inputs must be an object"]),
-        (r#"{"7": {"class_type": "Num", "inputs": "value=3"}}"#, &["node 7", "inputs must be an object"]),
-        (r#"{"1": {"class_type": "Num", "inputs": {}}, "7": {"class_type": "Add", "inputs": {"a": ["1", -1]}}}"#, &["node 7", "input 'a'", "link"]),
-        (r#"{"7": {"class_type": "Add", "inputs": {"a": ["1", 1.5]}}}"#, &["node 7", "input 'a'", "link"]),
-        (r#"{"7": {"class_type": "Add", "inputs": {"a": ["1", "0"]}}}"#, &["node 7", "input 'a'", "link"]),
-        (r#"{"7": {"class_type": "Add", "inputs": {"a": ["1"]}}}"#, &["node 7", "input 'a'"]),
-        (r#"{"7": {"class_type": "Add", "inputs": {"a": ["1", 0, 2]}}}"#, &["node 7", "input 'a'"]),
-        (r#"{"7": {"class_type": "Add", "inputs": {"a": [1, 0]}}}"#, &["node 7", "input 'a'"]),
-        (r#"{"7": {"class_type": "Add", "inputs": {"a": {"node": "1"}}}}"#, &["node 7", "input 'a'", "object"]),
+        (
+            r#"{"7": {"inputs": {}}}"#,
+            &["node 7", "class_type is missing"],
+        ),
+        (
+            r#"{"7": {"class_type": 3, "inputs": {}}}"#,
+            &["node 7", "class_type must be"],
+        ),
+        (
+            r#"{"7": {"class_type": "", "inputs": {}}}"#,
+            &["node 7", "non-empty"],
+        ),
+        (
+            r#"{"7": {"class_type": "Num", "inputs": [1, 2]}}"#,
+            &["node 7", "inputs must be an object"],
+        ),
+        (
+            r#"{"7": {"class_type": "Num", "inputs": "value=3"}}"#,
+            &["node 7", "inputs must be an object"],
+        ),
+        (
+            r#"{"1": {"class_type": "Num", "inputs": {}}, "7": {"class_type": "Add", "inputs": {"a": ["1", -1]}}}"#,
+            &["node 7", "input 'a'", "link"],
+        ),
+        (
+            r#"{"7": {"class_type": "Add", "inputs": {"a": ["1", 1.5]}}}"#,
+            &["node 7", "input 'a'", "link"],
+        ),
+        (
+            r#"{"7": {"class_type": "Add", "inputs": {"a": ["1", "0"]}}}"#,
+            &["node 7", "input 'a'", "link"],
+        ),
+        (
+            r#"{"7": {"class_type": "Add", "inputs": {"a": ["1"]}}}"#,
+            &["node 7", "input 'a'"],
+        ),
+        (
+            r#"{"7": {"class_type": "Add", "inputs": {"a": ["1", 0, 2]}}}"#,
+            &["node 7", "input 'a'"],
+        ),
+        (
+            r#"{"7": {"class_type": "Add", "inputs": {"a": [1, 0]}}}"#,
+            &["node 7", "input 'a'"],
+        ),
+        (
+            r#"{"7": {"class_type": "Add", "inputs": {"a": {"node": "1"}}}}"#,
+            &["node 7", "input 'a'", "object"],
+        ),
     ];
     for (text, fragments) in cases {
         let (err, path) = load_text(text);
-        assert!(matches!(err, GraphError::Shape { .. }), "{text}: expected a shape error, got {err}");
+        assert!(
+            matches!(err, GraphError::Shape { .. }),
+            "{text}: expected a shape error, got {err}"
+        );
         let message = err.to_string();
-        assert!(message.contains(&path.display().to_string()), "{text}: {message}");
+        assert!(
+            message.contains(&path.display().to_string()),
+            "{text}: {message}"
+        );
         for f in *fragments {
-            assert!(message.contains(f), "{text}: {message:?} should mention {f:?}");
+            assert!(
+                message.contains(f),
+                "{text}: {message:?} should mention {f:?}"
+            );
         }
         assert!(!message.contains('\n'), "one line: {message}");
     }
@@ -254,11 +410,20 @@ fn wrong_shapes_name_the_node_and_input() {
 #[test]
 fn a_newer_graph_format_is_refused_naming_both_versions() {
     let current = node_host::graph::GRAPH_FORMAT_VERSION;
-    let ok = format!(r#"{{"_graph": {{"format_version": {current}}}, "1": {{"class_type": "Num"}}}}"#);
+    let ok =
+        format!(r#"{{"_graph": {{"format_version": {current}}}, "1": {{"class_type": "Num"}}}}"#);
     Graph::parse(&ok, origin()).expect("the current format loads");
     let newer = current + 1 + std::process::id() as u64 % 50;
-    let (err, _) = load_text(&format!(r#"{{"_graph": {{"format_version": {newer}}}, "1": {{"class_type": "Num"}}}}"#));
-    assert!(matches!(err, GraphError::TooNew { found, .. } if found == newer), "{err}");
+    let (err, _) = load_text(&format!(
+        r#"{{"_graph": {{"format_version": {newer}}}, "1": {{"class_type": "Num"}}}}"#
+    ));
+    assert!(
+        matches!(err, GraphError::TooNew { found, .. } if found == newer),
+        "{err}"
+    );
     let message = err.to_string();
-    assert!(message.contains(&newer.to_string()) && message.contains(&current.to_string()), "{message}");
+    assert!(
+        message.contains(&newer.to_string()) && message.contains(&current.to_string()),
+        "{message}"
+    );
 }
