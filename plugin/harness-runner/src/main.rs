@@ -46,6 +46,12 @@ struct Args {
     /// Forward temporal window for fastvmt/adaptive; 0 = all pairs.
     #[arg(long, default_value_t = 0)]
     temporal_window: usize,
+    /// Adaptive: cosine between successive real gradients above which the reuse interval grows.
+    #[arg(long, default_value_t = 0.9)]
+    stable_cos: f32,
+    /// Adaptive: cosine below which the interval returns to the base one.
+    #[arg(long, default_value_t = 0.7)]
+    changed_cos: f32,
 }
 
 fn machine() -> String {
@@ -113,8 +119,8 @@ fn main() -> Result<()> {
                     weight_decay: 0.01,
                     reference_noise_scale: 0.5,
                     amf: amf.clone(),
-                    stable_cos: 0.9,
-                    changed_cos: 0.7,
+                    stable_cos: args.stable_cos,
+                    changed_cos: args.changed_cos,
                 },
             };
             let out = sampler::sample(&model, (&[1, 3, f, h, w], &reference), &PromptEmbeddings { positive: pos, negative: neg }, &settings, &mut |_| {}, &never)
@@ -139,6 +145,7 @@ fn main() -> Result<()> {
                 "prompt": prompt, "wall_s": s.wall_s, "real_forward": s.real_forward, "real_backward": s.real_backward,
                 "cached_steps": s.cached_steps, "guided_steps": s.guided_steps, "denoiser_passes": s.denoiser_passes,
                 "first_loss": s.first_loss, "final_loss": s.final_loss, "stopped_on_nan": s.stopped_on_nan, "seed": args.seed,
+                "gradient_cosines": s.gradient_cosines,
             }));
         }
     }

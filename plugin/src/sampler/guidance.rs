@@ -269,6 +269,7 @@ impl<'m> Guide<'m> {
                 if let Some(prev) = &self.previous_real {
                     let cos = cosine(prev, &dx);
                     self.last_cos = Some(cos);
+                    stats.gradient_cosines.push(cos);
                     if mode == GuidanceMode::Adaptive {
                         if cos >= self.settings.stable_cos {
                             self.interval = (self.interval + 1).min(inner.max(1));

@@ -40,6 +40,8 @@ pub struct SampleStats {
     /// AMF loss at the first and last real gradient.
     pub first_loss: Option<f32>,
     pub final_loss: Option<f32>,
+    /// Cosine between each real gradient and the previous one (what `adaptive` decides on).
+    pub gradient_cosines: Vec<f32>,
     /// Set when guidance was stopped because a loss or gradient was not finite.
     pub stopped_on_nan: Option<String>,
     pub wall_s: f64,
