@@ -6,7 +6,8 @@ import tempfile
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch not installed: parity tests need torch (run them on the GPU host or after `pip install torch`)")
+torch = pytest.importorskip("torch", reason="torch not installed: parity tests need torch (run them on the GPU host or after `pip install torch`)",
+                            exc_type=ImportError)
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 from fastvmt_onnx.model import DiT, DiTConfig, TextEncoder, rope_tables, set_attention_impl  # noqa: E402
