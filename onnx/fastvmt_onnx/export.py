@@ -84,19 +84,26 @@ def _fix_io_names(path, in_names, out_names, cfg: DiTConfig):
                     d.ClearField("dim_param")
                     d.dim_value = val
     onnx.save(m, path)
-    onnx.checker.check_model(path, full_check=True)  # by path: works above 2 GB too
+    if not any(o.domain == "fastvmt" for o in m.opset_import):  # custom domain: no schema in the checker
+        onnx.checker.check_model(path, full_check=True)  # by path: works above 2 GB too
+    else:
+        onnx.checker.check_model(path)
 
 
-def export_graph(module, args, names_in, names_out, path, cfg, grad=False):
+def export_graph(module, args, names_in, names_out, path, cfg, grad=False, custom_attention=False):
     module.eval()
     dyn = _dyn(names_in)
+    kw = {}
+    if custom_attention:
+        from .custom_attention import translation_table
+        kw["custom_translation_table"] = translation_table()
     if grad:
         from torch.export._trace import _export
         ep = _export(module, args, dynamic_shapes=dyn, strict=False, pre_dispatch=False)
-        onx = torch.onnx.export(ep, args, dynamo=True, opset_version=OPSET, optimize=True)
+        onx = torch.onnx.export(ep, args, dynamo=True, opset_version=OPSET, optimize=True, **kw)
     else:
         onx = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dyn,
-                                input_names=names_in, output_names=names_out, optimize=True)
+                                input_names=names_in, output_names=names_out, optimize=True, **kw)
     onx.save(path)
     _fix_io_names(path, names_in, names_out, cfg)
     return path
@@ -111,8 +118,11 @@ class TextEncoderWrap(torch.nn.Module):
         return self.te(tokens)
 
 
-def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=("text_encoder", "denoiser", "guidance_head", "guidance_grad")):
-    set_attention_impl("math")
+def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=("text_encoder", "denoiser", "guidance_head", "guidance_grad"),
+               custom_attention=False):
+    """custom_attention=True: every attention becomes a fastvmt.Attention node (and its backward a
+    fastvmt.AttentionGrad node in guidance_grad); needs the project's custom-op library to run."""
+    set_attention_impl("custom" if custom_attention else "math")
     cfg = dit.cfg
     os.makedirs(out_dir, exist_ok=True)
     dit = dit.float().eval()
@@ -124,14 +134,16 @@ def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=("text_encoder", 
     if "text_encoder" in graphs:
         tok = torch.randint(0, cfg.vocab_size, (2, 7))
         paths["text_encoder"] = export_graph(TextEncoderWrap(te), (tok,), ["tokens"], ["text"],
-                                             os.path.join(out_dir, "text_encoder.onnx"), cfg)
+                                             os.path.join(out_dir, "text_encoder.onnx"), cfg, custom_attention=custom_attention)
     if "denoiser" in graphs:
-        paths["denoiser"] = export_graph(Denoiser(dit), ex, base, ["velocity"], os.path.join(out_dir, "denoiser.onnx"), cfg)
+        paths["denoiser"] = export_graph(Denoiser(dit), ex, base, ["velocity"], os.path.join(out_dir, "denoiser.onnx"), cfg, custom_attention=custom_attention)
     if "guidance_head" in graphs:
-        paths["guidance_head"] = export_graph(GuidanceHead(dit), ex, base, ["q", "k"], os.path.join(out_dir, "guidance_head.onnx"), cfg)
+        paths["guidance_head"] = export_graph(GuidanceHead(dit), ex, base, ["q", "k"], os.path.join(out_dir, "guidance_head.onnx"), cfg, custom_attention=custom_attention)
     if "guidance_grad" in graphs:
         paths["guidance_grad"] = export_graph(GuidanceGrad(dit), exg, base + ["dq", "dk"], ["dx"],
-                                              os.path.join(out_dir, "guidance_grad.onnx"), cfg, grad=True)
+                                              os.path.join(out_dir, "guidance_grad.onnx"), cfg, grad=True,
+                                              custom_attention=custom_attention)
+    set_attention_impl("math")
     return paths
 
 
@@ -272,10 +284,12 @@ def main():
     ap.add_argument("--defaults", default=None, help="JSON file of defaults to put in the manifest")
     ap.add_argument("--description", default=DESCRIPTION)
     ap.add_argument("--manifest-only", action="store_true", help="only rewrite manifest.json (hashes, specs)")
+    ap.add_argument("--custom-attention", action="store_true",
+                    help="emit attention as fastvmt.Attention / fastvmt.AttentionGrad nodes (needs the custom-op library)")
     a = ap.parse_args()
     dit, te, ck = load_checkpoint(a.ckpt)
     if not a.manifest_only:
-        export_all(dit, te, a.out)
+        export_all(dit, te, a.out, custom_attention=a.custom_attention)
         write_test_vectors(a.out, dit, te)
     defaults = ck.get("defaults", {})
     if a.defaults:

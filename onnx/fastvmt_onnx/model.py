@@ -70,7 +70,11 @@ ATTENTION_IMPL = {"mode": "math"}
 
 
 def set_attention_impl(mode: str):
-    assert mode in ("math", "sdpa")
+    """"math" (plain ops), "sdpa" (torch fused kernel, training) or "custom" (torch.ops.fastvmt.attention,
+    exported as a fastvmt.Attention custom-domain node, see custom_attention.py)."""
+    assert mode in ("math", "sdpa", "custom")
+    if mode == "custom":
+        from . import custom_attention  # noqa: F401  (registers the ops)
     ATTENTION_IMPL["mode"] = mode
 
 
@@ -78,6 +82,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """q [B,H,Nq,d], k/v [B,H,Nk,d] -> [B,H,Nq,d]. Scale 1/sqrt(d), no mask."""
     if ATTENTION_IMPL["mode"] == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
+    if ATTENTION_IMPL["mode"] == "custom":
+        return torch.ops.fastvmt.attention(q.contiguous(), k.contiguous(), v.contiguous())[0]
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = torch.matmul(q * scale, k.transpose(-1, -2))
     return torch.matmul(torch.softmax(logits, dim=-1), v)

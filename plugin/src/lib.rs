@@ -11,8 +11,8 @@
 
 pub mod model;
 pub mod nodes;
-pub mod sampler;
 pub mod runtime;
+pub mod sampler;
 
 use node_abi::{
     abi_stable::std_types::{RResult, RStr, RVec},
@@ -47,7 +47,12 @@ extern "C" fn create_node(class_type: RStr<'_>) -> RResult<NodeInstanceBox, Node
             .iter()
             .find(|c| (c.descriptor)().class_type.as_str() == class_type.as_str())
             .map(|c| (c.create)())
-            .ok_or_else(|| NodeError::new(NodeErrorKind::InvalidInput, format!("this plugin has no node '{class_type}'")))
+            .ok_or_else(|| {
+                NodeError::new(
+                    NodeErrorKind::InvalidInput,
+                    format!("this plugin has no node '{class_type}'"),
+                )
+            })
     })
 }
 

@@ -8,14 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fastvmt_kernels::Backend;
-use fastvmt_plugin::model::{bundle::default_bundle_dir, dit::Latent, rope, tokenizer, Bundle, Device, DitModel, ModelError};
-use fastvmt_plugin::sampler::{self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings};
+use fastvmt_plugin::model::{
+    bundle::default_bundle_dir, dit::Latent, rope, tokenizer, Bundle, Device, DitModel, ModelError,
+};
+use fastvmt_plugin::sampler::{
+    self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings,
+    SampleError, SampleSettings,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
 
 fn bundle_dir() -> PathBuf {
     let dir = default_bundle_dir();
-    assert!(dir.join("manifest.json").is_file(), "the shipped bundle is missing at {}", dir.display());
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "the shipped bundle is missing at {}",
+        dir.display()
+    );
     dir
 }
 
@@ -31,35 +40,60 @@ struct Vectors {
 impl Vectors {
     fn load() -> Self {
         let dir = bundle_dir().join("test_vectors");
-        let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).expect("test_vectors/index.json")).unwrap();
+        let index: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("index.json")).expect("test_vectors/index.json"),
+        )
+        .unwrap();
         Self { dir, index }
     }
     fn entry(&self, name: &str) -> &Value {
         let e = &self.index["tensors"][name];
         if e.is_null() {
-            let names: Vec<&String> = self.index["tensors"].as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            let names: Vec<&String> = self.index["tensors"]
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
             panic!("test vector '{name}' missing; have {names:?}");
         }
         e
     }
     fn shape(&self, name: &str) -> Vec<usize> {
-        self.entry(name)["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()
+        self.entry(name)["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect()
     }
     fn bytes(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.dir.join(self.entry(name)["file"].as_str().unwrap())).unwrap()
     }
     fn f32(&self, name: &str) -> Vec<f32> {
-        self.bytes(name).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        self.bytes(name)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     fn i64(&self, name: &str) -> Vec<i64> {
-        self.bytes(name).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+        self.bytes(name)
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 }
 
 fn max_rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "length");
-    let scale = want.iter().map(|v| v.abs() as f64).fold(0.0, f64::max).max(1e-6);
-    got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max) / scale
+    let scale = want
+        .iter()
+        .map(|v| v.abs() as f64)
+        .fold(0.0, f64::max)
+        .max(1e-6);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
 }
 
 #[test]
@@ -78,12 +112,19 @@ fn rope_tables_match_the_exported_ones() {
 fn tokenizer_matches_the_exported_ids() {
     let v = Vectors::load();
     let m = Bundle::open(&bundle_dir()).unwrap().manifest;
-    let prompts: Vec<String> = v.index["prompts"].as_array().map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+    let prompts: Vec<String> = v.index["prompts"]
+        .as_array()
+        .map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
     assert!(!prompts.is_empty(), "test vectors name their prompts");
     let ids = v.i64("tokens");
     for (i, p) in prompts.iter().enumerate() {
         let (got, _) = tokenizer::tokenize(&m.text, p);
-        assert_eq!(got, ids[i * m.text.max_len..(i + 1) * m.text.max_len], "prompt {p:?}");
+        assert_eq!(
+            got,
+            ids[i * m.text.max_len..(i + 1) * m.text.max_len],
+            "prompt {p:?}"
+        );
     }
 }
 
@@ -92,11 +133,20 @@ fn every_graph_matches_the_pytorch_reference_values() {
     let v = Vectors::load();
     let model = model();
     let never = || false;
-    let prompts: Vec<&str> = v.index["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let prompts: Vec<&str> = v.index["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
     let (text_emb, unknown) = model.encode_text(&prompts, &never).unwrap();
     let e = max_rel_err(&text_emb, &v.f32("text"));
     assert!(e < 1e-4, "text encoder rel err {e}");
-    assert_eq!(unknown, vec!["unknown".to_string(), "thing".to_string()], "words outside the vocabulary are reported");
+    assert_eq!(
+        unknown,
+        vec!["unknown".to_string(), "thing".to_string()],
+        "words outside the vocabulary are reported"
+    );
 
     let x_shape = v.shape("x");
     let shape: [usize; 5] = x_shape.clone().try_into().unwrap();
@@ -108,10 +158,22 @@ fn every_graph_matches_the_pytorch_reference_values() {
     let e = max_rel_err(&vel, &v.f32("velocity"));
     assert!(e < 1e-4, "denoiser rel err {e}");
 
-    let (q, k) = model.guidance_qk(&latent, &t, &text, &rope, &never).unwrap();
+    let (q, k) = model
+        .guidance_qk(&latent, &t, &text, &rope, &never)
+        .unwrap();
     assert!(max_rel_err(&q, &v.f32("q")) < 1e-4 && max_rel_err(&k, &v.f32("k")) < 1e-4);
 
-    let dx = model.guidance_grad(&latent, &t, &text, &rope, &v.f32("dq"), &v.f32("dk"), &never).unwrap();
+    let dx = model
+        .guidance_grad(
+            &latent,
+            &t,
+            &text,
+            &rope,
+            &v.f32("dq"),
+            &v.f32("dk"),
+            &never,
+        )
+        .unwrap();
     let e = max_rel_err(&dx, &v.f32("dx"));
     assert!(e < 1e-4, "guidance gradient rel err {e}");
 }
@@ -152,11 +214,15 @@ fn bad_bundles_are_refused_naming_the_file_and_problem() {
     // A graph with the wrong inputs: the text encoder listed as the denoiser.
     let d = tmp.path().join("wrong-graph");
     copy_bundle(&d);
-    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
     manifest["files"]["denoiser"] = manifest["files"]["text_encoder"].clone();
     manifest["files"]["denoiser"]["inputs"] = Value::Array(vec![]);
     std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
-    let e = DitModel::load(&d, Device::Cpu).err().expect("refused").to_string();
+    let e = DitModel::load(&d, Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("input 'x' is missing"), "{e}");
 
     // Not a manifest at all.
@@ -164,7 +230,10 @@ fn bad_bundles_are_refused_naming_the_file_and_problem() {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("manifest.json"), "{\"format\": 3").unwrap();
     let e = Bundle::open(&d).unwrap_err().to_string();
-    assert!(e.contains("manifest.json") && e.contains("not a valid bundle manifest"), "{e}");
+    assert!(
+        e.contains("manifest.json") && e.contains("not a valid bundle manifest"),
+        "{e}"
+    );
 }
 
 fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
@@ -182,7 +251,15 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
             lr_end_ratio: 0.7,
             weight_decay: 0.01,
             reference_noise_scale: 0.5,
-            amf: AmfConfig { local: true, temporal_window: 0, spatial_radius: 2, coarse_tiles: false, tau: 2.0, precision: AmfPrecision::F32, backend: Backend::Cpu },
+            amf: AmfConfig {
+                local: true,
+                temporal_window: 0,
+                spatial_radius: 2,
+                coarse_tiles: false,
+                tau: 2.0,
+                precision: AmfPrecision::F32,
+                backend: Backend::Cpu,
+            },
             stable_cos: 0.9,
             changed_cos: 0.7,
         },
@@ -194,15 +271,33 @@ fn reference(model: &DitModel, frames: usize, patches: usize) -> ([usize; 5], Ve
     let m = model.manifest();
     let (h, w) = (m.patch_size[1] * patches, m.patch_size[2] * patches);
     let mut rng = StdRng::seed_from_u64(11);
-    let data = (0..3 * frames * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let data = (0..3 * frames * h * w)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     ([1, 3, frames, h, w], data)
 }
 
-fn run(model: &DitModel, reference: &([usize; 5], Vec<f32>), s: &SampleSettings) -> Result<sampler::SampleOutput, SampleError> {
+fn run(
+    model: &DitModel,
+    reference: &([usize; 5], Vec<f32>),
+    s: &SampleSettings,
+) -> Result<sampler::SampleOutput, SampleError> {
     let never = || false;
-    let (emb, _) = model.encode_text(&["a red circle on a white background", ""], &never).unwrap();
+    let (emb, _) = model
+        .encode_text(&["a red circle on a white background", ""], &never)
+        .unwrap();
     let (p, n) = emb.split_at(emb.len() / 2);
-    sampler::sample(model, (&reference.0, &reference.1), &PromptEmbeddings { positive: p, negative: n }, s, &mut |_| {}, &never)
+    sampler::sample(
+        model,
+        (&reference.0, &reference.1),
+        &PromptEmbeddings {
+            positive: p,
+            negative: n,
+        },
+        s,
+        &mut |_| {},
+        &never,
+    )
 }
 
 #[test]
@@ -211,29 +306,62 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
     let r = reference(&model, 4, 4);
     // 4 steps, half guided = 2 guided steps, 4 inner steps each.
     let none = run(&model, &r, &settings(GuidanceMode::None, 4, 4)).unwrap();
-    assert_eq!((none.stats.real_forward, none.stats.real_backward, none.stats.denoiser_passes), (0, 0, 4));
+    assert_eq!(
+        (
+            none.stats.real_forward,
+            none.stats.real_backward,
+            none.stats.denoiser_passes
+        ),
+        (0, 0, 4)
+    );
     assert!(none.latent.iter().all(|v| v.is_finite()));
 
     let dit = run(&model, &r, &settings(GuidanceMode::DitFlow, 4, 4)).unwrap();
     // Per guided step: 1 reference pass + 4 real forward/backward.
-    assert_eq!((dit.stats.real_forward, dit.stats.real_backward, dit.stats.cached_steps), (2 * 5, 2 * 4, 0));
+    assert_eq!(
+        (
+            dit.stats.real_forward,
+            dit.stats.real_backward,
+            dit.stats.cached_steps
+        ),
+        (2 * 5, 2 * 4, 0)
+    );
 
     let fast = run(&model, &r, &settings(GuidanceMode::FastVmt, 4, 4)).unwrap();
     // Real gradients on inner steps 0 and 3 only.
-    assert_eq!((fast.stats.real_forward, fast.stats.real_backward, fast.stats.cached_steps), (2 * 3, 2 * 2, 2 * 2));
+    assert_eq!(
+        (
+            fast.stats.real_forward,
+            fast.stats.real_backward,
+            fast.stats.cached_steps
+        ),
+        (2 * 3, 2 * 2, 2 * 2)
+    );
     assert!(fast.stats.first_loss.is_some() && fast.stats.final_loss.unwrap().is_finite());
 
     let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 4)).unwrap();
-    assert!(adaptive.stats.real_backward <= fast.stats.real_backward, "adaptive {} vs fastvmt {}", adaptive.stats.real_backward, fast.stats.real_backward);
+    assert!(
+        adaptive.stats.real_backward <= fast.stats.real_backward,
+        "adaptive {} vs fastvmt {}",
+        adaptive.stats.real_backward,
+        fast.stats.real_backward
+    );
     // Guidance changed the result.
-    assert!(fast.latent.iter().zip(&none.latent).any(|(a, b)| (a - b).abs() > 1e-4));
+    assert!(fast
+        .latent
+        .iter()
+        .zip(&none.latent)
+        .any(|(a, b)| (a - b).abs() > 1e-4));
 }
 
 #[test]
 fn bad_inputs_are_refused_with_the_input_named() {
     let model = model();
     let one_frame = reference(&model, 1, 4);
-    let e = run(&model, &one_frame, &settings(GuidanceMode::FastVmt, 2, 2)).err().unwrap().to_string();
+    let e = run(&model, &one_frame, &settings(GuidanceMode::FastVmt, 2, 2))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("reference") && e.contains("at least 2"), "{e}");
     // Plain sampling of one frame is fine.
     run(&model, &one_frame, &settings(GuidanceMode::None, 2, 2)).unwrap();
@@ -242,11 +370,17 @@ fn bad_inputs_are_refused_with_the_input_named() {
     let mut odd = reference(&model, 3, 4);
     odd.0[3] = m.patch_size[1] * 4 + 1;
     odd.1 = vec![0.1; odd.0.iter().product()];
-    let e = run(&model, &odd, &settings(GuidanceMode::None, 2, 2)).err().unwrap().to_string();
+    let e = run(&model, &odd, &settings(GuidanceMode::None, 2, 2))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("reference") && e.contains("multiples"), "{e}");
 
     let r = reference(&model, 3, 4);
-    let e = run(&model, &r, &settings(GuidanceMode::None, 0, 2)).err().unwrap().to_string();
+    let e = run(&model, &r, &settings(GuidanceMode::None, 0, 2))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("steps"), "{e}");
 }
 
@@ -267,15 +401,22 @@ fn a_bundle_without_guidance_graphs_samples_only_unguided() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("no-guidance");
     copy_bundle(&d);
-    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
     let files = manifest["files"].as_object_mut().unwrap();
     files.remove("guidance_head");
     files.remove("guidance_grad");
     std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
     let model = DitModel::load(&d, Device::Cpu).unwrap();
     let r = reference(&model, 3, 4);
-    let e = run(&model, &r, &settings(GuidanceMode::FastVmt, 2, 2)).err().unwrap().to_string();
-    assert!(e.contains("guidance_head") && e.contains("mode 'none'"), "{e}");
+    let e = run(&model, &r, &settings(GuidanceMode::FastVmt, 2, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("guidance_head") && e.contains("mode 'none'"),
+        "{e}"
+    );
     run(&model, &r, &settings(GuidanceMode::None, 2, 2)).unwrap();
 }
 
@@ -294,9 +435,27 @@ fn cancellation_stops_within_one_model_call() {
     let never = || false;
     let (emb, _) = model.encode_text(&["a blue square", ""], &never).unwrap();
     let (p, n) = emb.split_at(emb.len() / 2);
-    let result = sampler::sample(&model, (&r.0, &r.1), &PromptEmbeddings { positive: p, negative: n }, &settings(GuidanceMode::DitFlow, 200, 10), &mut |_| {}, &cancel);
+    let result = sampler::sample(
+        &model,
+        (&r.0, &r.1),
+        &PromptEmbeddings {
+            positive: p,
+            negative: n,
+        },
+        &settings(GuidanceMode::DitFlow, 200, 10),
+        &mut |_| {},
+        &cancel,
+    );
     let stopped = Instant::now();
     let cancelled_at = canceller.join().unwrap();
-    assert!(matches!(result, Err(SampleError::Model(ModelError::Cancelled))), "{:?}", result.err());
-    assert!(stopped.duration_since(cancelled_at) < Duration::from_secs(2), "took {:?} to stop", stopped.duration_since(cancelled_at));
+    assert!(
+        matches!(result, Err(SampleError::Model(ModelError::Cancelled))),
+        "{:?}",
+        result.err()
+    );
+    assert!(
+        stopped.duration_since(cancelled_at) < Duration::from_secs(2),
+        "took {:?} to stop",
+        stopped.duration_since(cancelled_at)
+    );
 }

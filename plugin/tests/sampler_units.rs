@@ -12,7 +12,10 @@ fn sigmas_follow_the_shifted_schedule() {
         for (i, v) in s.iter().enumerate() {
             let u = 1.0 - i as f64 / 10.0;
             let want = shift as f64 * u / (1.0 + (shift as f64 - 1.0) * u);
-            assert!((*v as f64 - want).abs() < 1e-6, "shift {shift} step {i}: {v} vs {want}");
+            assert!(
+                (*v as f64 - want).abs() < 1e-6,
+                "shift {shift} step {i}: {v} vs {want}"
+            );
         }
         assert!(s.windows(2).all(|w| w[1] < w[0]), "strictly decreasing");
     }
@@ -49,7 +52,12 @@ fn adamw_matches_the_textbook_update() {
         }
     }
     for i in 0..n {
-        assert!((x[i] as f64 - x64[i]).abs() < 1e-4, "{i}: {} vs {}", x[i], x64[i]);
+        assert!(
+            (x[i] as f64 - x64[i]).abs() < 1e-4,
+            "{i}: {} vs {}",
+            x[i],
+            x64[i]
+        );
     }
 }
 
@@ -57,11 +65,18 @@ fn adamw_matches_the_textbook_update() {
 fn video_and_latent_layouts_round_trip() {
     let mut rng = StdRng::seed_from_u64(3);
     let (f, h, w) = (3, 5, 7);
-    let video: Vec<f32> = (0..f * h * w * 3).map(|_| rng.random_range(0.0..1.0)).collect();
+    let video: Vec<f32> = (0..f * h * w * 3)
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect();
     let latent = video_to_latent(f, h, w, &video);
     // [1, 3, F, H, W]: channel-major; spot-check one element against the definition.
     let (fi, y, x, c) = (2, 4, 6, 1);
-    assert!((latent[((c * f + fi) * h + y) * w + x] - (video[((fi * h + y) * w + x) * 3 + c] * 2.0 - 1.0)).abs() < 1e-6);
+    assert!(
+        (latent[((c * f + fi) * h + y) * w + x]
+            - (video[((fi * h + y) * w + x) * 3 + c] * 2.0 - 1.0))
+            .abs()
+            < 1e-6
+    );
     let back = latent_to_video(f, h, w, &latent);
     for (a, b) in video.iter().zip(&back) {
         assert!((a - b).abs() < 1e-6);

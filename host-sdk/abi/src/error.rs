@@ -37,7 +37,11 @@ pub struct NodeError {
 
 impl NodeError {
     pub fn new(kind: NodeErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, input: ROption::RNone, message: RString::from(message.into()) }
+        Self {
+            kind,
+            input: ROption::RNone,
+            message: RString::from(message.into()),
+        }
     }
 
     /// An error about one input.

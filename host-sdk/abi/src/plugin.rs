@@ -63,7 +63,10 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T, NodeError>) -> RResult<T, NodeErro
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            RResult::RErr(NodeError::new(NodeErrorKind::Panic, format!("node panicked: {what}")))
+            RResult::RErr(NodeError::new(
+                NodeErrorKind::Panic,
+                format!("node panicked: {what}"),
+            ))
         }
     }
 }
@@ -111,7 +114,12 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn from_pairs(pairs: RVec<Tuple2<RString, Value>>) -> Self {
-        Self { values: pairs.into_iter().map(|Tuple2(k, v)| (k.into_string(), v)).collect() }
+        Self {
+            values: pairs
+                .into_iter()
+                .map(|Tuple2(k, v)| (k.into_string(), v))
+                .collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
@@ -119,7 +127,8 @@ impl Inputs {
     }
 
     fn required(&self, name: &str) -> Result<&Value, NodeError> {
-        self.get(name).ok_or_else(|| NodeError::input(name, "is required but was not given"))
+        self.get(name)
+            .ok_or_else(|| NodeError::input(name, "is required but was not given"))
     }
 
     fn wrong(name: &str, want: &str, got: &Value) -> NodeError {
@@ -177,7 +186,13 @@ impl Inputs {
             other => return Err(Self::wrong(name, "MODEL or CONDITIONING", other)),
         };
         obj.obj.downcast_as::<T>().map_err(|_| {
-            NodeError::input(name, format!("was made by another plugin or node type ({})", obj.describe()))
+            NodeError::input(
+                name,
+                format!(
+                    "was made by another plugin or node type ({})",
+                    obj.describe()
+                ),
+            )
         })
     }
 

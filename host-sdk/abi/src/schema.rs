@@ -45,14 +45,21 @@ impl ValueType {
     pub fn is_literal(self) -> bool {
         matches!(
             self,
-            ValueType::Int | ValueType::Float | ValueType::String | ValueType::Boolean | ValueType::Choice
+            ValueType::Int
+                | ValueType::Float
+                | ValueType::String
+                | ValueType::Boolean
+                | ValueType::Choice
         )
     }
 
     /// Whether an output of type `self` may feed an input of type `input`.
     pub fn feeds(self, input: ValueType) -> bool {
         self == input
-            || matches!((self, input), (ValueType::String, ValueType::Choice) | (ValueType::Choice, ValueType::String))
+            || matches!(
+                (self, input),
+                (ValueType::String, ValueType::Choice) | (ValueType::Choice, ValueType::String)
+            )
             || (self == ValueType::Int && input == ValueType::Float)
     }
 }
@@ -151,7 +158,11 @@ impl InputSpec {
             step: ROption::RNone,
             choices: RVec::new(),
             tooltip: RString::new(),
-            accepts: if ty.is_literal() { InputKind::Either } else { InputKind::Link },
+            accepts: if ty.is_literal() {
+                InputKind::Either
+            } else {
+                InputKind::Link
+            },
         })
     }
 }

@@ -113,7 +113,11 @@ impl std::fmt::Debug for Value {
             Value::Float(v) => write!(f, "Float({v})"),
             Value::String(v) => write!(f, "String({v:?})"),
             Value::Boolean(v) => write!(f, "Boolean({v})"),
-            Value::Video(v) => write!(f, "Video({}x{}x{}x{} @ {} fps)", v.frames, v.height, v.width, v.channels, v.fps),
+            Value::Video(v) => write!(
+                f,
+                "Video({}x{}x{}x{} @ {} fps)",
+                v.frames, v.height, v.width, v.channels, v.fps
+            ),
             Value::Latent(l) => write!(f, "Latent({:?} in {})", l.tensor.shape.as_slice(), l.space),
             Value::Conditioning(o) => write!(f, "Conditioning({})", o.describe()),
             Value::Model(o) => write!(f, "Model({})", o.describe()),

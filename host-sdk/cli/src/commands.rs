@@ -43,11 +43,17 @@ fn load_registry(plugin_dirs: &[PathBuf], quiet: bool) -> Result<Registry> {
 pub fn nodes(plugin_dirs: &[PathBuf], json: bool) -> Result<ExitCode> {
     let registry = load_registry(plugin_dirs, json)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&registry_json(&registry))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&registry_json(&registry))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for p in registry.plugins() {
-        println!("plugin {} {} (SDK {}) — {}", p.info.id, p.info.version, p.sdk, p.info.name);
+        println!(
+            "plugin {} {} (SDK {}) — {}",
+            p.info.id, p.info.version, p.sdk, p.info.name
+        );
     }
     let mut category = String::new();
     for class in registry.classes() {
@@ -67,10 +73,21 @@ pub fn nodes(plugin_dirs: &[PathBuf], json: bool) -> Result<ExitCode> {
                 extra.push(format!("{lo}..{hi}"));
             }
             if !i.choices.is_empty() {
-                extra.push(i.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>().join("|"));
+                extra.push(
+                    i.choices
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                );
             }
             let req = if i.required { "" } else { " optional" };
-            println!("    in  {:<22} {:<12}{req} {}", i.name, i.ty.name(), extra.join(", "));
+            println!(
+                "    in  {:<22} {:<12}{req} {}",
+                i.name,
+                i.ty.name(),
+                extra.join(", ")
+            );
         }
         for (n, o) in d.outputs.iter().enumerate() {
             println!("    out {n}: {:<19} {}", o.name, o.ty.name());
@@ -107,15 +124,24 @@ pub fn validate(plugin_dirs: &[PathBuf], path: &Path) -> Result<ExitCode> {
 /// as a string (so paths need no quoting).
 fn apply_overrides(graph: &mut Graph, overrides: &[String]) -> Result<()> {
     for o in overrides {
-        let (target, value) = o.split_once('=').with_context(|| format!("--set {o}: expected ID.INPUT=VALUE"))?;
-        let (id, input) = target.split_once('.').with_context(|| format!("--set {o}: expected ID.INPUT before '='"))?;
-        let node = graph.node_mut(id).with_context(|| format!("--set {o}: the graph has no node {id}"))?;
-        let json: serde_json::Value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let (target, value) = o
+            .split_once('=')
+            .with_context(|| format!("--set {o}: expected ID.INPUT=VALUE"))?;
+        let (id, input) = target
+            .split_once('.')
+            .with_context(|| format!("--set {o}: expected ID.INPUT before '='"))?;
+        let node = graph
+            .node_mut(id)
+            .with_context(|| format!("--set {o}: the graph has no node {id}"))?;
+        let json: serde_json::Value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
         let value = match &json {
-            serde_json::Value::Array(a) if a.len() == 2 && a[0].is_string() && a[1].is_u64() => InputValue::Link {
-                node: a[0].as_str().unwrap_or_default().to_string(),
-                slot: a[1].as_u64().unwrap_or_default() as usize,
-            },
+            serde_json::Value::Array(a) if a.len() == 2 && a[0].is_string() && a[1].is_u64() => {
+                InputValue::Link {
+                    node: a[0].as_str().unwrap_or_default().to_string(),
+                    slot: a[1].as_u64().unwrap_or_default() as usize,
+                }
+            }
             _ => InputValue::Literal(json),
         };
         node.set_input(input, value);
@@ -123,7 +149,12 @@ fn apply_overrides(graph: &mut Graph, overrides: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub fn run(plugin_dirs: &[PathBuf], path: &Path, overrides: &[String], plain: bool) -> Result<ExitCode> {
+pub fn run(
+    plugin_dirs: &[PathBuf],
+    path: &Path,
+    overrides: &[String],
+    plain: bool,
+) -> Result<ExitCode> {
     let registry = Arc::new(load_registry(plugin_dirs, false)?);
     let mut graph = Graph::load(path)?;
     apply_overrides(&mut graph, overrides)?;
@@ -167,15 +198,31 @@ pub fn run(plugin_dirs: &[PathBuf], path: &Path, overrides: &[String], plain: bo
 pub fn doctor(plugin_dirs: &[PathBuf]) -> Result<ExitCode> {
     let dirs = search_dirs(plugin_dirs);
     println!("host SDK {}", node_abi::SDK_VERSION);
-    println!("plugin folders searched: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "plugin folders searched: {}",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let (plugins, errors) = discover(&dirs);
     for e in &errors {
         println!("  [refused] {e}");
     }
     let registry = Registry::new(plugins);
     for p in registry.plugins() {
-        let path = p.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        println!("  [ok] plugin {} {} (SDK {}, {} nodes) at {path}", p.info.id, p.info.version, p.sdk, p.nodes.len());
+        let path = p
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!(
+            "  [ok] plugin {} {} (SDK {}, {} nodes) at {path}",
+            p.info.id,
+            p.info.version,
+            p.sdk,
+            p.nodes.len()
+        );
     }
     if registry.plugins().is_empty() {
         println!("  no plugin loaded");

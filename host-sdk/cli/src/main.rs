@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nodehost", version, about = "Reference host for node plugins: list nodes, validate and run saved graphs.")]
+#[command(
+    name = "nodehost",
+    version,
+    about = "Reference host for node plugins: list nodes, validate and run saved graphs."
+)]
 struct Cli {
     /// Folder to load plugins from (repeatable). Default: $NODEHOST_PLUGIN_PATH and the folder of this executable.
     #[arg(long = "plugin-dir", global = true)]

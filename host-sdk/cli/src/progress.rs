@@ -22,8 +22,16 @@ struct State {
 impl Progress {
     pub fn new(plain: bool) -> Self {
         let plain = plain || !std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let multi = MultiProgress::with_draw_target(if plain { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
-        Self { plain, multi, state: Mutex::new(State::default()) }
+        let multi = MultiProgress::with_draw_target(if plain {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        Self {
+            plain,
+            multi,
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn line(&self, text: String) {
@@ -40,7 +48,13 @@ impl Progress {
             Event::Plan { order } => {
                 if !self.plain {
                     let bar = self.multi.add(ProgressBar::new(order.len() as u64));
-                    bar.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} nodes {msg}").unwrap().progress_chars("=> "));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix:>8} [{bar:30}] {pos}/{len} nodes {msg}",
+                        )
+                        .unwrap()
+                        .progress_chars("=> "),
+                    );
                     bar.set_prefix("graph");
                     st.overall = Some(bar);
                 } else {
@@ -59,14 +73,25 @@ impl Progress {
                 }
                 self.line(format!("[{node}] {class_type} cached"));
             }
-            Event::Progress { node, step, total, message } => {
+            Event::Progress {
+                node,
+                step,
+                total,
+                message,
+            } => {
                 if self.plain {
                     eprintln!("[{node}] {step}/{total} {message}");
                     return;
                 }
                 let bar = st.steps.entry(node.clone()).or_insert_with(|| {
                     let b = self.multi.add(ProgressBar::new(total.max(1)));
-                    b.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})").unwrap().progress_chars("=> "));
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix:>8} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+                        )
+                        .unwrap()
+                        .progress_chars("=> "),
+                    );
                     b.set_prefix(format!("node {node}"));
                     b
                 });
@@ -74,7 +99,11 @@ impl Progress {
                 bar.set_position(step);
                 bar.set_message(message);
             }
-            Event::Log { node, level, message } => {
+            Event::Log {
+                node,
+                level,
+                message,
+            } => {
                 let tag = match level {
                     LogLevel::Debug => "debug",
                     LogLevel::Info => "info",
@@ -85,14 +114,21 @@ impl Progress {
                     self.line(format!("[{node}] {tag}: {message}"));
                 }
             }
-            Event::NodeFinished { node, class_type, elapsed } => {
+            Event::NodeFinished {
+                node,
+                class_type,
+                elapsed,
+            } => {
                 if let Some(b) = st.steps.remove(&node) {
                     b.finish_and_clear();
                 }
                 if let Some(b) = &st.overall {
                     b.inc(1);
                 }
-                self.line(format!("[{node}] {class_type} finished in {:.2} s", elapsed.as_secs_f64()));
+                self.line(format!(
+                    "[{node}] {class_type} finished in {:.2} s",
+                    elapsed.as_secs_f64()
+                ));
             }
         }
     }

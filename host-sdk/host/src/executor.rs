@@ -45,12 +45,33 @@ impl CancelToken {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The nodes that will run (or be served from cache), in order.
-    Plan { order: Vec<String> },
-    NodeStarted { node: String, class_type: String },
-    NodeCached { node: String, class_type: String },
-    Progress { node: String, step: u64, total: u64, message: String },
-    Log { node: String, level: LogLevel, message: String },
-    NodeFinished { node: String, class_type: String, elapsed: Duration },
+    Plan {
+        order: Vec<String>,
+    },
+    NodeStarted {
+        node: String,
+        class_type: String,
+    },
+    NodeCached {
+        node: String,
+        class_type: String,
+    },
+    Progress {
+        node: String,
+        step: u64,
+        total: u64,
+        message: String,
+    },
+    Log {
+        node: String,
+        level: LogLevel,
+        message: String,
+    },
+    NodeFinished {
+        node: String,
+        class_type: String,
+        elapsed: Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +79,11 @@ pub enum ExecError {
     #[error("the graph has {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
     #[error("node {node} ({class_type}) failed: {error}")]
-    Node { node: String, class_type: String, error: Box<NodeError> },
+    Node {
+        node: String,
+        class_type: String,
+        error: Box<NodeError>,
+    },
     #[error("cancelled (while running node {node})")]
     Cancelled { node: String },
 }
@@ -95,19 +120,31 @@ struct Services<'a> {
 
 impl HostServices for Services<'_> {
     fn progress(&self, step: u64, total: u64, message: RStr<'_>) {
-        (self.events)(Event::Progress { node: self.node.to_string(), step, total, message: message.to_string() });
+        (self.events)(Event::Progress {
+            node: self.node.to_string(),
+            step,
+            total,
+            message: message.to_string(),
+        });
     }
     fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
     fn log(&self, level: LogLevel, message: RStr<'_>) {
-        (self.events)(Event::Log { node: self.node.to_string(), level, message: message.to_string() });
+        (self.events)(Event::Log {
+            node: self.node.to_string(),
+            level,
+            message: message.to_string(),
+        });
     }
 }
 
 impl Executor {
     pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry, cache: HashMap::new() }
+        Self {
+            registry,
+            cache: HashMap::new(),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -120,14 +157,21 @@ impl Executor {
     }
 
     /// Validates and runs `graph`. `events` is called from the running thread.
-    pub fn run(&mut self, graph: &Graph, events: &(dyn Fn(Event) + Sync), cancel: &CancelToken) -> Result<RunReport, ExecError> {
+    pub fn run(
+        &mut self,
+        graph: &Graph,
+        events: &(dyn Fn(Event) + Sync),
+        cancel: &CancelToken,
+    ) -> Result<RunReport, ExecError> {
         let problems = validate(graph, &self.registry);
         if !problems.is_empty() {
             return Err(ExecError::Invalid(problems));
         }
         let started = Instant::now();
         let order = self.plan(graph);
-        events(Event::Plan { order: order.clone() });
+        events(Event::Plan {
+            order: order.clone(),
+        });
 
         let mut report = RunReport::default();
         let mut keys: HashMap<&str, u64> = HashMap::new();
@@ -142,7 +186,13 @@ impl Executor {
 
             // Resolve inputs (links to upstream outputs, literals, defaults) and the cache key.
             let mut hasher = DefaultHasher::new();
-            (desc.class_type.as_str(), desc.version, class.plugin.info.id.as_str(), class.plugin.info.version.as_str()).hash(&mut hasher);
+            (
+                desc.class_type.as_str(),
+                desc.version,
+                class.plugin.info.id.as_str(),
+                class.plugin.info.version.as_str(),
+            )
+                .hash(&mut hasher);
             let mut inputs: Vec<Tuple2<RString, Value>> = Vec::new();
             for spec in desc.inputs.iter() {
                 let name = spec.name.as_str();
@@ -155,7 +205,10 @@ impl Executor {
                             return Err(ExecError::Node {
                                 node: id.clone(),
                                 class_type: node.class_type.clone(),
-                                error: Box::new(NodeError::input(name, format!("{message} (from node {src})"))),
+                                error: Box::new(NodeError::input(
+                                    name,
+                                    format!("{message} (from node {src})"),
+                                )),
                             });
                         }
                         Some(value)
@@ -178,30 +231,57 @@ impl Executor {
 
             if !desc.is_output {
                 if let Some(hit) = self.cache.get(&key) {
-                    events(Event::NodeCached { node: id.clone(), class_type: node.class_type.clone() });
+                    events(Event::NodeCached {
+                        node: id.clone(),
+                        class_type: node.class_type.clone(),
+                    });
                     outputs.insert(id.as_str(), hit.outputs.clone());
                     report.cached.push(id.clone());
                     continue;
                 }
             }
 
-            events(Event::NodeStarted { node: id.clone(), class_type: node.class_type.clone() });
+            events(Event::NodeStarted {
+                node: id.clone(),
+                class_type: node.class_type.clone(),
+            });
             let node_started = Instant::now();
             let fail = |error: NodeError| {
                 if error.kind == NodeErrorKind::Cancelled || cancel.is_cancelled() {
                     ExecError::Cancelled { node: id.clone() }
                 } else {
-                    ExecError::Node { node: id.clone(), class_type: node.class_type.clone(), error: Box::new(error) }
+                    ExecError::Node {
+                        node: id.clone(),
+                        class_type: node.class_type.clone(),
+                        error: Box::new(error),
+                    }
                 }
             };
             let mut instance = class.create().map_err(fail)?;
-            let services = Services { node: id, events, cancel };
+            let services = Services {
+                node: id,
+                events,
+                cancel,
+            };
             let host = HostServices_TO::from_ptr(RRef::new(&services), TD_Opaque);
-            let produced: Vec<Value> = instance.run(RVec::from(inputs), host).into_result().map_err(fail)?.into_vec();
+            let produced: Vec<Value> = instance
+                .run(RVec::from(inputs), host)
+                .into_result()
+                .map_err(fail)?
+                .into_vec();
             self.check_outputs(id, &node.class_type, desc, &produced)?;
-            events(Event::NodeFinished { node: id.clone(), class_type: node.class_type.clone(), elapsed: node_started.elapsed() });
+            events(Event::NodeFinished {
+                node: id.clone(),
+                class_type: node.class_type.clone(),
+                elapsed: node_started.elapsed(),
+            });
             if !desc.is_output {
-                self.cache.insert(key, CacheEntry { outputs: produced.clone() });
+                self.cache.insert(
+                    key,
+                    CacheEntry {
+                        outputs: produced.clone(),
+                    },
+                );
             }
             outputs.insert(id.as_str(), produced);
             report.executed.push(id.clone());
@@ -210,18 +290,33 @@ impl Executor {
         Ok(report)
     }
 
-    fn check_outputs(&self, id: &str, class_type: &str, desc: &node_abi::NodeDescriptor, produced: &[Value]) -> Result<(), ExecError> {
+    fn check_outputs(
+        &self,
+        id: &str,
+        class_type: &str,
+        desc: &node_abi::NodeDescriptor,
+        produced: &[Value],
+    ) -> Result<(), ExecError> {
         let bad = |message: String| ExecError::Node {
             node: id.to_string(),
             class_type: class_type.to_string(),
             error: Box::new(NodeError::new(NodeErrorKind::Internal, message)),
         };
         if produced.len() != desc.outputs.len() {
-            return Err(bad(format!("returned {} output(s), its schema declares {}", produced.len(), desc.outputs.len())));
+            return Err(bad(format!(
+                "returned {} output(s), its schema declares {}",
+                produced.len(),
+                desc.outputs.len()
+            )));
         }
         for (i, (value, spec)) in produced.iter().zip(desc.outputs.iter()).enumerate() {
             if !value.ty().feeds(spec.ty) {
-                return Err(bad(format!("output {i} '{}' should be {}, got {}", spec.name, spec.ty, value.ty())));
+                return Err(bad(format!(
+                    "output {i} '{}' should be {}, got {}",
+                    spec.name,
+                    spec.ty,
+                    value.ty()
+                )));
             }
         }
         Ok(())

@@ -13,15 +13,26 @@ pub const GRAPH_FORMAT_VERSION: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {message}")]
     Shape { path: PathBuf, message: String },
-    #[error("{path}: graph format version {found} is newer than this host's ({GRAPH_FORMAT_VERSION})")]
+    #[error(
+        "{path}: graph format version {found} is newer than this host's ({GRAPH_FORMAT_VERSION})"
+    )]
     TooNew { path: PathBuf, found: u64 },
     #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An input's value in a saved graph.
@@ -77,22 +88,31 @@ impl Graph {
 
     /// Reads and parses a graph file.
     pub fn load(path: &Path) -> Result<Graph, GraphError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| GraphError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| GraphError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses graph JSON; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Graph, GraphError> {
-        let json: Json = serde_json::from_str(text)
-            .map_err(|source| GraphError::Json { path: origin.into(), source })?;
+        let json: Json = serde_json::from_str(text).map_err(|source| GraphError::Json {
+            path: origin.into(),
+            source,
+        })?;
         Self::from_json(json, origin)
     }
 
     pub fn from_json(json: Json, origin: &Path) -> Result<Graph, GraphError> {
-        let shape = |message: String| GraphError::Shape { path: origin.into(), message };
+        let shape = |message: String| GraphError::Shape {
+            path: origin.into(),
+            message,
+        };
         let Json::Object(top) = json else {
-            return Err(shape("a graph must be a JSON object of nodes keyed by id".into()));
+            return Err(shape(
+                "a graph must be a JSON object of nodes keyed by id".into(),
+            ));
         };
         let mut graph = Graph::default();
         for (id, entry) in top {
@@ -103,26 +123,53 @@ impl Graph {
             // `shift_remove` below, not `remove`: with `preserve_order`, `remove` swaps the last
             // key into the hole, reordering the node's other keys on every load.
             let Json::Object(mut fields) = entry else {
-                return Err(shape(format!("node {id}: must be an object with class_type and inputs")));
+                return Err(shape(format!(
+                    "node {id}: must be an object with class_type and inputs"
+                )));
             };
             let class_type = match fields.shift_remove("class_type") {
                 Some(Json::String(s)) if !s.is_empty() => s,
-                Some(_) => return Err(shape(format!("node {id}: class_type must be a non-empty string"))),
+                Some(_) => {
+                    return Err(shape(format!(
+                        "node {id}: class_type must be a non-empty string"
+                    )))
+                }
                 None => return Err(shape(format!("node {id}: class_type is missing"))),
             };
             let inputs = match fields.shift_remove("inputs") {
                 None => Vec::new(),
                 Some(Json::Object(map)) => map
                     .into_iter()
-                    .map(|(name, v)| Ok((name.clone(), parse_input(v).map_err(|m| shape(format!("node {id}, input '{name}': {m}")))?)))
+                    .map(|(name, v)| {
+                        Ok((
+                            name.clone(),
+                            parse_input(v)
+                                .map_err(|m| shape(format!("node {id}, input '{name}': {m}")))?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, GraphError>>()?,
                 Some(_) => return Err(shape(format!("node {id}: inputs must be an object"))),
             };
-            graph.nodes.push((id, NodeEntry { class_type, inputs, extra: fields }));
+            graph.nodes.push((
+                id,
+                NodeEntry {
+                    class_type,
+                    inputs,
+                    extra: fields,
+                },
+            ));
         }
-        if let Some(found) = graph.meta.get("_graph").and_then(|g| g.get("format_version")).and_then(Json::as_u64) {
+        if let Some(found) = graph
+            .meta
+            .get("_graph")
+            .and_then(|g| g.get("format_version"))
+            .and_then(Json::as_u64)
+        {
             if found > GRAPH_FORMAT_VERSION {
-                return Err(GraphError::TooNew { path: origin.into(), found });
+                return Err(GraphError::TooNew {
+                    path: origin.into(),
+                    found,
+                });
             }
         }
         Ok(graph)
@@ -138,7 +185,9 @@ impl Graph {
                 .iter()
                 .map(|(name, v)| {
                     let json = match v {
-                        InputValue::Link { node, slot } => Json::Array(vec![Json::String(node.clone()), Json::from(*slot)]),
+                        InputValue::Link { node, slot } => {
+                            Json::Array(vec![Json::String(node.clone()), Json::from(*slot)])
+                        }
                         InputValue::Literal(j) => j.clone(),
                     };
                     (name.clone(), json)
@@ -158,7 +207,8 @@ impl Graph {
 
     /// Pretty JSON with a trailing newline.
     pub fn to_string_pretty(&self) -> String {
-        let mut s = serde_json::to_string_pretty(&self.to_json()).expect("JSON values always serialise");
+        let mut s =
+            serde_json::to_string_pretty(&self.to_json()).expect("JSON values always serialise");
         s.push('\n');
         s
     }
@@ -166,9 +216,18 @@ impl Graph {
     /// Writes the graph atomically (temporary file, then rename), so an interrupted save
     /// never leaves a corrupt graph behind.
     pub fn save(&self, path: &Path) -> Result<(), GraphError> {
-        let write = |source| GraphError::Write { path: path.into(), source };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "graph".into());
+        let write = |source| GraphError::Write {
+            path: path.into(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "graph".into());
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let result = (|| {
             use std::io::Write;
@@ -189,10 +248,15 @@ fn parse_input(v: Json) -> Result<InputValue, String> {
     if let Json::Array(items) = &v {
         if items.len() == 2 {
             if let (Some(node), Some(slot)) = (items[0].as_str(), items[1].as_u64()) {
-                return Ok(InputValue::Link { node: node.to_string(), slot: slot as usize });
+                return Ok(InputValue::Link {
+                    node: node.to_string(),
+                    slot: slot as usize,
+                });
             }
             if items[0].is_string() {
-                return Err(format!("link {v} must be [\"<node id>\", <output index ≥ 0>]"));
+                return Err(format!(
+                    "link {v} must be [\"<node id>\", <output index ≥ 0>]"
+                ));
             }
         }
         return Err(format!("lists are not input values: {v}"));

@@ -15,7 +15,7 @@ pub mod registry;
 pub mod schema_json;
 pub mod validate;
 
-pub use executor::{CancelToken, Event, Executor, ExecError, RunReport};
+pub use executor::{CancelToken, Event, ExecError, Executor, RunReport};
 pub use graph::{Graph, GraphError, InputValue, NodeEntry};
 pub use loader::{LoadError, LoadedPlugin};
 pub use registry::Registry;

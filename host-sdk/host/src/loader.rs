@@ -20,13 +20,21 @@ pub enum LoadError {
     #[error("{path}: not a loadable node plugin: {message}")]
     NotAPlugin { path: PathBuf, message: String },
     #[error("{path}: plugin '{plugin}' was built for SDK {plugin_sdk}, this host speaks SDK {host_sdk} (a plugin must have the same major version and a minor version no newer than the host's); rebuild it against SDK {host_sdk}")]
-    IncompatibleSdk { path: PathBuf, plugin: String, plugin_sdk: SdkVersion, host_sdk: SdkVersion },
+    IncompatibleSdk {
+        path: PathBuf,
+        plugin: String,
+        plugin_sdk: SdkVersion,
+        host_sdk: SdkVersion,
+    },
     #[error("{path}: incompatible plugin ABI: {message}")]
     Abi { path: PathBuf, message: String },
     #[error("{path}: plugin panicked or failed while describing itself")]
     Describe { path: PathBuf },
     #[error("cannot read plugin folder {path}: {source}")]
-    Folder { path: PathBuf, source: std::io::Error },
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A plugin that passed every check.
@@ -42,7 +50,9 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     /// Wraps a root module that is already in this process (tests, statically linked plugins).
     pub fn from_module(module: PluginModRef, path: Option<PathBuf>) -> Result<Self, LoadError> {
-        let shown = path.clone().unwrap_or_else(|| PathBuf::from("<in-process>"));
+        let shown = path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<in-process>"));
         let sdk = module.sdk_version();
         let info = (module.info())();
         if !SDK_VERSION.can_load(sdk) {
@@ -54,23 +64,37 @@ impl LoadedPlugin {
             });
         }
         let nodes = (module.nodes())().into_vec();
-        Ok(Self { path, info, sdk, module, nodes })
+        Ok(Self {
+            path,
+            info,
+            sdk,
+            module,
+            nodes,
+        })
     }
 }
 
 /// Loads one plugin library.
 pub fn load_plugin(path: &Path) -> Result<LoadedPlugin, LoadError> {
     let header = lib_header_from_path(path).map_err(|e| classify(path, e))?;
-    let module = header.init_root_module::<PluginModRef>().map_err(|e| classify(path, e))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| classify(path, e))?;
     LoadedPlugin::from_module(module, Some(path.to_path_buf()))
 }
 
 fn classify(path: &Path, e: LibraryError) -> LoadError {
     match e {
-        LibraryError::AbiInstability(_) | LibraryError::IncompatibleVersionNumber { .. } | LibraryError::InvalidAbiHeader(_) => {
-            LoadError::Abi { path: path.into(), message: one_line(&e.to_string()) }
-        }
-        other => LoadError::NotAPlugin { path: path.into(), message: one_line(&other.to_string()) },
+        LibraryError::AbiInstability(_)
+        | LibraryError::IncompatibleVersionNumber { .. }
+        | LibraryError::InvalidAbiHeader(_) => LoadError::Abi {
+            path: path.into(),
+            message: one_line(&e.to_string()),
+        },
+        other => LoadError::NotAPlugin {
+            path: path.into(),
+            message: one_line(&other.to_string()),
+        },
     }
 }
 
@@ -90,8 +114,14 @@ fn is_library(path: &Path) -> bool {
 
 /// The plugin libraries in `dir` (not recursive), sorted by name.
 pub fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Folder { path: dir.into(), source })?;
-    let mut found: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_library(p)).collect();
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Folder {
+        path: dir.into(),
+        source,
+    })?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_library(p))
+        .collect();
     found.sort();
     Ok(found)
 }

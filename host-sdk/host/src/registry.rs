@@ -48,7 +48,13 @@ impl Registry {
                 ));
                 continue;
             }
-            self.classes.insert(class, NodeClass { descriptor: d.clone(), plugin: plugin.clone() });
+            self.classes.insert(
+                class,
+                NodeClass {
+                    descriptor: d.clone(),
+                    plugin: plugin.clone(),
+                },
+            );
         }
         self.plugins.push(plugin);
     }
@@ -65,8 +71,14 @@ impl Registry {
     pub fn classes(&self) -> Vec<&NodeClass> {
         let mut v: Vec<&NodeClass> = self.classes.values().collect();
         v.sort_by(|a, b| {
-            (a.descriptor.category.as_str(), a.descriptor.class_type.as_str())
-                .cmp(&(b.descriptor.category.as_str(), b.descriptor.class_type.as_str()))
+            (
+                a.descriptor.category.as_str(),
+                a.descriptor.class_type.as_str(),
+            )
+                .cmp(&(
+                    b.descriptor.category.as_str(),
+                    b.descriptor.class_type.as_str(),
+                ))
         });
         v
     }
@@ -75,7 +87,11 @@ impl Registry {
     pub fn diagnostics(&self) -> Vec<(String, Diagnostic)> {
         self.plugins
             .iter()
-            .flat_map(|p| (p.module.diagnostics())().into_iter().map(move |d| (p.info.id.to_string(), d)))
+            .flat_map(|p| {
+                (p.module.diagnostics())()
+                    .into_iter()
+                    .map(move |d| (p.info.id.to_string(), d))
+            })
             .collect()
     }
 }

@@ -33,7 +33,11 @@ pub fn descriptor_json(d: &NodeDescriptor, plugin_id: &str) -> Json {
             })
         })
         .collect();
-    let outputs: Vec<Json> = d.outputs.iter().map(|o| json!({"name": o.name.as_str(), "type": o.ty.name()})).collect();
+    let outputs: Vec<Json> = d
+        .outputs
+        .iter()
+        .map(|o| json!({"name": o.name.as_str(), "type": o.ty.name()}))
+        .collect();
     json!({
         "class_type": d.class_type.as_str(),
         "version": d.version,
@@ -52,7 +56,12 @@ pub fn registry_json(registry: &Registry) -> Json {
     let map: serde_json::Map<String, Json> = registry
         .classes()
         .into_iter()
-        .map(|c| (c.descriptor.class_type.to_string(), descriptor_json(&c.descriptor, &c.plugin.info.id)))
+        .map(|c| {
+            (
+                c.descriptor.class_type.to_string(),
+                descriptor_json(&c.descriptor, &c.plugin.info.id),
+            )
+        })
         .collect();
     Json::Object(map)
 }

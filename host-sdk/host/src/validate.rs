@@ -50,13 +50,23 @@ impl std::fmt::Display for Problem {
 /// Converts a saved literal to the value an input of `spec` receives, checking its type,
 /// range and choices. The error says what is wrong (without the node/input prefix).
 pub fn literal_value(spec: &InputSpec, json: &Json) -> Result<Value, (ProblemKind, String)> {
-    let wrong = |want: &str| (ProblemKind::WrongType, format!("expected {want}, got {}", describe(json)));
+    let wrong = |want: &str| {
+        (
+            ProblemKind::WrongType,
+            format!("expected {want}, got {}", describe(json)),
+        )
+    };
     let value = match spec.ty {
         ValueType::Int => match json {
             Json::Number(n) => match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => Value::Int(i),
                 (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
-                _ => return Err((ProblemKind::OutOfRange, format!("{n} is not a representable integer"))),
+                _ => {
+                    return Err((
+                        ProblemKind::OutOfRange,
+                        format!("{n} is not a representable integer"),
+                    ))
+                }
             },
             _ => return Err(wrong("an integer")),
         },
@@ -73,14 +83,27 @@ pub fn literal_value(spec: &InputSpec, json: &Json) -> Result<Value, (ProblemKin
             _ => return Err(wrong("true or false")),
         },
         ValueType::Choice => match json {
-            Json::String(s) if spec.choices.iter().any(|c| c.as_str() == s) => Value::String(s.as_str().into()),
+            Json::String(s) if spec.choices.iter().any(|c| c.as_str() == s) => {
+                Value::String(s.as_str().into())
+            }
             Json::String(s) => {
                 let allowed: Vec<&str> = spec.choices.iter().map(|c| c.as_str()).collect();
-                return Err((ProblemKind::OutOfRange, format!("'{s}' is not one of {}", allowed.join(", "))));
+                return Err((
+                    ProblemKind::OutOfRange,
+                    format!("'{s}' is not one of {}", allowed.join(", ")),
+                ));
             }
             _ => return Err(wrong("one of the choices (a string)")),
         },
-        other => return Err((ProblemKind::WrongType, format!("{other} inputs take a link, not a constant ({})", describe(json)))),
+        other => {
+            return Err((
+                ProblemKind::WrongType,
+                format!(
+                    "{other} inputs take a link, not a constant ({})",
+                    describe(json)
+                ),
+            ))
+        }
     };
     check_value(spec, &value)?;
     Ok(value)
@@ -98,19 +121,28 @@ pub fn check_value(spec: &InputSpec, value: &Value) -> Result<(), (ProblemKind, 
     if let Some(x) = number {
         if let Some(min) = spec.min.into_option() {
             if x < min {
-                return Err((ProblemKind::OutOfRange, format!("{x} is below the minimum {min}")));
+                return Err((
+                    ProblemKind::OutOfRange,
+                    format!("{x} is below the minimum {min}"),
+                ));
             }
         }
         if let Some(max) = spec.max.into_option() {
             if x > max {
-                return Err((ProblemKind::OutOfRange, format!("{x} is above the maximum {max}")));
+                return Err((
+                    ProblemKind::OutOfRange,
+                    format!("{x} is above the maximum {max}"),
+                ));
             }
         }
     }
     if let (ValueType::Choice, Value::String(s)) = (spec.ty, value) {
         if !spec.choices.iter().any(|c| c == s) {
             let allowed: Vec<&str> = spec.choices.iter().map(|c| c.as_str()).collect();
-            return Err((ProblemKind::OutOfRange, format!("'{s}' is not one of {}", allowed.join(", "))));
+            return Err((
+                ProblemKind::OutOfRange,
+                format!("'{s}' is not one of {}", allowed.join(", ")),
+            ));
         }
     }
     Ok(())
@@ -131,7 +163,11 @@ pub fn validate(graph: &Graph, registry: &Registry) -> Vec<Problem> {
     let descriptors: HashMap<&str, &NodeDescriptor> = graph
         .nodes
         .iter()
-        .filter_map(|(id, n)| registry.class(&n.class_type).map(|c| (id.as_str(), &c.descriptor)))
+        .filter_map(|(id, n)| {
+            registry
+                .class(&n.class_type)
+                .map(|c| (id.as_str(), &c.descriptor))
+        })
         .collect();
 
     for (id, node) in &graph.nodes {
@@ -145,30 +181,53 @@ pub fn validate(graph: &Graph, registry: &Registry) -> Vec<Problem> {
             })
         };
         let Some(desc) = descriptors.get(id.as_str()) else {
-            problem(ProblemKind::UnknownClass, None, format!("unknown node class '{}' (is its plugin loaded?)", node.class_type));
+            problem(
+                ProblemKind::UnknownClass,
+                None,
+                format!(
+                    "unknown node class '{}' (is its plugin loaded?)",
+                    node.class_type
+                ),
+            );
             continue;
         };
         for (name, value) in &node.inputs {
             let Some(spec) = desc.input(name) else {
                 let known: Vec<&str> = desc.inputs.iter().map(|i| i.name.as_str()).collect();
-                problem(ProblemKind::UnknownInput, Some(name), format!("no such input (inputs: {})", known.join(", ")));
+                problem(
+                    ProblemKind::UnknownInput,
+                    Some(name),
+                    format!("no such input (inputs: {})", known.join(", ")),
+                );
                 continue;
             };
             match value {
                 InputValue::Literal(json) => {
                     if spec.accepts == InputKind::Link {
-                        problem(ProblemKind::WrongType, Some(name), format!("takes a link to a {} output, not a constant", spec.ty));
+                        problem(
+                            ProblemKind::WrongType,
+                            Some(name),
+                            format!("takes a link to a {} output, not a constant", spec.ty),
+                        );
                     } else if let Err((kind, message)) = literal_value(spec, json) {
                         problem(kind, Some(name), message);
                     }
                 }
                 InputValue::Link { node: src, slot } => {
                     if spec.accepts == InputKind::Constant {
-                        problem(ProblemKind::WrongType, Some(name), "takes a constant, not a link".into());
+                        problem(
+                            ProblemKind::WrongType,
+                            Some(name),
+                            "takes a constant, not a link".into(),
+                        );
                         continue;
                     }
                     let Some(src_node) = graph.node(src) else {
-                        problem(ProblemKind::MissingNode, Some(name), format!("links to node {src}, which is not in the graph"));
+                        problem(
+                            ProblemKind::MissingNode,
+                            Some(name),
+                            format!("links to node {src}, which is not in the graph"),
+                        );
                         continue;
                     };
                     let Some(src_desc) = descriptors.get(src.as_str()) else {
@@ -178,21 +237,36 @@ pub fn validate(graph: &Graph, registry: &Registry) -> Vec<Problem> {
                         None => problem(
                             ProblemKind::MissingSlot,
                             Some(name),
-                            format!("links to output {slot} of node {src} ({}), which has {} output(s)", src_node.class_type, src_desc.outputs.len()),
+                            format!(
+                                "links to output {slot} of node {src} ({}), which has {} output(s)",
+                                src_node.class_type,
+                                src_desc.outputs.len()
+                            ),
                         ),
                         Some(out) if !out.ty.feeds(spec.ty) => problem(
                             ProblemKind::WrongType,
                             Some(name),
-                            format!("expects {}, but output {slot} '{}' of node {src} ({}) is {}", spec.ty, out.name, src_node.class_type, out.ty),
+                            format!(
+                                "expects {}, but output {slot} '{}' of node {src} ({}) is {}",
+                                spec.ty, out.name, src_node.class_type, out.ty
+                            ),
                         ),
                         Some(_) => {}
                     }
                 }
             }
         }
-        for spec in desc.inputs.iter().filter(|s| s.required && s.default.is_none()) {
+        for spec in desc
+            .inputs
+            .iter()
+            .filter(|s| s.required && s.default.is_none())
+        {
             if node.input(&spec.name).is_none() {
-                problem(ProblemKind::MissingInput, Some(&spec.name), format!("required {} input is missing", spec.ty));
+                problem(
+                    ProblemKind::MissingInput,
+                    Some(&spec.name),
+                    format!("required {} input is missing", spec.ty),
+                );
             }
         }
     }
@@ -237,7 +311,12 @@ fn find_cycles(graph: &Graph) -> Vec<Vec<String>> {
         Open,
         Done,
     }
-    let index: HashMap<&str, usize> = graph.nodes.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id.as_str(), i))
+        .collect();
     let edges: Vec<Vec<usize>> = graph
         .nodes
         .iter()
@@ -270,7 +349,10 @@ fn find_cycles(graph: &Graph) -> Vec<Vec<String>> {
                     }
                     Mark::Open => {
                         let from = stack.iter().position(|(n, _)| *n == to).unwrap_or(0);
-                        let mut ids: Vec<String> = stack[from..].iter().map(|(n, _)| graph.nodes[*n].0.clone()).collect();
+                        let mut ids: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|(n, _)| graph.nodes[*n].0.clone())
+                            .collect();
                         ids.push(graph.nodes[to].0.clone());
                         cycles.push(ids);
                     }

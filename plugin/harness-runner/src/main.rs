@@ -11,12 +11,17 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fastvmt_kernels::Backend;
 use fastvmt_plugin::model::{bundle::default_bundle_dir, Device, DitModel};
-use fastvmt_plugin::sampler::{self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleSettings};
+use fastvmt_plugin::sampler::{
+    self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings,
+    SampleSettings,
+};
 use fastvmt_video_io::{load_video, save_video, Frames, LoadOptions, VideoFormat};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(about = "Run every clip of a clip set with each guidance mode and record time and pass counts.")]
+#[command(
+    about = "Run every clip of a clip set with each guidance mode and record time and pass counts."
+)]
 struct Args {
     #[arg(long)]
     clips: PathBuf,
@@ -57,21 +62,36 @@ struct Args {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    format!(
+        "{cpu}, {} threads",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let clips: Value = serde_json::from_str(&std::fs::read_to_string(&args.clips).with_context(|| format!("reading {}", args.clips.display()))?)
-        .with_context(|| format!("{} is not JSON", args.clips.display()))?;
+    let clips: Value = serde_json::from_str(
+        &std::fs::read_to_string(&args.clips)
+            .with_context(|| format!("reading {}", args.clips.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", args.clips.display()))?;
     let clips = clips.as_array().context("clips.json must be a list")?;
     let clip_dir = args.clips.parent().unwrap_or(Path::new("."));
     let modes: Vec<GuidanceMode> = args
         .modes
         .split(',')
-        .map(|m| GuidanceMode::parse(m.trim()).with_context(|| format!("unknown mode '{m}' (none, ditflow, fastvmt, adaptive)")))
+        .map(|m| {
+            GuidanceMode::parse(m.trim())
+                .with_context(|| format!("unknown mode '{m}' (none, ditflow, fastvmt, adaptive)"))
+        })
         .collect::<Result<_>>()?;
     let device = match args.device.as_str() {
         "cpu" => Device::Cpu,
@@ -79,17 +99,24 @@ fn main() -> Result<()> {
         other => bail!("--device {other}: use cpu or cuda"),
     };
     let dir = args.bundle.clone().unwrap_or_else(default_bundle_dir);
-    let model = DitModel::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+    let model =
+        DitModel::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
     let m = model.manifest();
     let steps = args.steps.unwrap_or(m.default_f64("steps", 30.0) as usize);
     let amf = AmfConfig {
         local: true,
         temporal_window: args.temporal_window,
-        spatial_radius: args.radius.unwrap_or(m.default_f64("spatial_radius", 3.0) as usize),
+        spatial_radius: args
+            .radius
+            .unwrap_or(m.default_f64("spatial_radius", 3.0) as usize),
         coarse_tiles: false,
         tau: m.default_f64("amf_temperature", 2.0) as f32,
         precision: AmfPrecision::F32,
-        backend: if device == Device::Cuda { Backend::Cuda { device: 0 } } else { Backend::Cpu },
+        backend: if device == Device::Cuda {
+            Backend::Cuda { device: 0 }
+        } else {
+            Backend::Cpu
+        },
     };
     std::fs::create_dir_all(&args.out)?;
     let never = || false;
@@ -98,7 +125,8 @@ fn main() -> Result<()> {
         let name = clip["name"].as_str().context("clip without name")?;
         let gif = clip_dir.join(clip["gif"].as_str().context("clip without gif")?);
         let prompt = clip["prompt"].as_str().context("clip without prompt")?;
-        let frames = load_video(&gif, &LoadOptions::default()).with_context(|| format!("clip {name}"))?;
+        let frames =
+            load_video(&gif, &LoadOptions::default()).with_context(|| format!("clip {name}"))?;
         let (f, h, w) = (frames.frames, frames.height, frames.width);
         let reference = sampler::video_to_latent(f, h, w, &frames.data);
         let (emb, _) = model.encode_text(&[prompt, ""], &never)?;
@@ -123,10 +151,32 @@ fn main() -> Result<()> {
                     changed_cos: args.changed_cos,
                 },
             };
-            let out = sampler::sample(&model, (&[1, 3, f, h, w], &reference), &PromptEmbeddings { positive: pos, negative: neg }, &settings, &mut |_| {}, &never)
-                .with_context(|| format!("clip {name}, mode {}", mode.name()))?;
-            let video = Frames::new(sampler::latent_to_video(f, h, w, &out.latent), f, h, w, frames.fps)?;
-            let written = save_video(&video, &args.out, &format!("{name}.{}", mode.name()), VideoFormat::Gif, &never)?;
+            let out = sampler::sample(
+                &model,
+                (&[1, 3, f, h, w], &reference),
+                &PromptEmbeddings {
+                    positive: pos,
+                    negative: neg,
+                },
+                &settings,
+                &mut |_| {},
+                &never,
+            )
+            .with_context(|| format!("clip {name}, mode {}", mode.name()))?;
+            let video = Frames::new(
+                sampler::latent_to_video(f, h, w, &out.latent),
+                f,
+                h,
+                w,
+                frames.fps,
+            )?;
+            let written = save_video(
+                &video,
+                &args.out,
+                &format!("{name}.{}", mode.name()),
+                VideoFormat::Gif,
+                &never,
+            )?;
             let s = &out.stats;
             eprintln!(
                 "{name} {:<8} {:>6.1} s  fwd {:>3} bwd {:>3} cached {:>3} loss {:?} -> {:?}",

@@ -23,7 +23,10 @@ pub enum BundleError {
 
 impl BundleError {
     pub fn file(file: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        BundleError::File { file: file.into(), problem: problem.into() }
+        BundleError::File {
+            file: file.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -115,7 +118,10 @@ pub struct Manifest {
 impl Manifest {
     /// A number from `defaults`, or `fallback`.
     pub fn default_f64(&self, key: &str, fallback: f64) -> f64 {
-        self.defaults.get(key).and_then(|v| v.as_f64()).unwrap_or(fallback)
+        self.defaults
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(fallback)
     }
 }
 
@@ -127,16 +133,45 @@ pub struct GraphRole {
     pub outputs: &'static [(&'static str, usize)],
 }
 
-const DIT_INPUTS: [(&str, usize); 5] = [("x", 5), ("t", 1), ("text", 3), ("rope_cos", 2), ("rope_sin", 2)];
+const DIT_INPUTS: [(&str, usize); 5] = [
+    ("x", 5),
+    ("t", 1),
+    ("text", 3),
+    ("rope_cos", 2),
+    ("rope_sin", 2),
+];
 
 pub const ROLES: [GraphRole; 4] = [
-    GraphRole { key: "text_encoder", required: true, inputs: &[("tokens", 2)], outputs: &[("text", 3)] },
-    GraphRole { key: "denoiser", required: true, inputs: &DIT_INPUTS, outputs: &[("velocity", 5)] },
-    GraphRole { key: "guidance_head", required: false, inputs: &DIT_INPUTS, outputs: &[("q", 4), ("k", 4)] },
+    GraphRole {
+        key: "text_encoder",
+        required: true,
+        inputs: &[("tokens", 2)],
+        outputs: &[("text", 3)],
+    },
+    GraphRole {
+        key: "denoiser",
+        required: true,
+        inputs: &DIT_INPUTS,
+        outputs: &[("velocity", 5)],
+    },
+    GraphRole {
+        key: "guidance_head",
+        required: false,
+        inputs: &DIT_INPUTS,
+        outputs: &[("q", 4), ("k", 4)],
+    },
     GraphRole {
         key: "guidance_grad",
         required: false,
-        inputs: &[("x", 5), ("t", 1), ("text", 3), ("rope_cos", 2), ("rope_sin", 2), ("dq", 4), ("dk", 4)],
+        inputs: &[
+            ("x", 5),
+            ("t", 1),
+            ("text", 3),
+            ("rope_cos", 2),
+            ("rope_sin", 2),
+            ("dq", 4),
+            ("dk", 4),
+        ],
         outputs: &[("dx", 5)],
     },
 ];
@@ -159,7 +194,11 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 impl Bundle {
@@ -169,19 +208,32 @@ impl Bundle {
         if !dir.is_dir() {
             return Err(BundleError::file(dir, "model bundle folder not found"));
         }
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| BundleError::file(&manifest_path, format!("cannot read: {e}")))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| BundleError::file(&manifest_path, format!("not a valid bundle manifest: {e}")))?;
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| BundleError::file(&manifest_path, format!("cannot read: {e}")))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+            BundleError::file(&manifest_path, format!("not a valid bundle manifest: {e}"))
+        })?;
         let bad = |problem: String| BundleError::file(&manifest_path, problem);
         if manifest.format != FORMAT {
-            return Err(bad(format!("format is '{}', expected '{FORMAT}'", manifest.format)));
+            return Err(bad(format!(
+                "format is '{}', expected '{FORMAT}'",
+                manifest.format
+            )));
         }
         if manifest.format_version > FORMAT_VERSION {
-            return Err(bad(format!("format_version {} is newer than this plugin's ({FORMAT_VERSION})", manifest.format_version)));
+            return Err(bad(format!(
+                "format_version {} is newer than this plugin's ({FORMAT_VERSION})",
+                manifest.format_version
+            )));
         }
         if manifest.latent.kind != "pixels" {
-            return Err(bad(format!("latent kind '{}' is not supported (this plugin runs pixel-space bundles)", manifest.latent.kind)));
+            return Err(bad(format!(
+                "latent kind '{}' is not supported (this plugin runs pixel-space bundles)",
+                manifest.latent.kind
+            )));
         }
-        if manifest.scheduler.kind != "flow_matching" || manifest.scheduler.prediction != "velocity" {
+        if manifest.scheduler.kind != "flow_matching" || manifest.scheduler.prediction != "velocity"
+        {
             return Err(bad(format!(
                 "scheduler {}/{} is not supported (flow_matching/velocity)",
                 manifest.scheduler.kind, manifest.scheduler.prediction
@@ -190,11 +242,19 @@ impl Bundle {
         if manifest.patch_size.contains(&0) || manifest.heads == 0 || manifest.head_dim == 0 {
             return Err(bad("patch_size, heads and head_dim must be positive".into()));
         }
-        if manifest.rope.axes_dim.iter().sum::<usize>() != manifest.head_dim || manifest.rope.axes_dim.iter().any(|d| d % 2 == 1) {
-            return Err(bad(format!("rope axes_dim {:?} must be even and sum to head_dim {}", manifest.rope.axes_dim, manifest.head_dim)));
+        if manifest.rope.axes_dim.iter().sum::<usize>() != manifest.head_dim
+            || manifest.rope.axes_dim.iter().any(|d| d % 2 == 1)
+        {
+            return Err(bad(format!(
+                "rope axes_dim {:?} must be even and sum to head_dim {}",
+                manifest.rope.axes_dim, manifest.head_dim
+            )));
         }
         if manifest.motion_block >= manifest.blocks {
-            return Err(bad(format!("motion_block {} is not below blocks {}", manifest.motion_block, manifest.blocks)));
+            return Err(bad(format!(
+                "motion_block {} is not below blocks {}",
+                manifest.motion_block, manifest.blocks
+            )));
         }
         for role in ROLES.iter() {
             let Some(spec) = manifest.files.get(role.key) else {
@@ -205,19 +265,29 @@ impl Bundle {
             };
             let path = dir.join(&spec.path);
             if !path.is_file() {
-                return Err(BundleError::file(&path, format!("listed as files.{} in the manifest but missing", role.key)));
+                return Err(BundleError::file(
+                    &path,
+                    format!("listed as files.{} in the manifest but missing", role.key),
+                ));
             }
-            let actual = sha256_of(&path).map_err(|e| BundleError::file(&path, format!("cannot read: {e}")))?;
+            let actual = sha256_of(&path)
+                .map_err(|e| BundleError::file(&path, format!("cannot read: {e}")))?;
             if !actual.eq_ignore_ascii_case(&spec.sha256) {
                 return Err(BundleError::file(&path, format!("content hash mismatch: the manifest says {}, the file is {actual} (corrupt or replaced file)", spec.sha256)));
             }
             for (name, _) in role.inputs {
                 if !spec.inputs.is_empty() && !spec.inputs.iter().any(|i| i.name == *name) {
-                    return Err(bad(format!("files.{}.inputs lacks '{name}', which the plugin feeds", role.key)));
+                    return Err(bad(format!(
+                        "files.{}.inputs lacks '{name}', which the plugin feeds",
+                        role.key
+                    )));
                 }
             }
         }
-        Ok(Bundle { dir: dir.to_path_buf(), manifest })
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -235,5 +305,8 @@ pub fn default_bundle_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FASTVMT_MODEL_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../onnx/models/tiny-shapes"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../onnx/models/tiny-shapes"
+    ))
 }

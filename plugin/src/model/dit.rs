@@ -76,11 +76,15 @@ pub struct Output {
 
 fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session, ModelError> {
     let (env, _) = ort_env::environment().map_err(|e| ModelError::Runtime(e.to_string()))?;
-    let onnx = |message: String| ModelError::Onnx { file: path.to_path_buf(), message };
+    let onnx = |message: String| ModelError::Onnx {
+        file: path.to_path_buf(),
+        message,
+    };
     let build = || -> ort::Result<Session> {
         let mut builder = Session::builder(env)?;
         if device == Device::Cuda {
-            builder = builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
         }
         builder.commit_from_file(path)
     };
@@ -89,22 +93,34 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
     for (name, rank) in role.inputs {
         let Some(outlet) = session.inputs().iter().find(|o| o.name() == *name) else {
             let found: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-            return Err(onnx(format!("input '{name}' is missing (the graph's inputs: {})", found.join(", "))));
+            return Err(onnx(format!(
+                "input '{name}' is missing (the graph's inputs: {})",
+                found.join(", ")
+            )));
         };
         if let Some(shape) = outlet.dtype().tensor_shape() {
             if shape.len() != *rank {
-                return Err(onnx(format!("input '{name}' has rank {}, expected {rank}", shape.len())));
+                return Err(onnx(format!(
+                    "input '{name}' has rank {}, expected {rank}",
+                    shape.len()
+                )));
             }
         }
     }
     for (name, rank) in role.outputs {
         let Some(outlet) = session.outputs().iter().find(|o| o.name() == *name) else {
             let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-            return Err(onnx(format!("output '{name}' is missing (the graph's outputs: {})", found.join(", "))));
+            return Err(onnx(format!(
+                "output '{name}' is missing (the graph's outputs: {})",
+                found.join(", ")
+            )));
         };
         if let Some(shape) = outlet.dtype().tensor_shape() {
             if shape.len() != *rank {
-                return Err(onnx(format!("output '{name}' has rank {}, expected {rank}", shape.len())));
+                return Err(onnx(format!(
+                    "output '{name}' has rank {}, expected {rank}",
+                    shape.len()
+                )));
             }
         }
     }
@@ -118,7 +134,10 @@ static LOADED: OnceLock<ModelCache> = OnceLock::new();
 impl DitModel {
     /// Opens the bundle in `dir` on `device`, or returns the already loaded one.
     pub fn load(dir: &Path, device: Device) -> Result<Arc<DitModel>, ModelError> {
-        let key = (dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()), device);
+        let key = (
+            dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+            device,
+        );
         let cache = LOADED.get_or_init(Default::default);
         if let Some(m) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(m.clone());
@@ -131,10 +150,18 @@ impl DitModel {
         for role in ROLES.iter() {
             if let Some(path) = bundle.path(role.key) {
                 let session = open_session(&path, role, device)?;
-                graphs.insert(role.key, Graph { file: path, session: Mutex::new(session) });
+                graphs.insert(
+                    role.key,
+                    Graph {
+                        file: path,
+                        session: Mutex::new(session),
+                    },
+                );
             }
         }
-        let take = |graphs: &mut HashMap<&str, Graph>, key: &'static str| graphs.remove(key).ok_or(ModelError::MissingGraph(key));
+        let take = |graphs: &mut HashMap<&str, Graph>, key: &'static str| {
+            graphs.remove(key).ok_or(ModelError::MissingGraph(key))
+        };
         let model = Arc::new(DitModel {
             text_encoder: take(&mut graphs, "text_encoder")?,
             denoiser: take(&mut graphs, "denoiser")?,
@@ -144,7 +171,10 @@ impl DitModel {
             device,
             empty_text: OnceLock::new(),
         });
-        cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, model.clone());
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, model.clone());
         Ok(model)
     }
 
@@ -157,17 +187,30 @@ impl DitModel {
     }
 
     /// Runs one graph with f32/i64 inputs, terminating it when `cancel` turns true.
-    fn run(graph: &Graph, inputs: Vec<(&str, Input<'_>)>, outputs: &[&str], cancel: CancelCheck<'_>) -> Result<Vec<Output>, ModelError> {
-        let onnx = |message: String| ModelError::Onnx { file: graph.file.clone(), message };
+    fn run(
+        graph: &Graph,
+        inputs: Vec<(&str, Input<'_>)>,
+        outputs: &[&str],
+        cancel: CancelCheck<'_>,
+    ) -> Result<Vec<Output>, ModelError> {
+        let onnx = |message: String| ModelError::Onnx {
+            file: graph.file.clone(),
+            message,
+        };
         if cancel() {
             return Err(ModelError::Cancelled);
         }
         let options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
-        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
         for (name, input) in &inputs {
             let value = match input {
-                Input::F32(shape, data) => TensorRef::from_array_view((shape.clone(), *data)).map(Into::into),
-                Input::I64(shape, data) => TensorRef::from_array_view((shape.clone(), *data)).map(Into::into),
+                Input::F32(shape, data) => {
+                    TensorRef::from_array_view((shape.clone(), *data)).map(Into::into)
+                }
+                Input::I64(shape, data) => {
+                    TensorRef::from_array_view((shape.clone(), *data)).map(Into::into)
+                }
             }
             .map_err(|e| onnx(format!("input '{name}': {e}")))?;
             values.push((name.to_string(), value));
@@ -185,12 +228,19 @@ impl DitModel {
                 }
             });
             let r = (|| -> Result<Vec<Output>, ModelError> {
-                let outs = session.run_with_options(values, &options).map_err(|e| onnx(e.to_string()))?;
+                let outs = session
+                    .run_with_options(values, &options)
+                    .map_err(|e| onnx(e.to_string()))?;
                 outputs
                     .iter()
                     .map(|name| {
-                        let (shape, data) = outs[*name].try_extract_tensor::<f32>().map_err(|e| onnx(format!("output '{name}': {e}")))?;
-                        Ok(Output { shape: shape.iter().map(|&d| d as usize).collect(), data: data.to_vec() })
+                        let (shape, data) = outs[*name]
+                            .try_extract_tensor::<f32>()
+                            .map_err(|e| onnx(format!("output '{name}': {e}")))?;
+                        Ok(Output {
+                            shape: shape.iter().map(|&d| d as usize).collect(),
+                            data: data.to_vec(),
+                        })
                     })
                     .collect()
             })();
@@ -205,7 +255,11 @@ impl DitModel {
 
     /// Text embeddings `[B, L, D]` for `prompts` (words outside the vocabulary are returned
     /// so the caller can warn).
-    pub fn encode_text(&self, prompts: &[&str], cancel: CancelCheck<'_>) -> Result<(Vec<f32>, Vec<String>), ModelError> {
+    pub fn encode_text(
+        &self,
+        prompts: &[&str],
+        cancel: CancelCheck<'_>,
+    ) -> Result<(Vec<f32>, Vec<String>), ModelError> {
         let spec = &self.manifest().text;
         let mut ids = Vec::with_capacity(prompts.len() * spec.max_len);
         let mut unknown = Vec::new();
@@ -214,8 +268,19 @@ impl DitModel {
             ids.extend(t);
             unknown.extend(u);
         }
-        let out = Self::run(&self.text_encoder, vec![("tokens", Input::I64(vec![prompts.len() as i64, spec.max_len as i64], &ids))], &["text"], cancel)?;
-        Ok((out.into_iter().next().map(|o| o.data).unwrap_or_default(), unknown))
+        let out = Self::run(
+            &self.text_encoder,
+            vec![(
+                "tokens",
+                Input::I64(vec![prompts.len() as i64, spec.max_len as i64], &ids),
+            )],
+            &["text"],
+            cancel,
+        )?;
+        Ok((
+            out.into_iter().next().map(|o| o.data).unwrap_or_default(),
+            unknown,
+        ))
     }
 
     /// Embeddings of the empty prompt `[1, L, D]` (the unconditional input).
@@ -228,7 +293,12 @@ impl DitModel {
     }
 
     /// Checks a pixel latent shape `[B, C, F, H, W]` against the bundle and returns the token grid.
-    pub fn token_grid(&self, frames: usize, height: usize, width: usize) -> Result<(usize, usize, usize), ModelError> {
+    pub fn token_grid(
+        &self,
+        frames: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<(usize, usize, usize), ModelError> {
         let [pt, ph, pw] = self.manifest().patch_size;
         if !frames.is_multiple_of(pt) || !height.is_multiple_of(ph) || !width.is_multiple_of(pw) {
             return Err(ModelError::Shape(format!(
@@ -243,16 +313,37 @@ impl DitModel {
         let (f, h, w) = self.token_grid(frames, height, width)?;
         let m = self.manifest();
         let (cos, sin) = rope::tables(f, h, w, m.rope.axes_dim, m.rope.theta);
-        Ok(Rope { tokens: f * h * w, cols: m.head_dim / 2, cos, sin, grid: (f, h, w) })
+        Ok(Rope {
+            tokens: f * h * w,
+            cols: m.head_dim / 2,
+            cos,
+            sin,
+            grid: (f, h, w),
+        })
     }
 
-    fn dit_inputs<'a>(x: &'a Latent<'a>, t: &'a [f32], text: &'a [f32], rope: &'a Rope, text_shape: [i64; 3]) -> Vec<(&'static str, Input<'a>)> {
+    fn dit_inputs<'a>(
+        x: &'a Latent<'a>,
+        t: &'a [f32],
+        text: &'a [f32],
+        rope: &'a Rope,
+        text_shape: [i64; 3],
+    ) -> Vec<(&'static str, Input<'a>)> {
         vec![
-            ("x", Input::F32(x.shape.iter().map(|&d| d as i64).collect(), x.data)),
+            (
+                "x",
+                Input::F32(x.shape.iter().map(|&d| d as i64).collect(), x.data),
+            ),
             ("t", Input::F32(vec![t.len() as i64], t)),
             ("text", Input::F32(text_shape.to_vec(), text)),
-            ("rope_cos", Input::F32(vec![rope.tokens as i64, rope.cols as i64], &rope.cos)),
-            ("rope_sin", Input::F32(vec![rope.tokens as i64, rope.cols as i64], &rope.sin)),
+            (
+                "rope_cos",
+                Input::F32(vec![rope.tokens as i64, rope.cols as i64], &rope.cos),
+            ),
+            (
+                "rope_sin",
+                Input::F32(vec![rope.tokens as i64, rope.cols as i64], &rope.sin),
+            ),
         ]
     }
 
@@ -260,23 +351,56 @@ impl DitModel {
         let spec = &self.manifest().text;
         let per = spec.max_len * spec.dim;
         if text.len() != batch * per {
-            return Err(ModelError::Shape(format!("text embeddings have {} values, expected {batch} x {} x {}", text.len(), spec.max_len, spec.dim)));
+            return Err(ModelError::Shape(format!(
+                "text embeddings have {} values, expected {batch} x {} x {}",
+                text.len(),
+                spec.max_len,
+                spec.dim
+            )));
         }
         Ok([batch as i64, spec.max_len as i64, spec.dim as i64])
     }
 
     /// Velocity prediction for a batch `x [B,C,F,H,W]` at times `t [B]` with text `[B,L,D]`.
-    pub fn velocity(&self, x: &Latent<'_>, t: &[f32], text: &[f32], rope: &Rope, cancel: CancelCheck<'_>) -> Result<Vec<f32>, ModelError> {
+    pub fn velocity(
+        &self,
+        x: &Latent<'_>,
+        t: &[f32],
+        text: &[f32],
+        rope: &Rope,
+        cancel: CancelCheck<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
         let ts = self.text_shape(x.shape[0], text)?;
-        let out = Self::run(&self.denoiser, Self::dit_inputs(x, t, text, rope, ts), &["velocity"], cancel)?;
+        let out = Self::run(
+            &self.denoiser,
+            Self::dit_inputs(x, t, text, rope, ts),
+            &["velocity"],
+            cancel,
+        )?;
         Ok(out.into_iter().next().map(|o| o.data).unwrap_or_default())
     }
 
     /// Q and K `[B, heads, N, head_dim]` of the motion block.
-    pub fn guidance_qk(&self, x: &Latent<'_>, t: &[f32], text: &[f32], rope: &Rope, cancel: CancelCheck<'_>) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-        let graph = self.guidance_head.as_ref().ok_or(ModelError::MissingGraph("guidance_head"))?;
+    pub fn guidance_qk(
+        &self,
+        x: &Latent<'_>,
+        t: &[f32],
+        text: &[f32],
+        rope: &Rope,
+        cancel: CancelCheck<'_>,
+    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let graph = self
+            .guidance_head
+            .as_ref()
+            .ok_or(ModelError::MissingGraph("guidance_head"))?;
         let ts = self.text_shape(x.shape[0], text)?;
-        let mut out = Self::run(graph, Self::dit_inputs(x, t, text, rope, ts), &["q", "k"], cancel)?.into_iter();
+        let mut out = Self::run(
+            graph,
+            Self::dit_inputs(x, t, text, rope, ts),
+            &["q", "k"],
+            cancel,
+        )?
+        .into_iter();
         let q = out.next().map(|o| o.data).unwrap_or_default();
         let k = out.next().map(|o| o.data).unwrap_or_default();
         Ok((q, k))
@@ -284,11 +408,28 @@ impl DitModel {
 
     /// dL/dx given dL/dQ and dL/dK of the motion block (the VJP through blocks 0..L).
     #[allow(clippy::too_many_arguments)]
-    pub fn guidance_grad(&self, x: &Latent<'_>, t: &[f32], text: &[f32], rope: &Rope, dq: &[f32], dk: &[f32], cancel: CancelCheck<'_>) -> Result<Vec<f32>, ModelError> {
-        let graph = self.guidance_grad.as_ref().ok_or(ModelError::MissingGraph("guidance_grad"))?;
+    pub fn guidance_grad(
+        &self,
+        x: &Latent<'_>,
+        t: &[f32],
+        text: &[f32],
+        rope: &Rope,
+        dq: &[f32],
+        dk: &[f32],
+        cancel: CancelCheck<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let graph = self
+            .guidance_grad
+            .as_ref()
+            .ok_or(ModelError::MissingGraph("guidance_grad"))?;
         let ts = self.text_shape(x.shape[0], text)?;
         let m = self.manifest();
-        let qk_shape = vec![x.shape[0] as i64, m.heads as i64, rope.tokens as i64, m.head_dim as i64];
+        let qk_shape = vec![
+            x.shape[0] as i64,
+            m.heads as i64,
+            rope.tokens as i64,
+            m.head_dim as i64,
+        ];
         let mut inputs = Self::dit_inputs(x, t, text, rope, ts);
         inputs.push(("dq", Input::F32(qk_shape.clone(), dq)));
         inputs.push(("dk", Input::F32(qk_shape, dk)));

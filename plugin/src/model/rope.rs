@@ -6,10 +6,20 @@
 //! `theta^(-2k/d)`. Angles in f64, cos/sin stored as f32.
 
 /// cos and sin tables, each `frames*h*w x (dt+dh+dw)/2`, row-major.
-pub fn tables(frames: usize, h: usize, w: usize, axes_dim: [usize; 3], theta: f64) -> (Vec<f32>, Vec<f32>) {
+pub fn tables(
+    frames: usize,
+    h: usize,
+    w: usize,
+    axes_dim: [usize; 3],
+    theta: f64,
+) -> (Vec<f32>, Vec<f32>) {
     let freqs: Vec<Vec<f64>> = axes_dim
         .iter()
-        .map(|&d| (0..d / 2).map(|k| theta.powf(-((2 * k) as f64) / d as f64)).collect())
+        .map(|&d| {
+            (0..d / 2)
+                .map(|k| theta.powf(-((2 * k) as f64) / d as f64))
+                .collect()
+        })
         .collect();
     let cols: usize = freqs.iter().map(Vec::len).sum();
     let n = frames * h * w;

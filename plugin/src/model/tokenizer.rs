@@ -5,10 +5,18 @@ use super::bundle::TextSpec;
 
 /// Token ids `[max_len]` for `prompt`, and how many words were not in the vocabulary.
 pub fn tokenize(spec: &TextSpec, prompt: &str) -> (Vec<i64>, Vec<String>) {
-    let text = if spec.lowercase { prompt.to_lowercase() } else { prompt.to_string() };
+    let text = if spec.lowercase {
+        prompt.to_lowercase()
+    } else {
+        prompt.to_string()
+    };
     let mut ids = Vec::with_capacity(spec.max_len);
     let mut unknown = Vec::new();
-    for word in text.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || (!spec.lowercase && c.is_ascii_uppercase()))) {
+    for word in text.split(|c: char| {
+        !(c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || (!spec.lowercase && c.is_ascii_uppercase()))
+    }) {
         if word.is_empty() {
             continue;
         }

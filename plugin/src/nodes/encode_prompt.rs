@@ -12,7 +12,10 @@ use super::local_attention_dit::ModelHandle;
 use super::{descriptor, NodeClass};
 use crate::model::DitModel;
 
-pub const CLASS: NodeClass = NodeClass { descriptor: schema, create: || into_instance(EncodePrompt) };
+pub const CLASS: NodeClass = NodeClass {
+    descriptor: schema,
+    create: || into_instance(EncodePrompt),
+};
 
 fn schema() -> NodeDescriptor {
     descriptor(
@@ -55,7 +58,10 @@ impl Node for EncodePrompt {
         let positive = inputs.string("positive")?.trim().to_string();
         let negative = inputs.string("negative")?.trim().to_string();
         if positive.is_empty() {
-            return Err(NodeError::input("positive", "is empty: describe what the video should show"));
+            return Err(NodeError::input(
+                "positive",
+                "is empty: describe what the video should show",
+            ));
         }
         let cancel = || host.is_cancelled();
         let (emb, unknown) = handle
@@ -63,7 +69,10 @@ impl Node for EncodePrompt {
             .encode_text(&[&positive, &negative], &cancel)
             .map_err(|e| NodeError::new(NodeErrorKind::Model, e.to_string()))?;
         if !unknown.is_empty() {
-            host.warn(&format!("words the model does not know (ignored as <unk>): {}", unknown.join(", ")));
+            host.warn(&format!(
+                "words the model does not know (ignored as <unk>): {}",
+                unknown.join(", ")
+            ));
         }
         let half = emb.len() / 2;
         let cond = Conditioning {

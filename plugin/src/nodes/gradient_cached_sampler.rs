@@ -3,16 +3,22 @@
 use node_abi::{
     abi_stable::std_types::{RArc, RVec},
     plugin::{into_instance, Host, Inputs, Node},
-    InputKind, InputSpec, Latent, Literal, NodeDescriptor, NodeError, NodeErrorKind, Tensor, Value, ValueType, Video,
+    InputKind, InputSpec, Latent, Literal, NodeDescriptor, NodeError, NodeErrorKind, Tensor, Value,
+    ValueType, Video,
 };
 
 use super::encode_prompt::Conditioning;
 use super::local_attention_dit::ModelHandle;
 use super::{descriptor, NodeClass};
 use crate::model::ModelError;
-use crate::sampler::{self, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings};
+use crate::sampler::{
+    self, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings,
+};
 
-pub const CLASS: NodeClass = NodeClass { descriptor: schema, create: || into_instance(GradientCachedSampler) };
+pub const CLASS: NodeClass = NodeClass {
+    descriptor: schema,
+    create: || into_instance(GradientCachedSampler),
+};
 
 fn schema() -> NodeDescriptor {
     descriptor(
@@ -65,7 +71,10 @@ impl Node for GradientCachedSampler {
         let handle = inputs.opaque::<ModelHandle>("model")?;
         let cond = inputs.opaque::<Conditioning>("conditioning")?;
         if !std::sync::Arc::ptr_eq(&cond.model, &handle.model) {
-            return Err(NodeError::input("conditioning", "was encoded with another model: connect EncodePrompt to the same model"));
+            return Err(NodeError::input(
+                "conditioning",
+                "was encoded with another model: connect EncodePrompt to the same model",
+            ));
         }
         let model = &handle.model;
         let m = model.manifest();
@@ -73,27 +82,59 @@ impl Node for GradientCachedSampler {
             (true, false) => {
                 let v = inputs.video("reference")?;
                 if v.channels != 3 || v.data.len() != v.expected_len() {
-                    return Err(NodeError::input("reference", format!("expected RGB frames, got {} channels / {} values", v.channels, v.data.len())));
+                    return Err(NodeError::input(
+                        "reference",
+                        format!(
+                            "expected RGB frames, got {} channels / {} values",
+                            v.channels,
+                            v.data.len()
+                        ),
+                    ));
                 }
                 let (f, h, w) = (v.frames as usize, v.height as usize, v.width as usize);
-                ([1, 3, f, h, w], sampler::video_to_latent(f, h, w, &v.data), v.fps)
+                (
+                    [1, 3, f, h, w],
+                    sampler::video_to_latent(f, h, w, &v.data),
+                    v.fps,
+                )
             }
             (false, true) => {
                 let l = inputs.latent("reference_latent")?;
                 if l.space.as_str() != m.name {
-                    return Err(NodeError::input("reference_latent", format!("is a latent of '{}', this model is '{}'", l.space, m.name)));
+                    return Err(NodeError::input(
+                        "reference_latent",
+                        format!("is a latent of '{}', this model is '{}'", l.space, m.name),
+                    ));
                 }
                 let s: Vec<usize> = l.tensor.shape.iter().map(|&d| d as usize).collect();
                 if s.len() != 5 || l.tensor.data.len() != l.tensor.numel() {
-                    return Err(NodeError::input("reference_latent", format!("shape {s:?} is not [1, C, F, H, W]")));
+                    return Err(NodeError::input(
+                        "reference_latent",
+                        format!("shape {s:?} is not [1, C, F, H, W]"),
+                    ));
                 }
-                ([s[0], s[1], s[2], s[3], s[4]], l.tensor.data.to_vec(), l.fps)
+                (
+                    [s[0], s[1], s[2], s[3], s[4]],
+                    l.tensor.data.to_vec(),
+                    l.fps,
+                )
             }
-            (true, true) => return Err(NodeError::input("reference", "connect either reference or reference_latent, not both")),
-            (false, false) => return Err(NodeError::input("reference", "is required (or connect reference_latent)")),
+            (true, true) => {
+                return Err(NodeError::input(
+                    "reference",
+                    "connect either reference or reference_latent, not both",
+                ))
+            }
+            (false, false) => {
+                return Err(NodeError::input(
+                    "reference",
+                    "is required (or connect reference_latent)",
+                ))
+            }
         };
         let mode_name = inputs.string("mode")?;
-        let mode = GuidanceMode::parse(mode_name).ok_or_else(|| NodeError::input("mode", format!("unknown mode '{mode_name}'")))?;
+        let mode = GuidanceMode::parse(mode_name)
+            .ok_or_else(|| NodeError::input("mode", format!("unknown mode '{mode_name}'")))?;
         let lr = match inputs.float("learning_rate")? {
             v if v <= 0.0 => m.default_f64("guidance_lr", 0.015),
             v => v,
@@ -117,10 +158,21 @@ impl Node for GradientCachedSampler {
                 changed_cos: 0.7,
             },
         };
-        let prompts = PromptEmbeddings { positive: &cond.positive_emb, negative: &cond.negative_emb };
+        let prompts = PromptEmbeddings {
+            positive: &cond.positive_emb,
+            negative: &cond.negative_emb,
+        };
         let cancel = || host.is_cancelled();
         let mut progress = |p: sampler::Progress<'_>| host.progress(p.step, p.total, p.message);
-        let out = sampler::sample(model, (&shape, &latent), &prompts, &settings, &mut progress, &cancel).map_err(sample_error)?;
+        let out = sampler::sample(
+            model,
+            (&shape, &latent),
+            &prompts,
+            &settings,
+            &mut progress,
+            &cancel,
+        )
+        .map_err(sample_error)?;
         let s = &out.stats;
         if let Some(why) = &s.stopped_on_nan {
             host.warn(why);
@@ -137,10 +189,28 @@ impl Node for GradientCachedSampler {
         ));
         let [_, _, f, h, w] = shape;
         let frames = sampler::latent_to_video(f, h, w, &out.latent);
-        let video = Video { frames: f as u32, height: h as u32, width: w as u32, channels: 3, fps, data: RVec::from(frames) };
-        let latent = Latent { tensor: Tensor { shape: shape.iter().map(|&d| d as u64).collect(), data: RVec::from(out.latent) }, fps, space: m.name.as_str().into() };
+        let video = Video {
+            frames: f as u32,
+            height: h as u32,
+            width: w as u32,
+            channels: 3,
+            fps,
+            data: RVec::from(frames),
+        };
+        let latent = Latent {
+            tensor: Tensor {
+                shape: shape.iter().map(|&d| d as u64).collect(),
+                data: RVec::from(out.latent),
+            },
+            fps,
+            space: m.name.as_str().into(),
+        };
         let mut report = serde_json::to_value(s).unwrap_or_default();
         report["mode"] = mode_name.into();
-        Ok(vec![Value::Video(RArc::new(video)), Value::Latent(RArc::new(latent)), Value::String(report.to_string().into())])
+        Ok(vec![
+            Value::Video(RArc::new(video)),
+            Value::Latent(RArc::new(latent)),
+            Value::String(report.to_string().into()),
+        ])
     }
 }

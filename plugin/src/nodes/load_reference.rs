@@ -12,7 +12,10 @@ use node_abi::{
 
 use super::{descriptor, video_error, NodeClass};
 
-pub const CLASS: NodeClass = NodeClass { descriptor: schema, create: || into_instance(LoadReference) };
+pub const CLASS: NodeClass = NodeClass {
+    descriptor: schema,
+    create: || into_instance(LoadReference),
+};
 
 fn schema() -> NodeDescriptor {
     descriptor(
@@ -44,13 +47,21 @@ impl Node for LoadReference {
     fn run(&mut self, inputs: &Inputs, host: &Host<'_, '_>) -> Result<Vec<Value>, NodeError> {
         let path = inputs.string("path")?;
         if path.trim().is_empty() {
-            return Err(NodeError::input("path", "is empty: give a GIF, movie or frame folder"));
+            return Err(NodeError::input(
+                "path",
+                "is empty: give a GIF, movie or frame folder",
+            ));
         }
         let (width, height) = (inputs.int("width")?, inputs.int("height")?);
         let size = match (width, height) {
             (0, 0) => None,
             (w, h) if w > 0 && h > 0 => Some((w as usize, h as usize)),
-            _ => return Err(NodeError::input("width", format!("set both width and height, or neither (got {width}x{height})"))),
+            _ => {
+                return Err(NodeError::input(
+                    "width",
+                    format!("set both width and height, or neither (got {width}x{height})"),
+                ))
+            }
         };
         let count = inputs.int("frame_count")?;
         let fps = inputs.float("fps")?;
@@ -59,13 +70,20 @@ impl Node for LoadReference {
             max_frames: (count > 0).then_some(count as usize),
             stride: inputs.int("stride")?.max(1) as usize,
             size,
-            fit: if inputs.string("fit")? == "stretch" { Fit::Stretch } else { Fit::Crop },
+            fit: if inputs.string("fit")? == "stretch" {
+                Fit::Stretch
+            } else {
+                Fit::Crop
+            },
             fps: (fps > 0.0).then_some(fps as f32),
         };
         host.progress(0, 1, "reading");
         let frames = load_video(Path::new(path), &opts).map_err(|e| video_error("path", e))?;
         host.progress(1, 1, "read");
-        host.info(&format!("{path}: {} frames of {}x{} at {} fps", frames.frames, frames.width, frames.height, frames.fps));
+        host.info(&format!(
+            "{path}: {} frames of {}x{} at {} fps",
+            frames.frames, frames.width, frames.height, frames.fps
+        ));
         let video = Video {
             frames: frames.frames as u32,
             height: frames.height as u32,

@@ -16,7 +16,10 @@ use crate::model::{bundle::default_bundle_dir, Device, DitModel, ModelError};
 use crate::runtime::ort_env;
 use crate::sampler::guidance::{AmfConfig, AmfPrecision};
 
-pub const CLASS: NodeClass = NodeClass { descriptor: schema, create: || into_instance(LocalAttentionDit) };
+pub const CLASS: NodeClass = NodeClass {
+    descriptor: schema,
+    create: || into_instance(LocalAttentionDit),
+};
 
 fn schema() -> NodeDescriptor {
     descriptor(
@@ -48,7 +51,12 @@ pub struct ModelHandle {
 
 impl Opaque for ModelHandle {
     fn describe(&self) -> RString {
-        format!("{} on {}", self.model.manifest().name, self.model.device.name()).into()
+        format!(
+            "{} on {}",
+            self.model.manifest().name,
+            self.model.device.name()
+        )
+        .into()
     }
 }
 
@@ -65,7 +73,11 @@ struct LocalAttentionDit;
 impl Node for LocalAttentionDit {
     fn run(&mut self, inputs: &Inputs, host: &Host<'_, '_>) -> Result<Vec<Value>, NodeError> {
         let bundle = inputs.string("bundle")?;
-        let dir = if bundle.trim().is_empty() { default_bundle_dir() } else { PathBuf::from(bundle) };
+        let dir = if bundle.trim().is_empty() {
+            default_bundle_dir()
+        } else {
+            PathBuf::from(bundle)
+        };
         let cuda_ready = || -> Result<(), String> {
             Backend::cuda_available()?;
             ort_env::environment().map_err(|e| e.to_string())?;
@@ -78,7 +90,12 @@ impl Node for LocalAttentionDit {
         let device = match inputs.string("device")? {
             "cpu" => Device::Cpu,
             "cuda" => {
-                cuda_ready().map_err(|why| NodeError::input("device", format!("cuda was asked for but is not available: {why}")))?;
+                cuda_ready().map_err(|why| {
+                    NodeError::input(
+                        "device",
+                        format!("cuda was asked for but is not available: {why}"),
+                    )
+                })?;
                 Device::Cuda
             }
             _ => match cuda_ready() {
@@ -89,7 +106,11 @@ impl Node for LocalAttentionDit {
                 }
             },
         };
-        host.progress(0, 1, &format!("loading {} on {}", dir.display(), device.name()));
+        host.progress(
+            0,
+            1,
+            &format!("loading {} on {}", dir.display(), device.name()),
+        );
         let model = DitModel::load(&dir, device).map_err(|e| model_error("bundle", e))?;
         let m = model.manifest();
         let block = inputs.int("motion_block")?;
@@ -101,12 +122,20 @@ impl Node for LocalAttentionDit {
         }
         let radius = match inputs.int("spatial_radius")? {
             r if r < 0 => m.default_f64("spatial_radius", 3.0) as usize,
-            0 => return Err(NodeError::input("spatial_radius", "must be at least 1 (or -1 for the bundle's default)")),
+            0 => {
+                return Err(NodeError::input(
+                    "spatial_radius",
+                    "must be at least 1 (or -1 for the bundle's default)",
+                ))
+            }
             r => r as usize,
         };
         let temporal_window = inputs.int("temporal_window")? as usize;
         if temporal_window == 1 {
-            return Err(NodeError::input("temporal_window", "1 leaves no frame pairs: use 0 (all pairs) or at least 2"));
+            return Err(NodeError::input(
+                "temporal_window",
+                "1 leaves no frame pairs: use 0 (all pairs) or at least 2",
+            ));
         }
         let amf = AmfConfig {
             local: inputs.string("amf_mode")? == "local",
@@ -119,7 +148,11 @@ impl Node for LocalAttentionDit {
                 "bf16" => AmfPrecision::Bf16,
                 _ => AmfPrecision::F32,
             },
-            backend: if device == Device::Cuda { Backend::Cuda { device: 0 } } else { Backend::Cpu },
+            backend: if device == Device::Cuda {
+                Backend::Cuda { device: 0 }
+            } else {
+                Backend::Cpu
+            },
         };
         host.info(&format!(
             "loaded {} ({} blocks, motion block {}) on {}; guidance graphs: {}",
@@ -127,7 +160,11 @@ impl Node for LocalAttentionDit {
             m.blocks,
             m.motion_block,
             device.name(),
-            if model.has_guidance() { "yes" } else { "no (only mode 'none' can sample)" }
+            if model.has_guidance() {
+                "yes"
+            } else {
+                "no (only mode 'none' can sample)"
+            }
         ));
         host.progress(1, 1, "loaded");
         Ok(vec![Value::Model(opaque(ModelHandle { model, amf }))])

@@ -42,7 +42,13 @@ pub fn descriptor(
         category: category.into(),
         description: description.into(),
         inputs: inputs.into(),
-        outputs: outputs.iter().map(|(name, ty)| OutputSpec { name: (*name).into(), ty: *ty }).collect(),
+        outputs: outputs
+            .iter()
+            .map(|(name, ty)| OutputSpec {
+                name: (*name).into(),
+                ty: *ty,
+            })
+            .collect(),
         is_output,
     }
 }
@@ -53,7 +59,9 @@ pub fn video_error(input: &str, e: fastvmt_video_io::VideoError) -> node_abi::No
     use node_abi::{NodeError, NodeErrorKind};
     match e {
         E::Cancelled => NodeError::cancelled(),
-        E::Io { .. } | E::FfmpegMissing { .. } | E::Ffmpeg { .. } => NodeError::new(NodeErrorKind::Io, e.to_string()).with_input(input),
+        E::Io { .. } | E::FfmpegMissing { .. } | E::Ffmpeg { .. } => {
+            NodeError::new(NodeErrorKind::Io, e.to_string()).with_input(input)
+        }
         other => NodeError::input(input, other.to_string()),
     }
 }

@@ -11,7 +11,10 @@ use node_abi::{
 
 use super::{descriptor, video_error, NodeClass};
 
-pub const CLASS: NodeClass = NodeClass { descriptor: schema, create: || into_instance(SaveVideo) };
+pub const CLASS: NodeClass = NodeClass {
+    descriptor: schema,
+    create: || into_instance(SaveVideo),
+};
 
 fn schema() -> NodeDescriptor {
     descriptor(
@@ -44,12 +47,24 @@ impl Node for SaveVideo {
             _ => VideoFormat::Gif,
         };
         if video.channels != 3 {
-            return Err(NodeError::input("video", format!("has {} channels; SaveVideo writes RGB (3)", video.channels)));
+            return Err(NodeError::input(
+                "video",
+                format!("has {} channels; SaveVideo writes RGB (3)", video.channels),
+            ));
         }
-        let frames = Frames::new(video.data.to_vec(), video.frames as usize, video.height as usize, video.width as usize, video.fps)
-            .map_err(|e| video_error("video", e))?;
+        let frames = Frames::new(
+            video.data.to_vec(),
+            video.frames as usize,
+            video.height as usize,
+            video.width as usize,
+            video.fps,
+        )
+        .map_err(|e| video_error("video", e))?;
         host.progress(0, 1, "writing");
-        let written = save_video(&frames, Path::new(folder), prefix, format, &|| host.is_cancelled()).map_err(|e| match e {
+        let written = save_video(&frames, Path::new(folder), prefix, format, &|| {
+            host.is_cancelled()
+        })
+        .map_err(|e| match e {
             fastvmt_video_io::VideoError::InvalidPrefix { .. } => video_error("prefix", e),
             other => video_error("folder", other),
         })?;

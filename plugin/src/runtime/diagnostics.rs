@@ -5,15 +5,32 @@ use node_abi::Diagnostic;
 use super::ort_env;
 
 fn line(subject: &str, available: bool, detail: impl Into<String>) -> Diagnostic {
-    Diagnostic { subject: subject.into(), available, detail: detail.into().as_str().into() }
+    Diagnostic {
+        subject: subject.into(),
+        available,
+        detail: detail.into().as_str().into(),
+    }
 }
 
 pub fn report() -> Vec<Diagnostic> {
     let mut out = Vec::new();
     match ort_env::locate(false) {
         Ok((path, source)) => match ort_env::environment() {
-            Ok((_, lib)) => out.push(line("ONNX Runtime library", true, format!("{} ({}, from {})", lib.version, lib.path.display(), lib.source))),
-            Err(e) => out.push(line("ONNX Runtime library", false, format!("found at {} ({source}) but: {e}", path.display()))),
+            Ok((_, lib)) => out.push(line(
+                "ONNX Runtime library",
+                true,
+                format!(
+                    "{} ({}, from {})",
+                    lib.version,
+                    lib.path.display(),
+                    lib.source
+                ),
+            )),
+            Err(e) => out.push(line(
+                "ONNX Runtime library",
+                false,
+                format!("found at {} ({source}) but: {e}", path.display()),
+            )),
         },
         Err(e) => out.push(line("ONNX Runtime library", false, e.to_string())),
     }

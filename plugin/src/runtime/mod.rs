@@ -10,10 +10,17 @@ use node_abi::Diagnostic;
 pub fn cuda_report() -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let (ok, detail) = match fastvmt_kernels::Backend::cuda_available() {
-        Ok(()) => (true, "CUDA driver and NVRTC found; AMF kernels can run on the GPU".to_string()),
+        Ok(()) => (
+            true,
+            "CUDA driver and NVRTC found; AMF kernels can run on the GPU".to_string(),
+        ),
         Err(why) => (false, why),
     };
-    out.push(Diagnostic { subject: "CUDA driver / NVRTC (AMF kernels)".into(), available: ok, detail: detail.as_str().into() });
+    out.push(Diagnostic {
+        subject: "CUDA driver / NVRTC (AMF kernels)".into(),
+        available: ok,
+        detail: detail.as_str().into(),
+    });
     let (ok, detail) = match ort_env::environment() {
         Err(e) => (false, format!("ONNX Runtime not loaded: {e}")),
         Ok(_) => {
@@ -25,6 +32,10 @@ pub fn cuda_report() -> Vec<Diagnostic> {
             }
         }
     };
-    out.push(Diagnostic { subject: "ONNX Runtime CUDA provider".into(), available: ok, detail: detail.as_str().into() });
+    out.push(Diagnostic {
+        subject: "ONNX Runtime CUDA provider".into(),
+        available: ok,
+        detail: detail.as_str().into(),
+    });
     out
 }

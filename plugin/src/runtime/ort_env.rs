@@ -50,7 +50,9 @@ fn cache_dir() -> PathBuf {
 }
 
 fn cached_library() -> PathBuf {
-    cache_dir().join(format!("onnxruntime-{ORT_VERSION}")).join(format!("libonnxruntime.so.{ORT_VERSION}"))
+    cache_dir()
+        .join(format!("onnxruntime-{ORT_VERSION}"))
+        .join(format!("libonnxruntime.so.{ORT_VERSION}"))
 }
 
 fn python() -> &'static str {
@@ -68,7 +70,9 @@ fn python_package_library() -> Option<PathBuf> {
                   print(libs[-1] if libs else '')";
     let out = Command::new(python()).args(["-c", script]).output().ok()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path)).filter(|p| p.is_file())
+    (out.status.success() && !path.is_empty())
+        .then(|| PathBuf::from(path))
+        .filter(|p| p.is_file())
 }
 
 /// Fetches the wheel with pip (from the package registry only) and extracts the library.
@@ -78,8 +82,24 @@ fn fetch_wheel(target: &Path) -> Result<(), String> {
     let download = dir.join(format!(".download-{}", std::process::id()));
     eprintln!("fastvmt: ONNX Runtime not found; fetching the onnxruntime=={ORT_VERSION} wheel from PyPI with pip into {} …", dir.display());
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.11"])
-        .args(["--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_17_x86_64"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+        ])
+        .args([
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_27_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+        ])
         .arg(format!("onnxruntime=={ORT_VERSION}"))
         .arg("-d")
         .arg(&download)
@@ -87,7 +107,9 @@ fn fetch_wheel(target: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot run pip: {e}"))?;
     if !status.success() {
         let _ = std::fs::remove_dir_all(&download);
-        return Err(format!("pip download of onnxruntime=={ORT_VERSION} failed ({status})"));
+        return Err(format!(
+            "pip download of onnxruntime=={ORT_VERSION} failed ({status})"
+        ));
     }
     // Extract to a temporary name, then rename: a concurrent or interrupted fetch never
     // leaves a truncated library under the final name.
@@ -99,11 +121,17 @@ fn fetch_wheel(target: &Path) -> Result<(), String> {
                   open(tmp, 'wb').write(z.read(name))\n\
                   os.chmod(tmp, 0o755)\n\
                   os.replace(tmp, sys.argv[2])\n";
-    let status = Command::new(python()).args(["-c", script]).arg(&download).arg(target).status();
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(&download)
+        .arg(target)
+        .status();
     let _ = std::fs::remove_dir_all(&download);
     match status {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("extracting the library from the wheel failed ({s})")),
+        Ok(s) => Err(format!(
+            "extracting the library from the wheel failed ({s})"
+        )),
         Err(e) => Err(format!("cannot run python to extract the wheel: {e}")),
     }
 }
@@ -112,7 +140,11 @@ fn fetch_wheel(target: &Path) -> Result<(), String> {
 pub fn locate(fetch: bool) -> Result<(PathBuf, &'static str), OrtSetupError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok((p, "ORT_DYLIB_PATH")) } else { Err(OrtSetupError::EnvPathMissing(p)) };
+        return if p.is_file() {
+            Ok((p, "ORT_DYLIB_PATH"))
+        } else {
+            Err(OrtSetupError::EnvPathMissing(p))
+        };
     }
     let cached = cached_library();
     if cached.is_file() {
@@ -130,8 +162,13 @@ pub fn locate(fetch: bool) -> Result<(PathBuf, &'static str), OrtSetupError> {
 
 fn version_of(path: &Path) -> String {
     // libonnxruntime.so.1.30.0 → 1.30.0; the build info string is the authority once loaded.
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.strip_prefix("libonnxruntime.so.").unwrap_or("unknown").to_string()
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_prefix("libonnxruntime.so.")
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 struct State {
@@ -142,26 +179,47 @@ struct State {
 static STATE: OnceLock<Result<State, OrtSetupError>> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment (finding or fetching the library first).
-pub fn environment() -> Result<(&'static ort::environment::Environment, &'static OrtLibrary), OrtSetupError> {
+pub fn environment(
+) -> Result<(&'static ort::environment::Environment, &'static OrtLibrary), OrtSetupError> {
     let state = STATE.get_or_init(|| {
         let (path, source) = locate(true)?;
         let version = version_of(&path);
-        if let Some(minor) = version.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()) {
+        if let Some(minor) = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse::<u32>().ok())
+        {
             if minor < ORT_MIN_MINOR {
-                return Err(OrtSetupError::TooOld { path, found: version });
+                return Err(OrtSetupError::TooOld {
+                    path,
+                    found: version,
+                });
             }
         }
         // init_from reports a missing or broken library as an error; ort's lazy loading
         // would panic instead.
-        let builder = ort::init_from(&path).map_err(|e| OrtSetupError::Load { path: path.clone(), message: e.to_string() })?;
-        let env = builder.with_name("fastvmt").build().map_err(|e| OrtSetupError::Environment(e.to_string()))?;
+        let builder = ort::init_from(&path).map_err(|e| OrtSetupError::Load {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let env = builder
+            .with_name("fastvmt")
+            .build()
+            .map_err(|e| OrtSetupError::Environment(e.to_string()))?;
         let build = ort::info().to_string();
         let version = build
             .split(|c: char| c.is_whitespace() || c == ',')
             .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
             .map(str::to_string)
             .unwrap_or(version);
-        Ok(State { library: OrtLibrary { path, version, source }, env })
+        Ok(State {
+            library: OrtLibrary {
+                path,
+                version,
+                source,
+            },
+            env,
+        })
     });
     match state {
         Ok(s) => Ok((&s.env, &s.library)),

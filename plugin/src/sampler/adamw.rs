@@ -12,7 +12,15 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(len: usize, weight_decay: f32) -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, m: vec![0.0; len], v: vec![0.0; len], t: 0 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+        }
     }
 
     pub fn step(&mut self, x: &mut [f32], grad: &[f32], lr: f32) {

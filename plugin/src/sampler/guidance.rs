@@ -18,7 +18,8 @@
 //! prompt, read out with argmax.
 
 use fastvmt_kernels::{
-    amf_loss_and_grad, compute_amf, AmfField, AmfSpec, Backend, KeyWindow, LossAndGrad, LossSpec, PairSet, PairWeights, Readout, WindowCentre,
+    amf_loss_and_grad, compute_amf, AmfField, AmfSpec, Backend, KeyWindow, LossAndGrad, LossSpec,
+    PairSet, PairWeights, Readout, WindowCentre,
 };
 use half::{bf16, f16};
 
@@ -139,22 +140,64 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 impl<'m> Guide<'m> {
-    pub fn new(model: &'m DitModel, settings: &GuidanceSettings, rope: &'m Rope, guided_steps: usize) -> Result<Self, SampleError> {
+    pub fn new(
+        model: &'m DitModel,
+        settings: &GuidanceSettings,
+        rope: &'m Rope,
+        guided_steps: usize,
+    ) -> Result<Self, SampleError> {
         let m = model.manifest();
         let (f, h, w) = rope.grid;
         let dense = settings.mode == GuidanceMode::DitFlow || !settings.amf.local;
         let (pairs, window) = if dense {
             (PairSet::AllOrdered, KeyWindow::Full)
         } else {
-            let pairs = if settings.amf.temporal_window == 0 { PairSet::AllOrdered } else { PairSet::Forward { span: settings.amf.temporal_window } };
-            let centre = if settings.amf.coarse_tiles { WindowCentre::CoarseTiles { tile_h: 3, tile_w: 4 } } else { WindowCentre::Query };
-            (pairs, KeyWindow::Local { radius: settings.amf.spatial_radius, centre })
+            let pairs = if settings.amf.temporal_window == 0 {
+                PairSet::AllOrdered
+            } else {
+                PairSet::Forward {
+                    span: settings.amf.temporal_window,
+                }
+            };
+            let centre = if settings.amf.coarse_tiles {
+                WindowCentre::CoarseTiles {
+                    tile_h: 3,
+                    tile_w: 4,
+                }
+            } else {
+                WindowCentre::Query
+            };
+            (
+                pairs,
+                KeyWindow::Local {
+                    radius: settings.amf.spatial_radius,
+                    centre,
+                },
+            )
         };
-        let spec = AmfSpec { heads: m.heads, frames: f, grid_h: h, grid_w: w, head_dim: m.head_dim, tau: settings.amf.tau, pairs, window };
+        let spec = AmfSpec {
+            heads: m.heads,
+            frames: f,
+            grid_h: h,
+            grid_w: w,
+            head_dim: m.head_dim,
+            tau: settings.amf.tau,
+            pairs,
+            window,
+        };
         let loss = if settings.mode == GuidanceMode::DitFlow {
-            LossSpec { pair_weights: PairWeights::Uniform, moving_threshold: Some(0.5) }
+            LossSpec {
+                pair_weights: PairWeights::Uniform,
+                moving_threshold: Some(0.5),
+            }
         } else {
-            LossSpec { pair_weights: PairWeights::LinearDecay { first: 1.0, last: 0.8 }, moving_threshold: None }
+            LossSpec {
+                pair_weights: PairWeights::LinearDecay {
+                    first: 1.0,
+                    last: 0.8,
+                },
+                moving_threshold: None,
+            }
         };
         Ok(Self {
             model,
@@ -175,36 +218,106 @@ impl<'m> Guide<'m> {
         let b = &self.settings.amf.backend;
         match self.settings.amf.precision {
             AmfPrecision::F32 => compute_amf(b, q, k, &self.spec, Readout::Argmax),
-            AmfPrecision::F16 => compute_amf(b, &to_half::<f16>(q), &to_half::<f16>(k), &self.spec, Readout::Argmax),
-            AmfPrecision::Bf16 => compute_amf(b, &to_half::<bf16>(q), &to_half::<bf16>(k), &self.spec, Readout::Argmax),
+            AmfPrecision::F16 => compute_amf(
+                b,
+                &to_half::<f16>(q),
+                &to_half::<f16>(k),
+                &self.spec,
+                Readout::Argmax,
+            ),
+            AmfPrecision::Bf16 => compute_amf(
+                b,
+                &to_half::<bf16>(q),
+                &to_half::<bf16>(k),
+                &self.spec,
+                Readout::Argmax,
+            ),
         }
     }
 
-    fn loss_grad(&self, q: &[f32], k: &[f32], reference: &AmfField) -> Result<LossAndGrad, fastvmt_kernels::KernelError> {
+    fn loss_grad(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        reference: &AmfField,
+    ) -> Result<LossAndGrad, fastvmt_kernels::KernelError> {
         let b = &self.settings.amf.backend;
         match self.settings.amf.precision {
             AmfPrecision::F32 => amf_loss_and_grad(b, q, k, &self.spec, reference, &self.loss),
-            AmfPrecision::F16 => amf_loss_and_grad(b, &to_half::<f16>(q), &to_half::<f16>(k), &self.spec, reference, &self.loss),
-            AmfPrecision::Bf16 => amf_loss_and_grad(b, &to_half::<bf16>(q), &to_half::<bf16>(k), &self.spec, reference, &self.loss),
+            AmfPrecision::F16 => amf_loss_and_grad(
+                b,
+                &to_half::<f16>(q),
+                &to_half::<f16>(k),
+                &self.spec,
+                reference,
+                &self.loss,
+            ),
+            AmfPrecision::Bf16 => amf_loss_and_grad(
+                b,
+                &to_half::<bf16>(q),
+                &to_half::<bf16>(k),
+                &self.spec,
+                reference,
+                &self.loss,
+            ),
         }
     }
 
     /// The reference AMF at time `t` (one guidance-head pass, no gradient).
-    fn reference_amf(&self, ctx: &StepContext<'_>, stats: &mut SampleStats, cancel: CancelCheck<'_>) -> Result<AmfField, SampleError> {
+    fn reference_amf(
+        &self,
+        ctx: &StepContext<'_>,
+        stats: &mut SampleStats,
+        cancel: CancelCheck<'_>,
+    ) -> Result<AmfField, SampleError> {
         let rt = (self.settings.reference_noise_scale * ctx.t).clamp(0.0, 1.0);
-        let x_ref: Vec<f32> = ctx.reference.iter().zip(ctx.ref_noise).map(|(r, e)| (1.0 - rt) * r + rt * e).collect();
-        let (q, k) = self.model.guidance_qk(&Latent { shape: *ctx.shape, data: &x_ref }, &[rt], ctx.empty_text, self.rope, cancel)?;
+        let x_ref: Vec<f32> = ctx
+            .reference
+            .iter()
+            .zip(ctx.ref_noise)
+            .map(|(r, e)| (1.0 - rt) * r + rt * e)
+            .collect();
+        let (q, k) = self.model.guidance_qk(
+            &Latent {
+                shape: *ctx.shape,
+                data: &x_ref,
+            },
+            &[rt],
+            ctx.empty_text,
+            self.rope,
+            cancel,
+        )?;
         stats.real_forward += 1;
         Ok(self.amf(&q, &k)?)
     }
 
     /// A real gradient: guidance-head forward, AMF loss and its gradient, VJP to the latent.
-    fn real_gradient(&self, x: &[f32], ctx: &StepContext<'_>, reference: &AmfField, stats: &mut SampleStats, cancel: CancelCheck<'_>) -> Result<(f32, Vec<f32>), SampleError> {
-        let latent = Latent { shape: *ctx.shape, data: x };
-        let (q, k) = self.model.guidance_qk(&latent, &[ctx.t], ctx.text, self.rope, cancel)?;
+    fn real_gradient(
+        &self,
+        x: &[f32],
+        ctx: &StepContext<'_>,
+        reference: &AmfField,
+        stats: &mut SampleStats,
+        cancel: CancelCheck<'_>,
+    ) -> Result<(f32, Vec<f32>), SampleError> {
+        let latent = Latent {
+            shape: *ctx.shape,
+            data: x,
+        };
+        let (q, k) = self
+            .model
+            .guidance_qk(&latent, &[ctx.t], ctx.text, self.rope, cancel)?;
         stats.real_forward += 1;
         let lg = self.loss_grad(&q, &k, reference)?;
-        let dx = self.model.guidance_grad(&latent, &[ctx.t], ctx.text, self.rope, &lg.dq, &lg.dk, cancel)?;
+        let dx = self.model.guidance_grad(
+            &latent,
+            &[ctx.t],
+            ctx.text,
+            self.rope,
+            &lg.dq,
+            &lg.dk,
+            cancel,
+        )?;
         stats.real_backward += 1;
         Ok((lg.loss, dx))
     }
@@ -219,7 +332,11 @@ impl<'m> Guide<'m> {
         cancel: CancelCheck<'_>,
     ) -> Result<(), SampleError> {
         let s = &self.settings;
-        let decay = if self.guided_steps > 1 { ctx.step as f32 / (self.guided_steps - 1) as f32 } else { 0.0 };
+        let decay = if self.guided_steps > 1 {
+            ctx.step as f32 / (self.guided_steps - 1) as f32
+        } else {
+            0.0
+        };
         let lr = s.lr * (1.0 - (1.0 - s.lr_end_ratio) * decay);
         let reference = self.reference_amf(ctx, stats, cancel)?;
         let snapshot = x.clone();
@@ -229,7 +346,11 @@ impl<'m> Guide<'m> {
 
         // Adaptive: start on the previous step's gradient when it had settled.
         let mut next_real = 0usize;
-        if mode == GuidanceMode::Adaptive && self.cached.is_some() && self.last_step_improved && self.last_cos.is_some_and(|c| c >= s.stable_cos) {
+        if mode == GuidanceMode::Adaptive
+            && self.cached.is_some()
+            && self.last_step_improved
+            && self.last_cos.is_some_and(|c| c >= s.stable_cos)
+        {
             next_real = self.interval;
         } else if mode != GuidanceMode::Adaptive {
             self.cached = None; // FastVMT: no reuse across denoising steps
@@ -253,7 +374,9 @@ impl<'m> Guide<'m> {
                 let (loss, dx) = match self.real_gradient(x, ctx, &reference, stats, cancel) {
                     Ok(r) => r,
                     // Non-finite Q/K from the model: handled like a non-finite loss below.
-                    Err(SampleError::Kernel(fastvmt_kernels::KernelError::NonFinite { .. })) => (f32::NAN, Vec::new()),
+                    Err(SampleError::Kernel(fastvmt_kernels::KernelError::NonFinite {
+                        ..
+                    })) => (f32::NAN, Vec::new()),
                     Err(e) => return Err(e),
                 };
                 if !loss.is_finite() || dx.iter().any(|v| !v.is_finite()) {
@@ -289,7 +412,10 @@ impl<'m> Guide<'m> {
             } else {
                 stats.cached_steps += 1;
             }
-            let grad = self.cached.as_ref().expect("a gradient exists after a real pass");
+            let grad = self
+                .cached
+                .as_ref()
+                .expect("a gradient exists after a real pass");
             opt.step(x, grad, lr);
             if x.iter().any(|v| !v.is_finite()) {
                 stats.stopped_on_nan = Some(format!("the latent became non-finite at guided step {}, inner step {j} (learning rate {lr} too high?); guidance stopped, sampling went on unguided", ctx.step));
@@ -297,7 +423,15 @@ impl<'m> Guide<'m> {
                 self.cached = None;
                 return Ok(());
             }
-            progress(j, &format!("guided step {}/{}, inner {}/{inner}{note}", ctx.step + 1, self.guided_steps, j + 1));
+            progress(
+                j,
+                &format!(
+                    "guided step {}/{}, inner {}/{inner}{note}",
+                    ctx.step + 1,
+                    self.guided_steps,
+                    j + 1
+                ),
+            );
         }
         self.last_step_improved = matches!((first_loss, last_loss), (Some(a), Some(b)) if b <= a);
         Ok(())

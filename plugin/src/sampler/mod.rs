@@ -71,7 +71,10 @@ pub enum SampleError {
     #[error("{0}")]
     Model(#[from] ModelError),
     #[error("{input}: {message}")]
-    Input { input: &'static str, message: String },
+    Input {
+        input: &'static str,
+        message: String,
+    },
     #[error("AMF kernel: {0}")]
     Kernel(#[from] fastvmt_kernels::KernelError),
 }
@@ -96,15 +99,30 @@ pub fn sample(
     let (shape, ref_data) = reference;
     let [b, c, f, h, w] = *shape;
     if b != 1 {
-        return Err(SampleError::Input { input: "reference", message: format!("batch {b}: one video at a time") });
+        return Err(SampleError::Input {
+            input: "reference",
+            message: format!("batch {b}: one video at a time"),
+        });
     }
     if c != model.manifest().latent.channels {
-        return Err(SampleError::Input { input: "reference", message: format!("{c} channels, the model takes {}", model.manifest().latent.channels) });
+        return Err(SampleError::Input {
+            input: "reference",
+            message: format!(
+                "{c} channels, the model takes {}",
+                model.manifest().latent.channels
+            ),
+        });
     }
     if settings.steps == 0 {
-        return Err(SampleError::Input { input: "steps", message: "must be at least 1".into() });
+        return Err(SampleError::Input {
+            input: "steps",
+            message: "must be at least 1".into(),
+        });
     }
-    let rope = model.rope(f, h, w).map_err(|e| SampleError::Input { input: "reference", message: e.to_string() })?;
+    let rope = model.rope(f, h, w).map_err(|e| SampleError::Input {
+        input: "reference",
+        message: e.to_string(),
+    })?;
     let guided = settings.guidance.mode != GuidanceMode::None;
     if guided {
         if !model.has_guidance() {
@@ -137,15 +155,27 @@ pub fn sample(
     let mut x: Vec<f32> = if settings.denoise >= 1.0 {
         noise.clone()
     } else {
-        ref_data.iter().zip(&noise).map(|(r, e)| (1.0 - s0) * r + s0 * e).collect()
+        ref_data
+            .iter()
+            .zip(&noise)
+            .map(|(r, e)| (1.0 - s0) * r + s0 * e)
+            .collect()
     };
 
     let run_steps = settings.steps - start;
-    let guided_steps = if guided { ((settings.guidance.fraction * run_steps as f32).round() as usize).min(run_steps) } else { 0 };
+    let guided_steps = if guided {
+        ((settings.guidance.fraction * run_steps as f32).round() as usize).min(run_steps)
+    } else {
+        0
+    };
     let inner = settings.guidance.inner_steps;
     let total = (run_steps + guided_steps * inner) as u64;
     let mut done_units = 0u64;
-    let mut stats = SampleStats { guided_steps, inner_steps: inner, ..Default::default() };
+    let mut stats = SampleStats {
+        guided_steps,
+        inner_steps: inner,
+        ..Default::default()
+    };
 
     let empty = model.empty_text(cancel)?.to_vec();
     let mut guide = guidance::Guide::new(model, &settings.guidance, &rope, guided_steps)?;
@@ -157,9 +187,21 @@ pub fn sample(
     for (k, i) in (start..settings.steps).enumerate() {
         let (t, t_next) = (sigmas[i], sigmas[i + 1]);
         if k < guided_steps && stats.stopped_on_nan.is_none() {
-            let ctx = guidance::StepContext { step: k, t, reference: ref_data, ref_noise: &ref_noise, shape, text: prompts.positive, empty_text: &empty };
+            let ctx = guidance::StepContext {
+                step: k,
+                t,
+                reference: ref_data,
+                ref_noise: &ref_noise,
+                shape,
+                text: prompts.positive,
+                empty_text: &empty,
+            };
             let mut inner_progress = |j: usize, msg: &str| {
-                progress(Progress { step: done_units + j as u64 + 1, total, message: msg });
+                progress(Progress {
+                    step: done_units + j as u64 + 1,
+                    total,
+                    message: msg,
+                });
             };
             guide.optimise(&mut x, &ctx, &mut stats, &mut inner_progress, cancel)?;
             done_units += inner as u64;
@@ -169,11 +211,32 @@ pub fn sample(
             let mut xx = Vec::with_capacity(2 * n);
             xx.extend_from_slice(&x);
             xx.extend_from_slice(&x);
-            let both = model.velocity(&Latent { shape: [2, c, f, h, w], data: &xx }, &[t, t], &cfg_text, &rope, cancel)?;
+            let both = model.velocity(
+                &Latent {
+                    shape: [2, c, f, h, w],
+                    data: &xx,
+                },
+                &[t, t],
+                &cfg_text,
+                &rope,
+                cancel,
+            )?;
             let (vc, vu) = both.split_at(n);
-            vc.iter().zip(vu).map(|(c, u)| u + settings.cfg * (c - u)).collect::<Vec<f32>>()
+            vc.iter()
+                .zip(vu)
+                .map(|(c, u)| u + settings.cfg * (c - u))
+                .collect::<Vec<f32>>()
         } else {
-            model.velocity(&Latent { shape: [1, c, f, h, w], data: &x }, &[t], prompts.positive, &rope, cancel)?
+            model.velocity(
+                &Latent {
+                    shape: [1, c, f, h, w],
+                    data: &x,
+                },
+                &[t],
+                prompts.positive,
+                &rope,
+                cancel,
+            )?
         };
         stats.denoiser_passes += 1;
         let dt = t_next - t;
@@ -181,7 +244,11 @@ pub fn sample(
             *xv += dt * vv;
         }
         done_units += 1;
-        progress(Progress { step: done_units, total, message: &format!("denoising step {}/{run_steps} (t={t:.3})", k + 1) });
+        progress(Progress {
+            step: done_units,
+            total,
+            message: &format!("denoising step {}/{run_steps} (t={t:.3})", k + 1),
+        });
     }
     stats.wall_s = started.elapsed().as_secs_f64();
     Ok(SampleOutput { latent: x, stats })
@@ -208,7 +275,8 @@ pub fn latent_to_video(frames: usize, height: usize, width: usize, latent: &[f32
     for fi in 0..frames {
         for p in 0..plane {
             for ch in 0..3 {
-                out[(fi * plane + p) * 3 + ch] = ((latent[(ch * frames + fi) * plane + p] + 1.0) * 0.5).clamp(0.0, 1.0);
+                out[(fi * plane + p) * 3 + ch] =
+                    ((latent[(ch * frames + fi) * plane + p] + 1.0) * 0.5).clamp(0.0, 1.0);
             }
         }
     }

@@ -16,5 +16,9 @@ pub fn start_index(sigmas: &[f32], denoise: f32) -> usize {
         return 0;
     }
     let last = sigmas.len().saturating_sub(2);
-    sigmas.iter().position(|&s| s <= denoise + 1e-6).unwrap_or(last).min(last)
+    sigmas
+        .iter()
+        .position(|&s| s <= denoise + 1e-6)
+        .unwrap_or(last)
+        .min(last)
 }
