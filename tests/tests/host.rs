@@ -5,7 +5,9 @@
 //! - `executor`: what runs, in which order, caching, progress, panics, cancellation (on the
 //!   `test-nodes-plugin` fixture);
 //! - `video`: the real `LoadReference` → `SaveVideo` on generated GIFs;
-//! - `cli`: the `nodehost` binary, including malformed inputs and Ctrl-C.
+//! - `cli`: the `nodehost` binary, including malformed inputs and Ctrl-C;
+//! - `motion`: the shipped motion-transfer example graph through `nodehost` with the real
+//!   model (short runs) and its bad-input refusals.
 //!
 //! Everything they load is built by `cargo test --workspace` into the folder above the test
 //! executable's `deps/`.
@@ -16,5 +18,6 @@ mod host {
     mod cli;
     mod executor;
     mod loading;
+    mod motion;
     mod video;
 }
