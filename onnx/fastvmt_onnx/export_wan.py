@@ -164,10 +164,10 @@ def example(wan, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, grad=False, heads_n=None):
     return tuple(ins)
 
 
-def export_wan(wan, out_dir, motion_block=None):
+def export_wan(wan, out_dir, motion_block=None, custom_attention=False):
     from .export import export_graph, SYM
     from .model import DiTConfig
-    set_attention_impl("math")
+    set_attention_impl("custom" if custom_attention else "math")
     os.makedirs(out_dir, exist_ok=True)
     cfg = wan.config
     # a DiTConfig-shaped stand-in so export.py's dim fixer knows the static sizes
@@ -179,13 +179,16 @@ def export_wan(wan, out_dir, motion_block=None):
     paths = {}
     t0 = time.time()
     paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
-                                     os.path.join(out_dir, "denoiser.onnx"), stand)
+                                     os.path.join(out_dir, "denoiser.onnx"), stand,
+                                     custom_attention=custom_attention)
     paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base, ["q", "k"],
-                                          os.path.join(out_dir, "guidance_head.onnx"), stand)
+                                          os.path.join(out_dir, "guidance_head.onnx"), stand,
+                                          custom_attention=custom_attention)
     paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
                                           base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
-                                          stand, grad=True)
+                                          stand, grad=True, custom_attention=custom_attention)
     SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = 3
+    set_attention_impl("math")
     print(f"exported in {time.time() - t0:.0f}s")
     return paths
 
@@ -232,7 +235,9 @@ def main():
     ap.add_argument("--subfolder", default="transformer")
     ap.add_argument("--motion-block", type=int, default=None)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--check", action="store_true", help="parity check with onnxruntime (not with --custom-attention)")
+    ap.add_argument("--custom-attention", action="store_true",
+                    help="emit attention as fastvmt.Attention / AttentionGrad nodes (see custom_attention.py)")
     a = ap.parse_args()
     if a.tiny:
         wan = tiny_wan()
@@ -241,8 +246,14 @@ def main():
     else:
         from diffusers import WanTransformer3DModel
         wan = WanTransformer3DModel.from_pretrained(a.model, subfolder=a.subfolder, torch_dtype=torch.float32).eval()
-    paths = export_wan(wan, a.out, a.motion_block)
-    if a.check:
+    paths = export_wan(wan, a.out, a.motion_block, a.custom_attention)
+    if a.custom_attention:
+        import onnx
+        for k, p in paths.items():
+            ops = sorted({f"{n.domain or 'ai.onnx'}.{n.op_type}" for n in onnx.load(p, load_external_data=False).graph.node
+                          if n.domain == "fastvmt" or n.op_type == "Softmax"})
+            print(k, ops)
+    elif a.check:
         rows = check(wan, paths, a.motion_block)
         with open(os.path.join(a.out, "parity.json"), "w") as f:
             json.dump(rows, f, indent=1)
