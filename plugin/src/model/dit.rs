@@ -90,45 +90,39 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
     };
     let session = build().map_err(|e| onnx(format!("cannot open with ONNX Runtime: {e}")))?;
     // The graph must take and give what the plugin feeds and reads, with the right ranks.
-    for (name, rank) in role.inputs {
-        let Some(outlet) = session.inputs().iter().find(|o| o.name() == *name) else {
-            let found: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-            return Err(onnx(format!(
-                "input '{name}' is missing (the graph's inputs: {})",
-                found.join(", ")
-            )));
-        };
-        if let Some(shape) = outlet.dtype().tensor_shape() {
-            if shape.len() != *rank {
-                return Err(onnx(format!(
-                    "input '{name}' has rank {}, expected {rank}",
-                    shape.len()
-                )));
-            }
-        }
-    }
-    for (name, rank) in role.outputs {
-        let Some(outlet) = session.outputs().iter().find(|o| o.name() == *name) else {
-            let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-            return Err(onnx(format!(
-                "output '{name}' is missing (the graph's outputs: {})",
-                found.join(", ")
-            )));
-        };
-        if let Some(shape) = outlet.dtype().tensor_shape() {
-            if shape.len() != *rank {
-                return Err(onnx(format!(
-                    "output '{name}' has rank {}, expected {rank}",
-                    shape.len()
-                )));
-            }
-        }
-    }
+    check_outlets("input", session.inputs(), role.inputs).map_err(onnx)?;
+    check_outlets("output", session.outputs(), role.outputs).map_err(onnx)?;
     Ok(session)
 }
 
 /// Loaded models by (bundle folder, device): one set of sessions per process.
 type ModelCache = Mutex<HashMap<(PathBuf, Device), Arc<DitModel>>>;
+/// Checks that every `(name, rank)` of `expected` is among `outlets` with that rank.
+fn check_outlets(
+    kind: &str,
+    outlets: &[ort::value::Outlet],
+    expected: &[(&str, usize)],
+) -> Result<(), String> {
+    for (name, rank) in expected {
+        let Some(outlet) = outlets.iter().find(|o| o.name() == *name) else {
+            let found: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+            return Err(format!(
+                "{kind} '{name}' is missing (the graph's {kind}s: {})",
+                found.join(", ")
+            ));
+        };
+        if let Some(shape) = outlet.dtype().tensor_shape() {
+            if shape.len() != *rank {
+                return Err(format!(
+                    "{kind} '{name}' has rank {}, expected {rank}",
+                    shape.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 static LOADED: OnceLock<ModelCache> = OnceLock::new();
 
 impl DitModel {
