@@ -16,8 +16,7 @@ pub mod sampler;
 
 use node_abi::{
     abi_stable::std_types::{RResult, RStr, RVec},
-    plugin::guard,
-    Diagnostic, NodeDescriptor, NodeError, NodeErrorKind, NodeInstanceBox, PluginInfo,
+    plugin, Diagnostic, NodeDescriptor, NodeError, NodeInstanceBox, PluginInfo,
 };
 
 /// Reverse-domain id of this plugin.
@@ -33,27 +32,11 @@ extern "C" fn info() -> PluginInfo {
 }
 
 extern "C" fn node_list() -> RVec<NodeDescriptor> {
-    // Descriptors are plain data; a panic here would be a bug in a constructor. Report what
-    // could be built rather than abort the host.
-    nodes::ALL
-        .iter()
-        .filter_map(|class| std::panic::catch_unwind(class.descriptor).ok())
-        .collect()
+    plugin::describe(nodes::ALL)
 }
 
 extern "C" fn create_node(class_type: RStr<'_>) -> RResult<NodeInstanceBox, NodeError> {
-    guard(|| {
-        nodes::ALL
-            .iter()
-            .find(|c| (c.descriptor)().class_type.as_str() == class_type.as_str())
-            .map(|c| (c.create)())
-            .ok_or_else(|| {
-                NodeError::new(
-                    NodeErrorKind::InvalidInput,
-                    format!("this plugin has no node '{class_type}'"),
-                )
-            })
-    })
+    plugin::create(nodes::ALL, class_type)
 }
 
 extern "C" fn diagnostics() -> RVec<Diagnostic> {

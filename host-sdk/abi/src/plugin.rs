@@ -13,6 +13,7 @@ use abi_stable::{
 
 use crate::error::{NodeError, NodeErrorKind};
 use crate::host::{HostRef, LogLevel};
+use crate::schema::NodeDescriptor;
 use crate::value::{Latent, Opaque, OpaqueObject, Opaque_TO, Value, Video};
 use crate::NodeInstanceBox;
 
@@ -46,6 +47,39 @@ impl<N: Node> NodeInstance for Adapter<N> {
         let host = Host { inner: &host };
         guard(|| self.0.run(&inputs, &host).map(RVec::from))
     }
+}
+
+/// A node class declared by a plugin: its schema and how to make an instance. A plugin
+/// keeps one static list of these and answers the root module's `nodes` and `create_node`
+/// with [`describe`] and [`create`].
+pub struct NodeClass {
+    pub descriptor: fn() -> NodeDescriptor,
+    pub create: fn() -> NodeInstanceBox,
+}
+
+/// The schemas of `classes`, for the root module's `nodes`. A schema constructor that
+/// panics (a bug) leaves its class out instead of aborting the host.
+pub fn describe(classes: &[NodeClass]) -> RVec<NodeDescriptor> {
+    classes
+        .iter()
+        .filter_map(|c| catch_unwind(c.descriptor).ok())
+        .collect()
+}
+
+/// An instance of `class_type` from `classes`, for the root module's `create_node`.
+pub fn create(classes: &[NodeClass], class_type: RStr<'_>) -> RResult<NodeInstanceBox, NodeError> {
+    guard(|| {
+        classes
+            .iter()
+            .find(|c| (c.descriptor)().class_type.as_str() == class_type.as_str())
+            .map(|c| (c.create)())
+            .ok_or_else(|| {
+                NodeError::new(
+                    NodeErrorKind::InvalidInput,
+                    format!("this plugin has no node '{class_type}'"),
+                )
+            })
+    })
 }
 
 /// Wraps a [`Node`] for the boundary.

@@ -134,6 +134,53 @@ pub struct NodeDescriptor {
 }
 
 impl NodeDescriptor {
+    /// A node class with no inputs or outputs yet, version 1, shown as its `class_type`;
+    /// chain the setters below to complete it.
+    pub fn new(class_type: &str, category: &str, description: &str) -> Self {
+        NodeDescriptor {
+            class_type: class_type.into(),
+            version: 1,
+            display_name: class_type.into(),
+            category: category.into(),
+            description: description.into(),
+            inputs: RVec::new(),
+            outputs: RVec::new(),
+            is_output: false,
+        }
+    }
+
+    pub fn display_name(mut self, name: &str) -> Self {
+        self.display_name = name.into();
+        self
+    }
+
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    pub fn inputs(mut self, inputs: Vec<InputSpec>) -> Self {
+        self.inputs = inputs.into();
+        self
+    }
+
+    pub fn outputs(mut self, outputs: &[(&str, ValueType)]) -> Self {
+        self.outputs = outputs
+            .iter()
+            .map(|(name, ty)| OutputSpec {
+                name: (*name).into(),
+                ty: *ty,
+            })
+            .collect();
+        self
+    }
+
+    /// Marks the node as an output node (what a run executes).
+    pub fn output_node(mut self) -> Self {
+        self.is_output = true;
+        self
+    }
+
     pub fn input(&self, name: &str) -> Option<&InputSpec> {
         self.inputs.iter().find(|i| i.name.as_str() == name)
     }

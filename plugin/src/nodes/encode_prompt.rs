@@ -9,7 +9,7 @@ use node_abi::{
 };
 
 use super::local_attention_dit::ModelHandle;
-use super::{descriptor, NodeClass};
+use super::NodeClass;
 use crate::model::DitModel;
 
 pub const CLASS: NodeClass = NodeClass {
@@ -18,20 +18,15 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    descriptor(
-        "EncodePrompt",
-        1,
-        "Encode Prompt",
-        "FastVMT/conditioning",
-        "Encodes what the video should show (positive) and what to steer away from (negative; empty = unconditional) with the model's text encoder, for classifier-free guidance.",
-        vec![
+    NodeDescriptor::new("EncodePrompt", "FastVMT/conditioning", "Encodes what the video should show (positive) and what to steer away from (negative; empty = unconditional) with the model's text encoder, for classifier-free guidance.")
+        .display_name("Encode Prompt")
+        .version(1)
+        .inputs(vec![
             InputSpec::new("model", ValueType::Model).build(),
             InputSpec::new("positive", ValueType::String).tooltip("what the generated video shows, e.g. \"a red circle on a blue background\"").build(),
             InputSpec::new("negative", ValueType::String).default(Literal::String("".into())).tooltip("empty = the unconditional prompt").build(),
-        ],
-        &[("conditioning", ValueType::Conditioning)],
-        false,
-    )
+        ])
+        .outputs(&[("conditioning", ValueType::Conditioning)])
 }
 
 /// Encoded prompts (the CONDITIONING value), tied to the model that encoded them.

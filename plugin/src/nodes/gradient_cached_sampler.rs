@@ -3,13 +3,13 @@
 use node_abi::{
     abi_stable::std_types::{RArc, RVec},
     plugin::{into_instance, Host, Inputs, Node},
-    InputKind, InputSpec, Latent, Literal, NodeDescriptor, NodeError, NodeErrorKind, Tensor, Value,
-    ValueType, Video,
+    InputSpec, Latent, Literal, NodeDescriptor, NodeError, NodeErrorKind, Tensor, Value, ValueType,
+    Video,
 };
 
 use super::encode_prompt::Conditioning;
 use super::local_attention_dit::ModelHandle;
-use super::{descriptor, NodeClass};
+use super::NodeClass;
 use crate::model::ModelError;
 use crate::sampler::{
     self, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings,
@@ -21,13 +21,10 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    descriptor(
-        "GradientCachedSampler",
-        1,
-        "Gradient-Cached Motion Sampler",
-        "FastVMT/sampling",
-        "Generates a video showing the prompt and moving like the reference: flow-matching sampling with classifier-free guidance, and attention-motion-flow guidance on the first steps (ditflow: dense, every gradient real; fastvmt: local AMF + gradient reuse; adaptive: reuse driven by measured gradient change).",
-        vec![
+    NodeDescriptor::new("GradientCachedSampler", "FastVMT/sampling", "Generates a video showing the prompt and moving like the reference: flow-matching sampling with classifier-free guidance, and attention-motion-flow guidance on the first steps (ditflow: dense, every gradient real; fastvmt: local AMF + gradient reuse; adaptive: reuse driven by measured gradient change).")
+        .display_name("Gradient-Cached Motion Sampler")
+        .version(1)
+        .inputs(vec![
             InputSpec::new("model", ValueType::Model).build(),
             InputSpec::new("conditioning", ValueType::Conditioning).build(),
             InputSpec::new("reference", ValueType::Video).optional().tooltip("the video whose motion is transferred (or give reference_latent)").build(),
@@ -42,18 +39,8 @@ fn schema() -> NodeDescriptor {
             InputSpec::new("reuse_interval", ValueType::Int).default(Literal::Int(3)).range(1.0, 100.0, 1.0).tooltip("fastvmt: a real gradient every n inner steps (0, 3, 6, 9 for 3), the cached one otherwise; adaptive: the starting interval").build(),
             InputSpec::new("learning_rate", ValueType::Float).default(Literal::Float(-1.0)).range(-1.0, 10.0, 0.0005).tooltip("AdamW learning rate at the first guided step (decays to 0.7x); -1 = the bundle's default").build(),
             InputSpec::new("reference_noise", ValueType::Float).default(Literal::Float(0.5)).range(0.0, 1.0, 0.05).tooltip("the reference AMF is read at this fraction of the current noise level (0.5 measured best on the shipped model; FastVMT uses 1)").build(),
-        ]
-        .into_iter()
-        .map(|mut i| {
-            if i.ty.is_literal() {
-                i.accepts = InputKind::Either;
-            }
-            i
-        })
-        .collect(),
-        &[("video", ValueType::Video), ("latent", ValueType::Latent), ("report", ValueType::String)],
-        false,
-    )
+        ])
+        .outputs(&[("video", ValueType::Video), ("latent", ValueType::Latent), ("report", ValueType::String)])
 }
 
 struct GradientCachedSampler;

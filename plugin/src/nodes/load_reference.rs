@@ -10,7 +10,7 @@ use node_abi::{
     InputSpec, Literal, NodeDescriptor, NodeError, Value, ValueType, Video,
 };
 
-use super::{descriptor, video_error, NodeClass};
+use super::{video_error, NodeClass};
 
 pub const CLASS: NodeClass = NodeClass {
     descriptor: schema,
@@ -18,13 +18,10 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    descriptor(
-        "LoadReference",
-        1,
-        "Load Reference Video",
-        "FastVMT/video",
-        "Loads the video whose motion is transferred: an animated GIF, an MP4/WebM/MOV (needs ffmpeg) or a folder of PNG/JPEG frames.",
-        vec![
+    NodeDescriptor::new("LoadReference", "FastVMT/video", "Loads the video whose motion is transferred: an animated GIF, an MP4/WebM/MOV (needs ffmpeg) or a folder of PNG/JPEG frames.")
+        .display_name("Load Reference Video")
+        .version(1)
+        .inputs(vec![
             InputSpec::new("path", ValueType::String)
                 .tooltip("GIF, MP4/WebM/MOV/MKV, a still image, or a folder of PNG/JPEG frames (relative paths are from the working folder)")
                 .build(),
@@ -35,10 +32,8 @@ fn schema() -> NodeDescriptor {
             InputSpec::new("height", ValueType::Int).default(Literal::Int(0)).range(0.0, 16384.0, 1.0).tooltip("resize to this height; 0 keeps the source size").build(),
             InputSpec::new("fit", ValueType::Choice).choices(&["stretch", "crop"]).default(Literal::String("crop".into())).tooltip("when resizing to another aspect ratio: stretch, or crop the centre").build(),
             InputSpec::new("fps", ValueType::Float).default(Literal::Float(0.0)).range(0.0, 240.0, 0.5).tooltip("frame rate of the result; 0 takes the source's (divided by stride)").build(),
-        ],
-        &[("video", ValueType::Video)],
-        false,
-    )
+        ])
+        .outputs(&[("video", ValueType::Video)])
 }
 
 struct LoadReference;

@@ -11,7 +11,7 @@ use node_abi::{
     InputSpec, Literal, NodeDescriptor, NodeError, NodeErrorKind, Opaque, Value, ValueType,
 };
 
-use super::{descriptor, NodeClass};
+use super::NodeClass;
 use crate::model::{bundle::default_bundle_dir, Device, DitModel, ModelError};
 use crate::runtime::ort_env;
 use crate::sampler::guidance::{AmfConfig, AmfPrecision};
@@ -22,13 +22,10 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    descriptor(
-        "LocalAttentionDiT",
-        1,
-        "Local-Attention DiT",
-        "FastVMT/model",
-        "Loads a DiT model bundle (ONNX) and sets how its attention motion flow is read: dense, or local (a spatial key window and an optional temporal window). Sessions are created once and shared.",
-        vec![
+    NodeDescriptor::new("LocalAttentionDiT", "FastVMT/model", "Loads a DiT model bundle (ONNX) and sets how its attention motion flow is read: dense, or local (a spatial key window and an optional temporal window). Sessions are created once and shared.")
+        .display_name("Local-Attention DiT")
+        .version(1)
+        .inputs(vec![
             InputSpec::new("bundle", ValueType::String).default(Literal::String("".into())).tooltip("model bundle folder (manifest.json + ONNX files); empty = the shipped small model").build(),
             InputSpec::new("device", ValueType::Choice).choices(&["auto", "cpu", "cuda"]).default(Literal::String("auto".into())).tooltip("auto uses CUDA when both ONNX Runtime's CUDA provider and the driver are there; cuda fails if they are not").build(),
             InputSpec::new("motion_block", ValueType::Int).default(Literal::Int(-1)).range(-1.0, 1000.0, 1.0).tooltip("block whose attention gives the motion flow; -1 = the bundle's (its guidance graphs are exported for that block)").build(),
@@ -37,10 +34,8 @@ fn schema() -> NodeDescriptor {
             InputSpec::new("spatial_radius", ValueType::Int).default(Literal::Int(-1)).range(-1.0, 1000.0, 1.0).tooltip("local mode: key window radius in tokens; -1 = the bundle's default").build(),
             InputSpec::new("window_centre", ValueType::Choice).choices(&["query", "coarse_tiles"]).default(Literal::String("query".into())).tooltip("centre of the key window: the query's own position, or FastVMT's coarse tile search").build(),
             InputSpec::new("precision", ValueType::Choice).choices(&["fp32", "fp16", "bf16"]).default(Literal::String("fp32".into())).tooltip("precision of Q/K in the AMF kernels (accumulation is f32; the shipped bundle's graphs are fp32)").build(),
-        ],
-        &[("model", ValueType::Model)],
-        false,
-    )
+        ])
+        .outputs(&[("model", ValueType::Model)])
 }
 
 /// A loaded model and its AMF settings (the MODEL value).

@@ -9,7 +9,7 @@ use node_abi::{
     InputSpec, Literal, NodeDescriptor, NodeError, Value, ValueType,
 };
 
-use super::{descriptor, video_error, NodeClass};
+use super::{video_error, NodeClass};
 
 pub const CLASS: NodeClass = NodeClass {
     descriptor: schema,
@@ -17,21 +17,17 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    descriptor(
-        "SaveVideo",
-        1,
-        "Save Video",
-        "FastVMT/video",
-        "Writes a video as an animated GIF, PNG frames or MP4 (needs ffmpeg) under the next free numbered name; an interrupted save leaves no partial file.",
-        vec![
+    NodeDescriptor::new("SaveVideo", "FastVMT/video", "Writes a video as an animated GIF, PNG frames or MP4 (needs ffmpeg) under the next free numbered name; an interrupted save leaves no partial file.")
+        .display_name("Save Video")
+        .version(1)
+        .inputs(vec![
             InputSpec::new("video", ValueType::Video).build(),
             InputSpec::new("folder", ValueType::String).default(Literal::String("output".into())).tooltip("output folder (created if missing)").build(),
             InputSpec::new("prefix", ValueType::String).default(Literal::String("fastvmt".into())).tooltip("file name prefix; files are named prefix_00001.gif, prefix_00002.gif, …").build(),
             InputSpec::new("format", ValueType::Choice).choices(&["gif", "png", "mp4"]).default(Literal::String("gif".into())).build(),
-        ],
-        &[("path", ValueType::String)],
-        true,
-    )
+        ])
+        .outputs(&[("path", ValueType::String)])
+        .output_node()
 }
 
 struct SaveVideo;

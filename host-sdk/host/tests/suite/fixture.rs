@@ -9,8 +9,7 @@ use node_abi::{
         std_types::{RResult, RStr, RVec},
     },
     Diagnostic, InputKind, InputSpec, Literal, NodeDescriptor, NodeError, NodeErrorKind,
-    NodeInstanceBox, OutputSpec, PluginInfo, PluginMod, PluginModRef, SdkVersion, ValueType,
-    SDK_VERSION,
+    NodeInstanceBox, PluginInfo, PluginMod, PluginModRef, SdkVersion, ValueType, SDK_VERSION,
 };
 use node_host::{Graph, LoadedPlugin, Registry};
 use serde_json::Value as Json;
@@ -23,21 +22,13 @@ fn node(
     outputs: &[(&str, ValueType)],
     is_output: bool,
 ) -> NodeDescriptor {
-    NodeDescriptor {
-        class_type: class_type.into(),
-        version: 1,
-        display_name: class_type.into(),
-        category: "test".into(),
-        description: format!("{class_type} test node").into(),
-        inputs: inputs.into(),
-        outputs: outputs
-            .iter()
-            .map(|(n, t)| OutputSpec {
-                name: (*n).into(),
-                ty: *t,
-            })
-            .collect(),
-        is_output,
+    let d = NodeDescriptor::new(class_type, "test", &format!("{class_type} test node"))
+        .inputs(inputs)
+        .outputs(outputs);
+    if is_output {
+        d.output_node()
+    } else {
+        d
     }
 }
 
