@@ -259,7 +259,10 @@ def write_test_vectors(out_dir, dit: DiT, te: TextEncoder, seed=123):
     dx = GuidanceGrad(dit)(x, t, text, cos, sin, dq, dk)
     put("dx", dx.detach().numpy(), "guidance_grad", note="guidance_grad(x, t, text, rope_cos, rope_sin, dq, dk)")
     with open(os.path.join(tv, "index.json"), "w") as f:
-        json.dump({"prompts": prompts, "shape": {"B": B, "F": Fr * pt, "H": hh * ph, "W": ww * pw}, "tensors": index}, f, indent=1)
+        index["tokens"]["prompts"] = prompts
+        index["rope_cos"]["grid"] = {"F": Fr, "h": hh, "w": ww}
+        index["x"]["note"] = f"B={B}, F={Fr * pt}, H={hh * ph}, W={ww * pw} (token grid {Fr} x {hh} x {ww})"
+        json.dump(index, f, indent=1)
     return index
 
 

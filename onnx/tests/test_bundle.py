@@ -25,7 +25,7 @@ def _manifest():
 def _tv():
     idx = json.load(open(os.path.join(BUNDLE, "test_vectors", "index.json")))
     out = {}
-    for name, e in idx["tensors"].items():
+    for name, e in idx.items():
         a = np.fromfile(os.path.join(BUNDLE, "test_vectors", e["file"]), dtype=np.dtype(e["dtype"]).newbyteorder("<"))
         out[name] = a.reshape(e["shape"])
     return idx, out
@@ -50,11 +50,10 @@ def test_manifest_hashes_and_specs():
 def test_tokenizer_and_rope_match_vectors():
     m = _manifest()
     idx, tv = _tv()
-    toks = np.stack([D.tokenize(p, m["text"]["max_len"], m["text"]["vocab"]) for p in idx["prompts"]])
+    toks = np.stack([D.tokenize(p, m["text"]["max_len"], m["text"]["vocab"]) for p in idx["tokens"]["prompts"]])
     np.testing.assert_array_equal(toks, tv["tokens"])
-    s = idx["shape"]
-    pt, ph, pw = m["patch_size"]
-    cos, sin = rope_tables_np(s["F"] // pt, s["H"] // ph, s["W"] // pw, m["rope"]["axes_dim"], m["rope"]["theta"])
+    g = idx["rope_cos"]["grid"]
+    cos, sin = rope_tables_np(g["F"], g["h"], g["w"], m["rope"]["axes_dim"], m["rope"]["theta"])
     np.testing.assert_allclose(cos, tv["rope_cos"], atol=1e-7)
     np.testing.assert_allclose(sin, tv["rope_sin"], atol=1e-7)
 
