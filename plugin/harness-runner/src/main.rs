@@ -51,6 +51,9 @@ struct Args {
     /// Forward temporal window for fastvmt/adaptive; 0 = all pairs.
     #[arg(long, default_value_t = 0)]
     temporal_window: usize,
+    /// Centre key windows on FastVMT's coarse tile search instead of the query's position.
+    #[arg(long)]
+    coarse_tiles: bool,
     /// Adaptive: cosine between successive real gradients above which the reuse interval grows.
     #[arg(long, default_value_t = 0.9)]
     stable_cos: f32,
@@ -109,7 +112,7 @@ fn main() -> Result<()> {
         spatial_radius: args
             .radius
             .unwrap_or(m.default_f64("spatial_radius", 3.0) as usize),
-        coarse_tiles: false,
+        coarse_tiles: args.coarse_tiles,
         tau: m.default_f64("amf_temperature", 2.0) as f32,
         precision: AmfPrecision::F32,
         backend: if device == Device::Cuda {
