@@ -47,9 +47,9 @@ impl Vectors {
         Self { dir, index }
     }
     fn entry(&self, name: &str) -> &Value {
-        let e = &self.index["tensors"][name];
+        let e = &self.index[name];
         if e.is_null() {
-            let names: Vec<&String> = self.index["tensors"]
+            let names: Vec<&String> = self.index
                 .as_object()
                 .map(|o| o.keys().collect())
                 .unwrap_or_default();
@@ -112,7 +112,7 @@ fn rope_tables_match_the_exported_ones() {
 fn tokenizer_matches_the_exported_ids() {
     let v = Vectors::load();
     let m = Bundle::open(&bundle_dir()).unwrap().manifest;
-    let prompts: Vec<String> = v.index["prompts"]
+    let prompts: Vec<String> = v.index["tokens"]["prompts"]
         .as_array()
         .map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect())
         .unwrap_or_default();
@@ -133,7 +133,7 @@ fn every_graph_matches_the_pytorch_reference_values() {
     let v = Vectors::load();
     let model = model();
     let never = || false;
-    let prompts: Vec<&str> = v.index["prompts"]
+    let prompts: Vec<&str> = v.index["tokens"]["prompts"]
         .as_array()
         .unwrap()
         .iter()
