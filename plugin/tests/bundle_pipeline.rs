@@ -49,7 +49,8 @@ impl Vectors {
     fn entry(&self, name: &str) -> &Value {
         let e = &self.index[name];
         if e.is_null() {
-            let names: Vec<&String> = self.index
+            let names: Vec<&String> = self
+                .index
                 .as_object()
                 .map(|o| o.keys().collect())
                 .unwrap_or_default();
