@@ -55,7 +55,7 @@ struct Args {
     #[arg(long)]
     coarse_tiles: bool,
     /// Adaptive: cosine between successive real gradients above which the reuse interval grows.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.95)]
     stable_cos: f32,
     /// Adaptive: cosine below which the interval returns to the base one.
     #[arg(long, default_value_t = 0.7)]

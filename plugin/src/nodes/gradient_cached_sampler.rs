@@ -141,7 +141,7 @@ impl Node for GradientCachedSampler {
                 weight_decay: 0.01,
                 reference_noise_scale: inputs.float("reference_noise")? as f32,
                 amf: handle.amf.clone(),
-                stable_cos: 0.9,
+                stable_cos: 0.95,
                 changed_cos: 0.7,
             },
         };
