@@ -32,7 +32,7 @@ use abi_stable::{
 
 pub use error::{NodeError, NodeErrorKind};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};
-pub use schema::{InputKind, InputSpec, Literal, NodeDescriptor, OutputSpec, ValueType};
+pub use schema::{FileRole, InputKind, InputSpec, Literal, NodeDescriptor, OutputSpec, ValueType};
 pub use value::{Latent, Opaque, OpaqueObject, Opaque_TO, Tensor, Value, Video};
 
 /// Re-exported so plugins use the exact `abi_stable` the contract was built with.
@@ -40,7 +40,8 @@ pub use abi_stable;
 
 /// Version of this contract. Bump `minor` when appending root-module fields (old plugins keep
 /// loading); bump `major` for anything else, which makes hosts refuse older plugins.
-pub const SDK_VERSION: SdkVersion = SdkVersion { major: 1, minor: 0 };
+/// 2.0: `InputSpec::file` ([`FileRole`]) tells hosts which inputs are paths.
+pub const SDK_VERSION: SdkVersion = SdkVersion { major: 2, minor: 0 };
 
 /// A contract version, stamped into every plugin at build time by [`export_plugin!`].
 #[repr(C)]

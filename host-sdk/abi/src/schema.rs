@@ -79,6 +79,30 @@ pub enum InputKind {
     Either,
 }
 
+/// What a STRING input names on disk, so a host that confines file access (the editor's
+/// server) knows which inputs to resolve inside its input and output folders. Plain
+/// strings are `None`; hosts without confinement (the CLI) ignore it.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRole {
+    None,
+    /// A file or folder the node reads (e.g. a reference video).
+    InputFile,
+    /// A folder the node writes into (e.g. a saver's destination).
+    OutputFolder,
+}
+
+impl FileRole {
+    /// The name used in schema JSON (`null` for `None`).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            FileRole::None => None,
+            FileRole::InputFile => Some("input_file"),
+            FileRole::OutputFolder => Some("output_folder"),
+        }
+    }
+}
+
 /// A constant value as saved in a graph (widget value or default).
 #[repr(C, u8)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
@@ -105,6 +129,8 @@ pub struct InputSpec {
     pub choices: RVec<RString>,
     pub tooltip: RString,
     pub accepts: InputKind,
+    /// Whether this (STRING) input is a path, and which way data flows through it.
+    pub file: FileRole,
 }
 
 /// One output socket of a node.
@@ -210,6 +236,7 @@ impl InputSpec {
             } else {
                 InputKind::Link
             },
+            file: FileRole::None,
         })
     }
 }
@@ -239,6 +266,11 @@ impl InputBuilder {
     }
     pub fn accepts(mut self, kind: InputKind) -> Self {
         self.0.accepts = kind;
+        self
+    }
+    /// Marks the input as a path with `role` (see [`FileRole`]).
+    pub fn file(mut self, role: FileRole) -> Self {
+        self.0.file = role;
         self
     }
     pub fn build(self) -> InputSpec {

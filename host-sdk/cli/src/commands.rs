@@ -16,7 +16,7 @@ use node_host::{
 use crate::progress::Progress;
 
 /// Loads the plugins, printing (not failing on) the ones that cannot be loaded.
-fn load_registry(plugin_dirs: &[PathBuf], quiet: bool) -> Result<Registry> {
+pub fn load_registry(plugin_dirs: &[PathBuf], quiet: bool) -> Result<Registry> {
     let dirs = search_dirs(plugin_dirs);
     let (plugins, errors) = discover(&dirs);
     if !quiet {

@@ -3,6 +3,7 @@
 
 mod commands;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "nodehost",
     version,
-    about = "Reference host for node plugins: list nodes, validate and run saved graphs."
+    about = "Reference host for node plugins: list nodes, validate and run saved graphs, serve the graph editor."
 )]
 struct Cli {
     /// Folder to load plugins from (repeatable). Default: $NODEHOST_PLUGIN_PATH and the folder of this executable.
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Report what this machine offers: plugins, ONNX Runtime, CUDA.
     Doctor,
+    /// Serve the graph editor and its API (http://127.0.0.1:8188/ by default).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Validate { graph } => commands::validate(&cli.plugin_dirs, &graph),
         Command::Run { graph, set, plain } => commands::run(&cli.plugin_dirs, &graph, &set, plain),
         Command::Doctor => commands::doctor(&cli.plugin_dirs),
+        Command::Serve(args) => serve::serve(&cli.plugin_dirs, &args),
     };
     match result {
         Ok(code) => code,

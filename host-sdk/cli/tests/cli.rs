@@ -17,7 +17,14 @@ fn version_and_help_name_the_subcommands() {
     let out = Command::new(NODEHOST).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for sub in ["nodes", "validate", "run", "doctor", "--plugin-dir"] {
+    for sub in [
+        "nodes",
+        "validate",
+        "run",
+        "doctor",
+        "serve",
+        "--plugin-dir",
+    ] {
         assert!(help.contains(sub), "{sub} missing from\n{help}");
     }
 }
@@ -57,4 +64,18 @@ fn usage_errors_exit_2_without_a_panic() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_allow_remote() {
+    let out = Command::new(NODEHOST)
+        .args(["serve", "--host", "0.0.0.0", "--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
 }

@@ -100,6 +100,10 @@ pub struct RunReport {
     pub executed: Vec<String>,
     pub cached: Vec<String>,
     pub elapsed: Duration,
+    /// What each output node returned (e.g. the path a saver wrote), by node id, in run
+    /// order: scalars as JSON, link-only values (VIDEO, MODEL, …) as `null`. Lets a host
+    /// show results without parsing logs.
+    pub outputs: Vec<(String, Vec<serde_json::Value>)>,
 }
 
 struct CacheEntry {
@@ -283,6 +287,11 @@ impl Executor {
                     },
                 );
             }
+            if desc.is_output {
+                report
+                    .outputs
+                    .push((id.clone(), produced.iter().map(scalar_json).collect()));
+            }
             outputs.insert(id.as_str(), produced);
             report.executed.push(id.clone());
         }
@@ -356,5 +365,17 @@ impl Executor {
             }
         }
         order
+    }
+}
+
+fn scalar_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Int(i) => (*i).into(),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::String(s) => s.as_str().into(),
+        Value::Boolean(b) => (*b).into(),
+        _ => serde_json::Value::Null,
     }
 }

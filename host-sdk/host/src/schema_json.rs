@@ -30,6 +30,7 @@ pub fn descriptor_json(d: &NodeDescriptor, plugin_id: &str) -> Json {
                 "choices": i.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                 "tooltip": i.tooltip.as_str(),
                 "accepts": match i.accepts { InputKind::Link => "link", InputKind::Constant => "constant", InputKind::Either => "either" },
+                "file": i.file.name(),
             })
         })
         .collect();

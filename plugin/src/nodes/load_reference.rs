@@ -24,6 +24,7 @@ fn schema() -> NodeDescriptor {
         .inputs(vec![
             InputSpec::new("path", ValueType::String)
                 .tooltip("GIF, MP4/WebM/MOV/MKV, a still image, or a folder of PNG/JPEG frames (relative paths are from the working folder)")
+                .file(node_abi::FileRole::InputFile)
                 .build(),
             InputSpec::new("start_frame", ValueType::Int).default(Literal::Int(0)).range(0.0, 1.0e6, 1.0).tooltip("first frame kept (0-based)").build(),
             InputSpec::new("frame_count", ValueType::Int).default(Literal::Int(0)).range(0.0, 10000.0, 1.0).tooltip("frames kept after start and stride; 0 keeps all").build(),

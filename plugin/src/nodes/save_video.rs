@@ -22,7 +22,7 @@ fn schema() -> NodeDescriptor {
         .version(1)
         .inputs(vec![
             InputSpec::new("video", ValueType::Video).build(),
-            InputSpec::new("folder", ValueType::String).default(Literal::String("output".into())).tooltip("output folder (created if missing)").build(),
+            InputSpec::new("folder", ValueType::String).default(Literal::String("output".into())).tooltip("output folder (created if missing)").file(node_abi::FileRole::OutputFolder).build(),
             InputSpec::new("prefix", ValueType::String).default(Literal::String("fastvmt".into())).tooltip("file name prefix; files are named prefix_00001.gif, prefix_00002.gif, …").build(),
             InputSpec::new("format", ValueType::Choice).choices(&["gif", "png", "mp4"]).default(Literal::String("gif".into())).build(),
         ])
