@@ -13,3 +13,20 @@ cargo test --workspace --all-targets
 
 echo "== pytest (harness, onnx tools)"
 python3 -m pytest -q harness/tests onnx/tests
+
+# ---- Graph editor: page build check and end-to-end test in headless Chromium ------------
+# Installs what it needs when missing: Debian's chromium and Node.js, and the page's npm
+# packages (esbuild, litegraph, playwright-core; pinned in package-lock.json, npm registry
+# only; no browser download). Rebuilds the page and fails when the committed dist/ (which
+# node-server embeds, so `cargo build` needs no Node.js) is stale, then drives the editor
+# served by the debug `nodehost` that `cargo test` built above, and runs the graph it saved
+# with the CLI. Screenshot: out/e2e/editor.png.
+echo "== graph editor: page build check and end-to-end test (headless Chromium)"
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v npm >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd host-sdk/server/web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs --check)
+node host-sdk/server/web/e2e/run.mjs "${CARGO_TARGET_DIR:-target}/debug/nodehost"
