@@ -29,4 +29,5 @@ if ! command -v npm >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 (cd host-sdk/server/web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs --check)
+cargo build -p node-host-cli -p fastvmt-plugin   # nodehost with the plugin beside it
 node host-sdk/server/web/e2e/run.mjs "${CARGO_TARGET_DIR:-target}/debug/nodehost"

@@ -238,9 +238,11 @@ fn relative(value: &str) -> Result<&Path, String> {
     for c in path.components() {
         match c {
             Component::ParentDir => return Err(format!("'{value}': '..' is refused")),
-            Component::RootDir | Component::Prefix(_) => return Err(format!(
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
                 "'{value}': absolute paths are refused (use a path relative to the working folder)"
-            )),
+            ))
+            }
             Component::CurDir | Component::Normal(_) => {}
         }
     }

@@ -154,6 +154,25 @@ async function main() {
   check(Array.isArray(saved._graph?.editor?.nodes?.["1"]?.pos), "saved graph has the layout under _graph.editor");
   await page.screenshot({ path: `${dir}/editor.png` });
   console.log(`  screenshot: ${resolve(dir, "editor.png")}`);
+  // A CLI graph without layout opens laid out: every node placed apart and in view.
+  await page.setInputFiles("#open-file", "examples/motion-transfer.json");
+  await page.waitForSelector('#inspector section[data-node="5"]');
+  const layout = await page.evaluate(() => {
+    const { graph, canvas } = window.editor;
+    const rect = canvas.canvas.getBoundingClientRect();
+    return graph._nodes.map((n) => {
+      const [x, y] = canvas.ds.convertOffsetToCanvas(n.pos);
+      return { id: n.id, x, y, inView: x >= 0 && y >= 0 && x < rect.width && y < rect.height };
+    });
+  });
+  const distinct = new Set(layout.map((n) => `${Math.round(n.x)},${Math.round(n.y)}`)).size;
+  check(layout.length === 5 && distinct === 5 && layout.every((n) => n.inView), `motion-transfer.json auto-laid out in view (${JSON.stringify(layout)})`);
+  const reopened = await page.evaluate(() => window.editor.document());
+  const original = JSON.parse(readFileSync("examples/motion-transfer.json", "utf8"));
+  const same = Object.entries(original).filter(([id]) => !id.startsWith("_")).every(([id, node]) =>
+    reopened[id].class_type === node.class_type &&
+    Object.entries(node.inputs).every(([k, v]) => JSON.stringify(reopened[id].inputs[k]) === JSON.stringify(v)));
+  check(same && reopened["1"]._meta?.title === original["1"]._meta.title, "its inputs, links and node keys come back unchanged");
   check(consoleErrors.length === 0, `no page errors ${consoleErrors.join("; ")}`);
   await browser.close();
   browser = null;

@@ -96,8 +96,7 @@ export function fromPrompt(doc, graph, canvas, typeNames) {
     canvas.ds.offset = [...saved.view.offset];
     canvas.ds.scale = saved.view.scale;
   } else {
-    canvas.ds.offset = [20, 20];
-    canvas.ds.scale = 1;
+    fitView(entries.map(([, node]) => node), canvas);
   }
   canvas.setDirty(true, true);
   return { meta, warnings };
@@ -125,4 +124,24 @@ function autoLayout(entries, byId) {
     node.pos = [40 + d * 300, y];
     columnY[d] = y + node.size[1] + 70;
   }
+}
+
+/** Scales and moves the view so every node is visible (never zooming in past 1:1). */
+function fitView(nodes, canvas) {
+  if (!nodes.length) {
+    canvas.ds.offset = [20, 20];
+    canvas.ds.scale = 1;
+    return;
+  }
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  const minX = Math.min(...nodes.map((n) => n.pos[0]));
+  const minY = Math.min(...nodes.map((n) => n.pos[1] - title));
+  const maxX = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+  const maxY = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+  const width = canvas.canvas.clientWidth || 800;
+  const height = canvas.canvas.clientHeight || 600;
+  const margin = 30;
+  const scale = Math.min(1, (width - 2 * margin) / (maxX - minX), (height - 2 * margin) / (maxY - minY));
+  canvas.ds.scale = Math.max(scale, 0.2);
+  canvas.ds.offset = [margin / canvas.ds.scale - minX, margin / canvas.ds.scale - minY];
 }

@@ -323,7 +323,12 @@ function onEvent(e) {
       $("run").disabled = false;
       for (const n of graph._nodes) if (n.runState?.state === "running" || n.runState?.state === "queued") n.runState = null;
       status(`job ${e.job} ${e.state} in ${e.seconds.toFixed(1)} s`, e.state === "done" ? "done" : "error");
-      if (e.state === "done") showOutputs($("preview"), e.outputs).then(() => { document.body.dataset.jobState = "done"; });
+      if (e.state === "done") {
+        showOutputs($("preview"), e.outputs).then(() => {
+          $("side").scrollTop = 0;
+          document.body.dataset.jobState = "done";
+        });
+      }
       else document.body.dataset.jobState = e.state;
       break;
   }
