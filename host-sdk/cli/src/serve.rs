@@ -63,7 +63,7 @@ pub fn serve(plugin_dirs: &[PathBuf], args: &ServeArgs) -> Result<ExitCode> {
         folders.shown(&folders.output),
         folders.shown(&folders.graphs)
     );
-    let state = node_server::start(registry, folders, args.queue);
+    let state = node_server::start(registry, folders, args.queue, args.host.is_loopback());
     node_server::serve(
         state,
         SocketAddr::new(args.host, args.port),

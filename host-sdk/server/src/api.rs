@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
+    extract::{DefaultBodyLimit, Path, Request, State},
     http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
     response::{
         sse::{Event as SseEvent, KeepAlive, Sse},
         IntoResponse, Response,
@@ -34,6 +35,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub folders: Arc<Folders>,
     pub queue: Arc<Queue>,
+    /// Answer only requests addressed to a loopback name (see [`loopback_only`]).
+    pub loopback_only: bool,
 }
 
 /// An API error: a status and a message (and the graph's problems, when there are any).
@@ -97,7 +100,35 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/api/outputs/{*path}", get(output))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), loopback_only))
         .with_state(state)
+}
+
+/// On a loopback server, refuses requests whose `Host` is not a loopback name: a page that
+/// rebinds its own domain name to 127.0.0.1 (DNS rebinding) would otherwise be same-origin
+/// with the editor.
+async fn loopback_only(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.loopback_only {
+        if let Some(host) = request.headers().get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            let name = match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => host,
+            };
+            if !matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("this server answers only requests to localhost, not to '{host}'"),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 pub fn problem_json(p: &Problem) -> Json {

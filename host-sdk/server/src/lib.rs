@@ -42,7 +42,14 @@ pub enum ServerError {
 }
 
 /// A server's state: the registry, the folders, and a queue with its worker running.
-pub fn start(registry: Arc<Registry>, folders: Folders, queue_capacity: usize) -> Arc<AppState> {
+/// `loopback_only`: answer only requests addressed to localhost (for a server bound to a
+/// loopback address).
+pub fn start(
+    registry: Arc<Registry>,
+    folders: Folders,
+    queue_capacity: usize,
+    loopback_only: bool,
+) -> Arc<AppState> {
     let folders = Arc::new(folders);
     let queue = Arc::new(Queue::new(queue_capacity));
     jobs::spawn_worker(
@@ -54,6 +61,7 @@ pub fn start(registry: Arc<Registry>, folders: Folders, queue_capacity: usize) -
         registry,
         folders,
         queue,
+        loopback_only,
     })
 }
 

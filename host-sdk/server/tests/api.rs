@@ -37,7 +37,7 @@ impl Server {
             Path::new("graphs"),
         )
         .unwrap();
-        let state = start(Arc::new(api::plugin::registry()), folders, capacity);
+        let state = start(Arc::new(api::plugin::registry()), folders, capacity, true);
         Server {
             app: router(state, MAX_BODY),
             dir,
@@ -53,7 +53,20 @@ impl Server {
     }
 
     async fn send(&self, method: &str, uri: &str, body: Option<String>) -> (StatusCode, Vec<u8>) {
-        let mut req = Request::builder().method(method).uri(uri);
+        self.send_to("127.0.0.1:8188", method, uri, body).await
+    }
+
+    async fn send_to(
+        &self,
+        host: &str,
+        method: &str,
+        uri: &str,
+        body: Option<String>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host);
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -447,4 +460,56 @@ async fn graphs_save_list_and_load_with_their_layout() {
         assert!(status.is_client_error(), "{bad}: {status} {body}");
     }
     assert_eq!(std::fs::read_dir(s.path("graphs")).unwrap().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_requests_to_localhost_are_answered() {
+    let s = Server::new();
+    for host in ["localhost:8188", "127.0.0.1", "[::1]:9000"] {
+        assert_eq!(
+            s.send_to(host, "GET", "/api/nodes", None).await.0,
+            StatusCode::OK,
+            "{host}"
+        );
+    }
+    for host in [
+        "evil.example:8188",
+        "evil.example",
+        "127.0.0.1.evil.example",
+    ] {
+        let (status, body) = s.send_to(host, "GET", "/api/nodes", None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        assert!(String::from_utf8_lossy(&body).contains("only requests to localhost"));
+    }
+    let (status, _) = s
+        .send_to(
+            "evil.example",
+            "POST",
+            "/api/jobs",
+            Some(slow("x.txt", 1).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, jobs) = s.json("GET", "/api/jobs", None).await;
+    assert_eq!(jobs, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_and_its_assets_are_served() {
+    let s = Server::new();
+    let (status, html) = s.send("GET", "/", None).await;
+    let html = String::from_utf8(html).unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("/assets/app.js") && html.contains("id=\"canvas\""),
+        "{html}"
+    );
+    for asset in ["/assets/app.js", "/assets/app.css"] {
+        let (status, body) = s.send("GET", asset, None).await;
+        assert!(status == StatusCode::OK && body.len() > 1000, "{asset}");
+    }
+    assert_eq!(
+        s.send("GET", "/assets/nope.js", None).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -53,7 +53,7 @@ async function main() {
     executablePath: browserPath,
     headless: true,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
+      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
   });
   const page = await browser.newPage({ viewport: { width: 1400, height: 860 } });
   const consoleErrors = [];
