@@ -20,7 +20,8 @@ python3 -m pytest -q harness/tests onnx/tests
 # only; no browser download). Rebuilds the page and fails when the committed dist/ (which
 # node-server embeds, so `cargo build` needs no Node.js) is stale, then drives the editor
 # served by the debug `nodehost` that `cargo test` built above, and runs the graph it saved
-# with the CLI. Screenshot: out/e2e/editor.png.
+# with the CLI, then cancels a motion-transfer run mid-sampling. Screenshots:
+# out/e2e/editor.png and out/e2e/running.png.
 echo "== graph editor: page build check and end-to-end test (headless Chromium)"
 if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -6,10 +6,11 @@
 // It serves the editor with folders under out/e2e/, opens the example graph, sees the run
 // refused while SaveVideo's folder is outside the output folder (error on that node), changes
 // widgets, runs it, waits for the done event, checks the preview shows the written GIF,
-// wires LoadReference -> SaveVideo by dragging on the canvas, saves the graph, and runs the
-// saved file with the CLI. Screenshot: out/e2e/editor.png.
+// wires LoadReference -> SaveVideo by dragging on the canvas, saves the graph, runs the saved
+// file with the CLI, opens examples/motion-transfer.json (auto-layout) and cancels a run of
+// it while the sampler counts steps. Screenshots: out/e2e/editor.png, out/e2e/running.png.
 import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -173,6 +174,21 @@ async function main() {
     reopened[id].class_type === node.class_type &&
     Object.entries(node.inputs).every(([k, v]) => JSON.stringify(reopened[id].inputs[k]) === JSON.stringify(v)));
   check(same && reopened["1"]._meta?.title === original["1"]._meta.title, "its inputs, links and node keys come back unchanged");
+  // Run it on the shipped model and cancel while the sampler reports steps: the step counter
+  // is on node 4, the job ends cancelled and writes nothing. (E2E_BUNDLE: another bundle
+  // folder, e.g. while the working tree's is being re-exported.)
+  await page.fill('[data-node="5"][data-input="folder"]', `${dir}/output`);
+  if (process.env.E2E_BUNDLE) await page.fill('[data-node="2"][data-input="bundle"]', process.env.E2E_BUNDLE);
+  await page.click("#status");
+  await page.click("#run");
+  await page.waitForFunction(() => window.editor.graph.getNodeById(4).runState?.step >= 1 || document.body.dataset.jobState === "failed",
+    null, { timeout: 120000 });
+  const counter = await page.evaluate(() => window.editor.graph.getNodeById(4).runState);
+  check(counter?.state === "running" && counter.step >= 1 && counter.total > 1, `step counter on the sampler node (${JSON.stringify(counter)}; ${await page.textContent("#status")})`);
+  await page.screenshot({ path: `${dir}/running.png` });
+  await page.click("#cancel");
+  await page.waitForSelector("body[data-job-state=cancelled]", { timeout: 30000 });
+  check(!readdirSync(`${dir}/output`).some((f) => f.startsWith("motion-transfer")), "cancelled run wrote nothing");
   check(consoleErrors.length === 0, `no page errors ${consoleErrors.join("; ")}`);
   await browser.close();
   browser = null;
