@@ -64,6 +64,12 @@ def main():
     ap.add_argument("--compile", type=int, default=1)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--init", default=None, help="start from this checkpoint's (EMA) weights")
+    ap.add_argument("--state", default=None,
+                    help="chain runs through this folder: resume the model, step and schedule clock (state.pt) and the EMA "
+                         "(ckpt.pt) from it when present, and write both there at the end (one device call is "
+                         "limited to 10 minutes; two files because one returned file is limited to 16 MiB)")
+    ap.add_argument("--schedule_minutes", type=float, default=None,
+                    help="length of the cosine LR schedule over the whole chain (default: --minutes)")
     ap.add_argument("--data_seed", type=int, default=None, help="dataset seed (default: --seed)")
     ap.add_argument("--eval_n", type=int, default=60, help="held-out captions sampled + checked after training")
     a = ap.parse_args()
@@ -80,6 +86,13 @@ def main():
         dit.load_state_dict(ck0["dit"])
         te.load_state_dict(ck0["text"])
         print("initialised from", a.init, ck0.get("training"), flush=True)
+    state_file = os.path.join(a.state, "state.pt") if a.state else None
+    resume = torch.load(state_file, map_location="cpu", weights_only=False) if state_file and os.path.exists(state_file) else None
+    if resume:
+        resume["ema"] = torch.load(os.path.join(a.state, "ckpt.pt"), map_location="cpu", weights_only=False)
+        dit.load_state_dict(resume["model"]["dit"])
+        te.load_state_dict(resume["model"]["te"])
+        print(f"resumed from {a.state}: step {resume['step']}, {resume['elapsed']:.0f}s of schedule", flush=True)
     n_params = count_params(dit) + count_params(te)
     print(f"params: dit {count_params(dit)/1e6:.2f}M text {count_params(te)/1e6:.3f}M", flush=True)
 
@@ -100,6 +113,9 @@ def main():
     model = Both(dit, te)
     ema = Both(DiT(cfg), TextEncoder(cfg)).to(dev)
     ema.load_state_dict(model.state_dict())
+    if resume:
+        ema.dit.load_state_dict(resume["ema"]["dit"])
+        ema.te.load_state_dict(resume["ema"]["text"])
     ema.requires_grad_(False)
     decay_params = [p for nme, p in model.named_parameters() if p.ndim >= 2 and "table" not in nme]
     other = [p for nme, p in model.named_parameters() if not (p.ndim >= 2 and "table" not in nme)]
@@ -122,15 +138,21 @@ def main():
     log = dict(seed=a.seed, config=cfg.to_dict(), args=vars(a), params=n_params, dataset_clips=n,
                dataset_seconds=t_data, device=torch.cuda.get_device_name() if dev == "cuda" else "cpu", torch=torch.__version__, loss=[])
     budget = a.minutes * 60
+    # The LR schedule runs on a clock shared by chained runs; the optimiser's moments are not
+    # carried (they would double the state file), so a resumed run re-warms over 50 steps.
+    schedule = (a.schedule_minutes or a.minutes) * 60
+    clock0 = resume["elapsed"] if resume else 0.0
+    step0 = resume["step"] if resume else 0
+    warmup = 50 if resume else a.warmup
     step = 0
     t_start = time.time()
     losses = []
     while True:
         el = time.time() - t_start
-        frac = min(el / budget, 1.0)
+        frac = min((clock0 + el) / schedule, 1.0)
         if el >= budget or step >= a.max_steps:
             break
-        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = a.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for gq in opt.param_groups:
             gq["lr"] = lr
         x0, tk = batch(a.batch)
@@ -152,7 +174,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        d = min(a.ema, (1 + step) / (10 + step))
+        d = min(a.ema, (1 + step0 + step) / (10 + step0 + step))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
@@ -181,6 +203,14 @@ def main():
                         **{k: log[k] for k in ("seed", "steps", "train_seconds", "final_loss", "device", "torch",
                                             "dataset_clips", "params")}})
     torch.save(ck, os.path.join(a.out, "ckpt.pt"))
+    if a.state:
+        os.makedirs(a.state, exist_ok=True)
+        if os.path.abspath(a.state) != os.path.abspath(a.out):
+            torch.save(ck, os.path.join(a.state, "ckpt.pt"))
+        torch.save(dict(step=step0 + step, elapsed=clock0 + log["train_seconds"],
+                        model={"dit": {k: v.float().cpu() for k, v in dit.state_dict().items()},
+                               "te": {k: v.float().cpu() for k, v in te.state_dict().items()}}), state_file)
+    log["chain"] = {"state": a.state, "step_before": step0, "schedule_seconds_before": clock0, "schedule_seconds": schedule}
     with open(os.path.join(a.out, "train_log.json"), "w") as f:
         json.dump(log, f)
     if a.eval_n:
