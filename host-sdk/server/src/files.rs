@@ -55,16 +55,24 @@ impl Folders {
         graphs: &Path,
     ) -> Result<Self, FolderError> {
         let work = canonical_dir(work)?;
+        let outside = |role, path: PathBuf| FolderError::OutsideWork {
+            role,
+            path,
+            work: work.clone(),
+        };
+        // Checked before anything is created, then again once links are resolved.
+        for (role, path) in [("input", input), ("output", output)] {
+            let joined = work.join(path);
+            if !joined.starts_with(&work) || path.components().any(|c| c == Component::ParentDir) {
+                return Err(outside(role, joined));
+            }
+        }
         let input = canonical_dir(&work.join(input))?;
         let output = canonical_dir(&work.join(output))?;
         let graphs = canonical_dir(&work.join(graphs))?;
         for (role, path) in [("input", &input), ("output", &output)] {
             if !path.starts_with(&work) {
-                return Err(FolderError::OutsideWork {
-                    role,
-                    path: path.clone(),
-                    work,
-                });
+                return Err(outside(role, path.clone()));
             }
         }
         Ok(Self {

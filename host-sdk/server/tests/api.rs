@@ -513,3 +513,34 @@ async fn the_page_and_its_assets_are_served() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[test]
+fn input_and_output_folders_must_be_inside_the_working_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let err = Folders::new(
+        work.path(),
+        elsewhere.path(),
+        Path::new("out"),
+        Path::new("g"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("input folder") && err.contains("not inside the working folder"),
+        "{err}"
+    );
+    let err = Folders::new(
+        work.path(),
+        Path::new("in"),
+        Path::new("../out"),
+        Path::new("g"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("output folder"), "{err}");
+    assert!(
+        !work.path().join("in").exists(),
+        "nothing is created before the checks"
+    );
+}
