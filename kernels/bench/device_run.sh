@@ -1,22 +1,52 @@
 #!/bin/bash
-# One call on the GPU host: CUDA parity tests (both logits variants), compute-sanitizer on the
-# small cases, the Rust benchmark, the PyTorch baselines. Binaries come from .kbin/ (built on
-# the CPU machine: test binary of tests/cuda.rs as .kbin/cuda, examples/amf_bench).
+# One call on the GPU host: CUDA parity tests (default version-2 kernels, the gradient variants,
+# the legacy run-3 kernels), compute-sanitizer on the small cases, the Rust benchmark (all
+# variants in one process), the PyTorch baselines side by side.
+# Binaries come from .kbin/ (built on the CPU machine: the test binary of tests/cuda.rs as
+# .kbin/cuda, examples/amf_bench as .kbin/amf_bench). SKIP_TORCH=1 skips the baselines,
+# VARIANTS="..." limits the extra test runs (default: pkw ga st legacy).
+# Files in $OUT (at most 6): tests.log, sanitizer.log, bench.log, ours.json, torch.log, torch.json.
 set -o pipefail
 cd "$(dirname "$0")/../.."
 B=.kbin
 OUT=${OUT:-/tmp/amf_out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 120 $B/cuda --nocapture --test-threads=1 > $OUT/cuda_tests.log 2>&1
-echo "cuda tests rc=$?"; grep -E "worst|test result" $OUT/cuda_tests.log
-FASTVMT_AMF_LOGITS_WIDE=1 timeout 120 $B/cuda --nocapture --test-threads=1 cuda_matches_cpu > $OUT/cuda_tests_wide.log 2>&1
-echo "cuda tests (wide logits) rc=$?"; grep -E "worst|test result" $OUT/cuda_tests_wide.log
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+t0=$(date +%s)
+envof() {
+  case $1 in
+    pkw) echo FASTVMT_AMF_GRAD_WIDE=1 ;;
+    ga) echo FASTVMT_AMF_GRAD_GATHER=1 ;;
+    gw) echo FASTVMT_AMF_GRAD_GATHER=1 FASTVMT_AMF_GRAD_WIDE=1 ;;
+    st) echo FASTVMT_AMF_FWD_STORED=1 ;;
+    legacy) echo FASTVMT_AMF_LEGACY=1 ;;
+  esac
+}
+echo "=== tests: default (v2)" > $OUT/tests.log
+timeout 100 $B/cuda --nocapture --test-threads=1 >> $OUT/tests.log 2>&1
+echo "cuda tests (v2) rc=$? $(( $(date +%s) - t0 ))s"
+grep -E "worst|test result|panicked|failures" $OUT/tests.log | tail -4
+for v in ${VARIANTS-pkw ga st legacy}; do
+  echo "=== tests: $v ($(envof $v))" >> $OUT/tests.log
+  env $(envof $v) timeout 60 $B/cuda --nocapture --test-threads=1 cuda_matches_cpu >> $OUT/tests.log 2>&1
+  echo "cuda tests ($v) rc=$? $(( $(date +%s) - t0 ))s"
+  sed -n "/=== tests: $v /,\$p" $OUT/tests.log | grep -E "worst|test result|panicked|failures" | head -3
+done
 SAN=/usr/local/cuda/bin/compute-sanitizer
-FASTVMT_CUDA_TEST_SMALL=1 timeout 120 $SAN --tool memcheck --error-exitcode 9 $B/cuda --test-threads=1 > $OUT/sanitizer.log 2>&1
-echo "sanitizer rc=$?"; tail -1 $OUT/sanitizer.log
-FASTVMT_AMF_LOGITS_WIDE=1 FASTVMT_CUDA_TEST_SMALL=1 timeout 120 $SAN --tool memcheck --error-exitcode 9 $B/cuda --test-threads=1 cuda_matches_cpu > $OUT/sanitizer_wide.log 2>&1
-echo "sanitizer (wide) rc=$?"; tail -1 $OUT/sanitizer_wide.log
-timeout 150 $B/amf_bench $OUT/ours.json 2>&1 | tee $OUT/bench.log
-PYTHONUNBUFFERED=1 timeout 200 python3 kernels/bench/amf_torch.py --ours $OUT/ours.json --out $OUT/torch.json > $OUT/torch.log 2>&1
-echo "torch rc=$?"; sed -n '/side by side/,$p' $OUT/torch.log
+for v in default ${SAN_VARIANTS-ga}; do
+  echo "=== sanitizer: $v" >> $OUT/sanitizer.log
+  env $(envof $v) FASTVMT_CUDA_TEST_SMALL=1 timeout 60 $SAN --tool memcheck --error-exitcode 9 $B/cuda --test-threads=1 >> $OUT/sanitizer.log 2>&1
+  echo "sanitizer ($v) rc=$? $(( $(date +%s) - t0 ))s"; tail -1 $OUT/sanitizer.log
+done
+timeout ${BENCH_TIMEOUT:-120} $B/amf_bench $OUT/ours.json > $OUT/bench.log 2>&1
+echo "bench rc=$? $(( $(date +%s) - t0 ))s"
+if [ -z "$SKIP_TORCH" ]; then
+  # Whatever is left of a 290 s call (TOTAL), at least 20 s.
+  left=$(( ${TOTAL:-290} - ($(date +%s) - t0) )); [ $left -lt 20 ] && left=20
+  PYTHONUNBUFFERED=1 timeout ${TORCH_TIMEOUT:-$left} python3 kernels/bench/amf_torch.py --ours $OUT/ours.json --out $OUT/torch.json > $OUT/torch.log 2>&1
+  echo "torch rc=$? $(( $(date +%s) - t0 ))s"
+fi
+grep -v "phases" $OUT/bench.log
+grep -A1 -E "^fastvmt +span4 r10 query +bf16" $OUT/bench.log | grep phases
+[ -f $OUT/torch.log ] && sed -n '/side by side/,$p' $OUT/torch.log
+exit 0

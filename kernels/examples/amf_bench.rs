@@ -3,6 +3,14 @@
 //! `cargo run -p fastvmt-kernels --release --example amf_bench -- [out.json]`
 //! Prints a table; with a path, also writes JSON lines that `bench/amf_torch.py --ours` reads.
 //! Without CUDA it prints the reason and exits 0.
+//!
+//! dtype column: `bf16` = the default tensor-core path (version 2: fused forward, packed score
+//! gradient, 128-feature gradient blocks), `bf16-pkw` = 256-feature gradient blocks
+//! (`FASTVMT_AMF_GRAD_WIDE`), `bf16-ga` = gradient kernels gathering the score gradient
+//! (`FASTVMT_AMF_GRAD_GATHER`), `bf16-st` = stored-logits forward (`FASTVMT_AMF_FWD_STORED`;
+//! fwd column), `bf16-legacy` = the run-3 kernels (`FASTVMT_AMF_LEGACY`), `f32` = CUDA-core
+//! kernels; all in
+//! the same process, so before/after numbers come from the same card and run.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -87,7 +95,7 @@ fn run() -> Result<(), KernelError> {
         ("span4 full", PairSet::Forward { span: 4 }, KeyWindow::Full),
     ];
     println!(
-        "{:<8} {:<20} {:<9} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10}",
+        "{:<8} {:<20} {:<12} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9}",
         "shape",
         "mode",
         "dtype",
@@ -96,13 +104,16 @@ fn run() -> Result<(), KernelError> {
         "GFLOP",
         "TFLOP/s",
         "TC floor",
-        "SIMT floor"
+        "SIMT floor",
+        "floor/fb"
     );
     for (sname, hn, f, gh, gw, d) in shapes {
         let n = hn * f * gh * gw * d;
         let mut rng = Rng(0x9E3779B97F4A7C15 ^ n as u64);
         let q32: Vec<f32> = (0..n).map(|_| rng.next() * 1.5).collect();
         let k32: Vec<f32> = (0..n).map(|_| rng.next() * 1.5).collect();
+        let qb: Vec<bf16> = q32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let kb: Vec<bf16> = k32.iter().map(|&v| bf16::from_f32(v)).collect();
         for (mname, pairs, window) in &modes {
             let spec = AmfSpec {
                 heads: hn,
@@ -127,26 +138,38 @@ fn run() -> Result<(), KernelError> {
             let gflop = 3.0 * g1;
             let bytes = (2 * n * 2 + 2 * n * 4) as f64; // q, k bf16 in; dq, dk f32 out
             let tc_floor = (gflop / 798e3).max(bytes / 3.0e12 * 1e3);
-            let simt_floor = gflop / 67e3;
-            for dtype in ["bf16", "bf16-wide", "f32"] {
-                // bf16-wide: the 256-key logits variant (FASTVMT_AMF_LOGITS_WIDE).
-                if dtype == "bf16-wide" {
-                    std::env::set_var("FASTVMT_AMF_LOGITS_WIDE", "1");
-                } else {
-                    std::env::remove_var("FASTVMT_AMF_LOGITS_WIDE");
+            let simt_floor = (gflop / 67e3).max(bytes / 3.0e12 * 1e3);
+            for dtype in [
+                "bf16",
+                "bf16-pkw",
+                "bf16-ga",
+                "bf16-st",
+                "bf16-legacy",
+                "f32",
+            ] {
+                for (var, on) in [
+                    ("FASTVMT_AMF_GRAD_WIDE", dtype == "bf16-pkw"),
+                    ("FASTVMT_AMF_GRAD_GATHER", dtype == "bf16-ga"),
+                    ("FASTVMT_AMF_LEGACY", dtype == "bf16-legacy"),
+                    ("FASTVMT_AMF_FWD_STORED", dtype == "bf16-st"),
+                ] {
+                    if on {
+                        std::env::set_var(var, "1");
+                    } else {
+                        std::env::remove_var(var);
+                    }
                 }
-                if dtype == "f32" && sname == "2x" {
-                    continue; // CUDA-core path: see the small and FastVMT shapes
+                if dtype == "f32" && (sname == "2x" || !mname.contains("query")) {
+                    continue; // CUDA-core path: one mode at the small and FastVMT shapes
                 }
-                let (fwd, fb) = if dtype.starts_with("bf16") {
-                    let qb: Vec<bf16> = q32.iter().map(|&v| bf16::from_f32(v)).collect();
-                    let kb: Vec<bf16> = k32.iter().map(|&v| bf16::from_f32(v)).collect();
+                let (fwd, fb, phases) = if dtype.starts_with("bf16") {
                     bench(&dev, &spec, &qb, &kb)?
                 } else {
                     bench(&dev, &spec, &q32, &k32)?
                 };
+                let floor = if dtype == "f32" { simt_floor } else { tc_floor };
                 println!(
-                    "{:<8} {:<20} {:<9} {:>9.3} {:>11.3} {:>8.1} {:>9.1} {:>10.3} {:>10.3}",
+                    "{:<8} {:<20} {:<12} {:>9.3} {:>11.3} {:>8.1} {:>9.1} {:>10.3} {:>10.3} {:>8.1}%",
                     sname,
                     mname,
                     dtype,
@@ -155,8 +178,10 @@ fn run() -> Result<(), KernelError> {
                     gflop,
                     gflop / fb,
                     tc_floor,
-                    simt_floor
+                    simt_floor,
+                    100.0 * floor / fb
                 );
+                println!("    fwd+bwd phases (ms per call): {phases}");
                 if let Some(o) = out.as_mut() {
                     writeln!(
                         o,
@@ -175,7 +200,7 @@ fn bench<T: Element>(
     spec: &AmfSpec,
     q: &[T],
     k: &[T],
-) -> Result<(f64, f64), KernelError> {
+) -> Result<(f64, f64, String), KernelError> {
     let (qd, kd) = (dev.to_device(q)?, dev.to_device(k)?);
     let reference = dev.compute_amf_device(spec, &qd, &kd, Readout::Argmax)?;
     let fwd = time(
@@ -196,7 +221,19 @@ fn bench<T: Element>(
         },
         10,
     )?;
-    Ok((fwd, fb))
+    // Phase breakdown of fwd+bwd (device events between phases; separate runs).
+    std::env::set_var("FASTVMT_AMF_PROFILE", "1");
+    dev.take_profile();
+    for _ in 0..3 {
+        dev.loss_and_grad_device(spec, &qd, &kd, &reference, &ls, &mut dq, &mut dk)?;
+    }
+    std::env::remove_var("FASTVMT_AMF_PROFILE");
+    let phases: Vec<String> = dev
+        .take_profile()
+        .into_iter()
+        .map(|(l, ms, _)| format!("{l} {:.3}", ms / 3.0))
+        .collect();
+    Ok((fwd, fb, phases.join(", ")))
 }
 
 fn main() -> ExitCode {

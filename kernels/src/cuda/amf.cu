@@ -227,12 +227,20 @@ extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int 
         int a2 = __shfl_xor_sync(0xffffffffu, arg, o);
         if (m2 > m || (m2 == m && a2 < arg)) { m = m2; arg = a2; }
     }
+    // Window position (y, x) of element n = lane + 32 i, advanced without division.
+    const int y_l = lane / ww, x_l = lane - (lane / ww) * ww;
+    const int dy32 = 32 / ww, dx32 = 32 - (32 / ww) * ww;
     float s0 = 0.f, sy = 0.f, sx = 0.f;
-    for (int n = lane; n < W; n += 32) {
-        float e = expf(row[n] - m);
-        s0 += e;
-        sy += e * (float)(st.x + n / ww);
-        sx += e * (float)(st.y + n % ww);
+    {
+        int y = y_l, x = x_l;
+        for (int n = lane; n < W; n += 32) {
+            float e = expf(row[n] - m);
+            s0 += e;
+            sy += e * (float)(st.x + y);
+            sx += e * (float)(st.y + x);
+            x += dx32; y += dy32;
+            if (x >= ww) { x -= ww; y++; }
+        }
     }
     for (int o = 16; o > 0; o >>= 1) {
         s0 += __shfl_xor_sync(0xffffffffu, s0, o);
@@ -257,11 +265,14 @@ extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int 
     const float gy = c * dy, gx = c * dx;
     if (lane == 0) loss_rows[g] = 0.5f * c * (dy * dy + dx * dx);
     const float inv = scale / s0;
+    int y = y_l, x = x_l;
     for (int n = lane; n < W; n += 32) {
         float a = expf(row[n] - m) * inv;
-        const float v = a * (gy * ((float)(st.x + n / ww) - ey) + gx * ((float)(st.y + n % ww) - ex));
+        const float v = a * (gy * ((float)(st.x + y) - ey) + gx * ((float)(st.y + x) - ex));
         if (s16) s16[r * W + n] = f32_to_16(v * gscale, bf16);
         else row[n] = v;
+        x += dx32; y += dy32;
+        if (x >= ww) { x -= ww; y++; }
     }
 }
 
@@ -940,3 +951,767 @@ __device__ void dk_tc_impl(const u16* __restrict__ scores, const u16* __restrict
     }
 GRAD_TC_ENTRY(f16, false)
 GRAD_TC_ENTRY(bf16, true)
+
+// =============================================================================================
+// Version 2 of the tensor-core path (f16/bf16 inputs, head_dim % 64 == 0), the default:
+//   amf_logits3_<T>   logits of a group of up to 3 pairs that share their key frame: 96 rows
+//                     (3 pairs x 32 query slots) against the union box of their windows, so
+//                     every K row brought on chip serves 96 queries; cp.async 3-stage pipeline
+//                     over (key chunk of 128) x (head, 64 features); ldmatrix + mma.sync.
+//   amf_grad_boxes    per (pair, 8x8 tile): the partner box of the gradient kernels, computed
+//                     once per call instead of once per block.
+//   amf_dq2_<T>/amf_dk2_<T>  dQ / dK of an 8x8 tile of own tokens x 128 features: A = the 16-bit
+//                     score gradient gathered from [P, S, W] (no division in the inner loop),
+//                     B = partner rows by cp.async (zero-filled outside), double-buffered;
+//                     8 warps of 32 x 32; each output written by one block, no atomics.
+//   amf_sum           deterministic one-block sum of the per-row loss terms (read back: 4 bytes).
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem),
+                 "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+#define L3_PG 3               // pairs per group
+#define L3_M (L3_PG * TQ)     // rows per block (96)
+#define L3_N 128              // keys per chunk
+#define L3_DC 64              // features per stage
+#define L3_LD (L3_DC + 8)     // smem row stride (u16)
+#define L3_ST 3               // pipeline stages
+#define L3_STAGE ((L3_M + L3_N) * L3_LD)  // u16 per stage
+// Dynamic shared memory of amf_logits3_*: L3_ST * L3_STAGE * 2 bytes = 96768.
+
+// grid (ceil(nslots / 32), ngroups, Z), block 256, dynamic smem 96768. groups: [ngroups][3] chunk
+// pair indices sharing one key frame (-1 = none; the first is always valid). Block z takes the
+// key chunks z, z + Z, ... of the box (Z > 1 when there are too few blocks to fill the GPU).
+// FUSED (forward only, grid z = 1): no logits are stored; each chunk's in-window logits update
+// per-(key warp, row) online-softmax statistics in shared memory (max, sum, sum*y, sum*x, best
+// value and its window index), merged over the 4 key warps at the end; the block writes the
+// read-out of its rows: omode 1 soft-argmax displacement, 2 argmax displacement, 3 absolute
+// expected position; out rows are (p0 + pair) * nrows + row.
+template <bool BF16, bool FUSED>
+__device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ k,
+                             const int2* __restrict__ pairs, const int* __restrict__ groups, int H,
+                             int F, int S, int d, int w, const int* __restrict__ slot_tok,
+                             const int* __restrict__ slot_row, int nslots, int nrows,
+                             const int2* __restrict__ win, int wh, int ww, float scale,
+                             float* __restrict__ logits, int omode, int p0,
+                             float* __restrict__ outd) {
+    extern __shared__ __align__(16) u16 l3_smem[];
+    __shared__ int r_tok[L3_M], r_row[L3_M], r_r0[L3_M], r_c0[L3_M], r_pair[L3_M];
+    __shared__ int bx[4];
+    // Online-softmax statistics per (key warp, row) (FUSED only).
+    __shared__ float o_m[FUSED ? 4 : 1][L3_M], o_s[FUSED ? 4 : 1][L3_M], o_y[FUSED ? 4 : 1][L3_M],
+        o_x[FUSED ? 4 : 1][L3_M], o_bv[FUSED ? 4 : 1][L3_M];
+    __shared__ int o_bi[FUSED ? 4 : 1][L3_M];
+    if (FUSED) {
+        for (int e = threadIdx.x; e < 4 * L3_M; e += blockDim.x) {
+            o_m[e / L3_M][e % L3_M] = __int_as_float(0xff800000);
+            o_s[e / L3_M][e % L3_M] = 0.f;
+            o_y[e / L3_M][e % L3_M] = 0.f;
+            o_x[e / L3_M][e % L3_M] = 0.f;
+            o_bv[e / L3_M][e % L3_M] = __int_as_float(0xff800000);
+            o_bi[e / L3_M][e % L3_M] = 0x7fffffff;
+        }
+    }
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const long long W = (long long)wh * ww;
+    const int grp = blockIdx.y;
+    const int fj = pairs[groups[grp * L3_PG]].y;
+    if (tid == 0) { bx[0] = 1 << 30; bx[1] = -1; bx[2] = 1 << 30; bx[3] = -1; }
+    __syncthreads();
+    if (tid < L3_M) {
+        const int gi = tid / TQ, sl = blockIdx.x * TQ + tid % TQ;
+        const int pair = groups[grp * L3_PG + gi];
+        int tok = -1, row = 0, r0 = 0, c0 = 0;
+        if (pair >= 0 && sl < nslots) {
+            tok = slot_tok[sl];
+            row = slot_row[sl];
+            const int2 st = win[(long long)pair * nrows + row];
+            r0 = st.x; c0 = st.y;
+        }
+        r_tok[tid] = tok; r_row[tid] = row; r_r0[tid] = r0; r_c0[tid] = c0;
+        r_pair[tid] = pair < 0 ? 0 : pair;
+        if (tok >= 0) {
+            atomicMin(&bx[0], r0); atomicMax(&bx[1], r0 + wh - 1);
+            atomicMin(&bx[2], c0); atomicMax(&bx[3], c0 + ww - 1);
+        }
+    }
+    __syncthreads();
+    if (bx[1] < 0) return;  // no active row (block-uniform)
+    const int by0 = bx[0], bx0 = bx[2], bw = bx[3] - bx[2] + 1;
+    const int nkeys = (bx[1] - bx[0] + 1) * bw;
+    const int dstages = d / L3_DC;
+    const int nst = H * dstages;
+    const int nch_all = (nkeys + L3_N - 1) / L3_N;
+    const int zc = blockIdx.z, zn = gridDim.z;
+    const int nch = zc < nch_all ? (nch_all - zc + zn - 1) / zn : 0;  // chunks of this block
+    const int total = nch * nst;
+    const long long hstride = (long long)F * S * d;
+    // A rows of this thread: u = tid + i * 256 -> row u >> 3, 16-byte chunk u & 7.
+    long long abase[3];
+    bool aok[3];
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        const int u = tid + i * 256, r = u >> 3;
+        const int tok = r_tok[r];
+        aok[i] = tok >= 0;
+        const int fi = aok[i] ? pairs[r_pair[r]].x : 0;
+        abase[i] = ((long long)fi * S + (aok[i] ? tok : 0)) * d + (u & 7) * 8;
+    }
+    long long kbase[4];
+    bool kok[4];
+    int kchunk = -1;
+    auto issue = [&](int s) {
+        const int cl = s / nst, st = s - cl * nst;
+        const int c = zc + cl * zn;  // key chunk
+        if (c != kchunk) {
+            kchunk = c;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int u = tid + i * 256, n = c * L3_N + (u >> 3);
+                kok[i] = n < nkeys;
+                int kt = 0;
+                if (kok[i]) {
+                    const int yy = n / bw;
+                    kt = (by0 + yy) * w + bx0 + (n - yy * bw);
+                }
+                kbase[i] = ((long long)fj * S + kt) * d + (u & 7) * 8;
+            }
+        }
+        const int hh = st / dstages, cb = (st - hh * dstages) * L3_DC;
+        const long long off = hh * hstride + cb;
+        u16* A = l3_smem + (s % L3_ST) * L3_STAGE;
+        u16* B = A + L3_M * L3_LD;
+#pragma unroll
+        for (int i = 0; i < 3; i++) {
+            const int u = tid + i * 256;
+            cp_async16(A + (u >> 3) * L3_LD + (u & 7) * 8, aok[i] ? q + off + abase[i] : q, aok[i] ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int u = tid + i * 256;
+            cp_async16(B + (u >> 3) * L3_LD + (u & 7) * 8, kok[i] ? k + off + kbase[i] : k, kok[i] ? 16 : 0);
+        }
+    };
+    const int wm = warp & 1, wn = warp >> 1;  // rows wm*48 .. +48, keys wn*32 .. +32
+    float acc[3][4][4];
+#pragma unroll
+    for (int a = 0; a < 3; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < L3_ST - 1; s++) {
+        if (s < total) issue(s);
+        cp_async_commit();
+    }
+    for (int it = 0; it < total; it++) {
+        cp_async_wait<L3_ST - 2>();
+        __syncthreads();
+        if (it + L3_ST - 1 < total) issue(it + L3_ST - 1);
+        cp_async_commit();
+        const u16* A = l3_smem + (it % L3_ST) * L3_STAGE;
+        const u16* B = A + L3_M * L3_LD;
+        // Warps whose 32 keys lie past the box (last chunk) skip the product.
+        const bool live = (zc + (it / nst) * zn) * L3_N + wn * 32 < nkeys;
+        if (live) {
+#pragma unroll
+            for (int ks = 0; ks < L3_DC / 16; ks++) {
+                unsigned a[3][4], b[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 3; mt++)
+                    ldsm_x4(a[mt], A + (wm * 48 + mt * 16 + (lane & 15)) * L3_LD + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int np = 0; np < 2; np++)
+                    ldsm_x4(b[np], B + (wn * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L3_LD + ks * 16 +
+                                       ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < 3; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+                        mma16816<BF16>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
+            }
+        }
+        if (FUSED && (it + 1) % nst == 0) {
+            // Chunk done: fold this warp's in-window logits into its rows' statistics.
+            const int kc = (zc + (it / nst) * zn) * L3_N;
+            int kyy[8], kxx[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int n = kc + wn * 32 + (j >> 1) * 8 + 2 * t4 + (j & 1);
+                const int yy = n / bw;
+                kyy[j] = n < nkeys ? by0 + yy : -(1 << 20);
+                kxx[j] = bx0 + (n - yy * bw);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 3; mt++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int m = wm * 48 + mt * 16 + g + hf * 8;
+                    const int r0 = r_r0[m], c0 = r_c0[m];
+                    const bool act = r_tok[m] >= 0;
+                    float v[8];
+                    int wi[8];
+                    float cm = __int_as_float(0xff800000);
+                    float bv = cm;
+                    int bi = 0x7fffffff;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int dy = kyy[j] - r0, dx = kxx[j] - c0;
+                        const bool ok = act && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww;
+                        v[j] = ok ? acc[mt][j >> 1][hf * 2 + (j & 1)] * scale : __int_as_float(0xff800000);
+                        wi[j] = ok ? dy * ww + dx : 0x7fffffff;
+                        acc[mt][j >> 1][hf * 2 + (j & 1)] = 0.f;
+                        cm = fmaxf(cm, v[j]);
+                        if (ok && (v[j] > bv || (v[j] == bv && wi[j] < bi))) { bv = v[j]; bi = wi[j]; }
+                    }
+                    // The 4 lanes of a quad hold the same rows.
+#pragma unroll
+                    for (int o = 1; o < 4; o <<= 1) {
+                        cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+                        const float bv2 = __shfl_xor_sync(0xffffffffu, bv, o);
+                        const int bi2 = __shfl_xor_sync(0xffffffffu, bi, o);
+                        if (bv2 > bv || (bv2 == bv && bi2 < bi)) { bv = bv2; bi = bi2; }
+                    }
+                    const float om = o_m[wn][m];
+                    const float M = fmaxf(om, cm);
+                    float ls = 0.f, ly = 0.f, lx = 0.f;
+                    if (M != __int_as_float(0xff800000)) {
+#pragma unroll
+                        for (int j = 0; j < 8; j++) {
+                            if (wi[j] == 0x7fffffff) continue;
+                            const float e = expf(v[j] - M);
+                            ls += e;
+                            ly += e * (float)kyy[j];
+                            lx += e * (float)kxx[j];
+                        }
+                    }
+#pragma unroll
+                    for (int o = 1; o < 4; o <<= 1) {
+                        ls += __shfl_xor_sync(0xffffffffu, ls, o);
+                        ly += __shfl_xor_sync(0xffffffffu, ly, o);
+                        lx += __shfl_xor_sync(0xffffffffu, lx, o);
+                    }
+                    __syncwarp();
+                    if (t4 == 0 && M != __int_as_float(0xff800000)) {
+                        const float f = expf(om - M);  // 0 when om = -inf
+                        o_s[wn][m] = o_s[wn][m] * f + ls;
+                        o_y[wn][m] = o_y[wn][m] * f + ly;
+                        o_x[wn][m] = o_x[wn][m] * f + lx;
+                        o_m[wn][m] = M;
+                        if (bv > o_bv[wn][m] || (bv == o_bv[wn][m] && bi < o_bi[wn][m])) {
+                            o_bv[wn][m] = bv;
+                            o_bi[wn][m] = bi;
+                        }
+                    }
+                    __syncwarp();
+                }
+        }
+        if (!FUSED && (it + 1) % nst == 0) {
+            // Chunk done: keep each row's in-window keys, scaled.
+            const int kc = (zc + (it / nst) * zn) * L3_N;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int e1 = 0; e1 < 2; e1++) {
+                    const int n = kc + wn * 32 + nt * 8 + 2 * t4 + e1;
+                    if (n >= nkeys) continue;
+                    const int yy = n / bw;
+                    const int ky = by0 + yy, kx = bx0 + (n - yy * bw);
+#pragma unroll
+                    for (int mt = 0; mt < 3; mt++)
+#pragma unroll
+                        for (int hf = 0; hf < 2; hf++) {
+                            const int m = wm * 48 + mt * 16 + g + hf * 8;
+                            const int dy = ky - r_r0[m], dx = kx - r_c0[m];
+                            if (r_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                                logits[((long long)r_pair[m] * nrows + r_row[m]) * W + dy * ww + dx] =
+                                    acc[mt][nt][hf * 2 + e1] * scale;
+                            acc[mt][nt][hf * 2 + e1] = 0.f;
+                        }
+                }
+        }
+    }
+    if (FUSED) {
+        __syncthreads();
+        if (tid < L3_M && r_tok[tid] >= 0) {
+            const int m = tid;
+            float M = __int_as_float(0xff800000);
+            for (int j = 0; j < 4; j++) M = fmaxf(M, o_m[j][m]);
+            float s0 = 0.f, sy = 0.f, sx = 0.f, bv = __int_as_float(0xff800000);
+            int bi = 0x7fffffff;
+            for (int j = 0; j < 4; j++) {
+                if (o_m[j][m] != __int_as_float(0xff800000)) {
+                    const float f = expf(o_m[j][m] - M);
+                    s0 += o_s[j][m] * f;
+                    sy += o_y[j][m] * f;
+                    sx += o_x[j][m] * f;
+                }
+                if (o_bv[j][m] > bv || (o_bv[j][m] == bv && o_bi[j][m] < bi)) { bv = o_bv[j][m]; bi = o_bi[j][m]; }
+            }
+            const int tok = r_tok[m];
+            const float py = (float)(tok / w), px = (float)(tok % w);
+            const float ey = sy / s0, ex = sx / s0;
+            float oy, ox;
+            if (omode == 2) {
+                oy = (float)(r_r0[m] + bi / ww) - py;
+                ox = (float)(r_c0[m] + bi % ww) - px;
+            } else if (omode == 3) {
+                oy = ey; ox = ex;
+            } else {
+                oy = ey - py; ox = ex - px;
+            }
+            float* o = outd + ((long long)(p0 + r_pair[m]) * nrows + r_row[m]) * 2;
+            o[0] = oy;
+            o[1] = ox;
+        }
+    }
+}
+
+#define LOGITS3_ENTRY(NAME, BF, FU)                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                     \
+        const u16* q, const u16* k, const int2* pairs, const int* groups, int H, int F, int S,     \
+        int d, int w, const int* slot_tok, const int* slot_row, int nslots, int nrows,             \
+        const int2* win, int wh, int ww, float scale, float* logits, int omode, int p0,            \
+        float* outd) {                                                                             \
+        logits3_impl<BF, FU>(q, k, pairs, groups, H, F, S, d, w, slot_tok, slot_row, nslots,       \
+                             nrows, win, wh, ww, scale, logits, omode, p0, outd);                  \
+    }
+LOGITS3_ENTRY(amf_logits3_f16, false, false)
+LOGITS3_ENTRY(amf_logits3_bf16, true, false)
+// Fused forward (online softmax, no logits stored).
+LOGITS3_ENTRY(amf_logits3f_f16, false, true)
+LOGITS3_ENTRY(amf_logits3f_bf16, true, true)
+
+#define G_T 8               // own tile side (G_T x G_T slots)
+#define G_M (G_T * G_T)     // 64
+#define G_K 32              // partners per chunk
+#define G_SA (G_K + 8)
+
+// mode 0 (dQ): union of the windows of the tile's queries; mode 1 (dK): bounding box of the
+// queries whose windows meet the tile's keys. boxes[pair * ntiles + tile] = (y0, x0, rows, cols),
+// rows = 0 when empty. grid (ntiles, npairs), block 256; tiles G_T x G_T, ntx = ceil(w / G_T).
+extern "C" __global__ void amf_grad_boxes(int mode, int h, int w, int wh, int ww, int ntx,
+                                          const int2* __restrict__ win, int4* __restrict__ boxes) {
+    __shared__ int red[4];
+    const int tile = blockIdx.x, pair = blockIdx.y;
+    const int S = h * w;
+    const int ty0 = (tile / ntx) * G_T, tx0 = (tile % ntx) * G_T;
+    const int ty1 = min(ty0 + G_T, h) - 1, tx1 = min(tx0 + G_T, w) - 1;
+    if (threadIdx.x == 0) { red[0] = 1 << 30; red[1] = -1; red[2] = 1 << 30; red[3] = -1; }
+    __syncthreads();
+    int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+    const int2* wp = win + (long long)pair * S;
+    if (mode == 0) {
+        for (int a = threadIdx.x; a < G_M; a += blockDim.x) {
+            const int y = ty0 + a / G_T, x = tx0 + a % G_T;
+            if (y > ty1 || x > tx1) continue;
+            const int2 st = wp[y * w + x];
+            y0 = min(y0, st.x); y1 = max(y1, st.x + wh - 1);
+            x0 = min(x0, st.y); x1 = max(x1, st.y + ww - 1);
+        }
+    } else {
+        for (int t = threadIdx.x; t < S; t += blockDim.x) {
+            const int2 st = wp[t];
+            if (st.x <= ty1 && st.x + wh > ty0 && st.y <= tx1 && st.y + ww > tx0) {
+                const int y = t / w, x = t % w;
+                y0 = min(y0, y); y1 = max(y1, y);
+                x0 = min(x0, x); x1 = max(x1, x);
+            }
+        }
+    }
+    if (y1 >= 0) {
+        atomicMin(&red[0], y0); atomicMax(&red[1], y1);
+        atomicMin(&red[2], x0); atomicMax(&red[3], x1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int4 b = make_int4(0, 0, 0, 0);
+        if (red[1] >= 0) b = make_int4(red[0], red[2], red[1] - red[0] + 1, red[3] - red[2] + 1);
+        boxes[(long long)pair * gridDim.x + tile] = b;
+    }
+}
+
+// dQ (TRANS = false): out = dQ, own = queries of frame i (blockIdx.z), partners = keys of frame j,
+// x = K. dK (TRANS = true): out = dK, own = keys of frame j, partners = candidate queries of
+// frame i, x = Q. NT threads (256 or 512) cover NT / 2 features (8 warps of 32 x 32 outputs
+// per 128 features). grid (ntiles, ceil(H*d / (NT/2)), F).
+// PACKED: the A tiles were laid out by amf_pack_dq / amf_pack_dk ([pair][tile][64][box_stride],
+// zero-padded to whole chunks): A comes by cp.async like B (no gather in this kernel).
+template <bool BF16, bool TRANS, int NT, bool PACKED>
+__device__ void grad2_impl(const u16* __restrict__ scores, const u16* __restrict__ x,
+                           const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                           const int* __restrict__ pair_idx, const int4* __restrict__ boxes, int H,
+                           int F, int S, int d, int w, int ntx, const int2* __restrict__ win, int wh,
+                           int ww, float inv, int accumulate, float* __restrict__ out,
+                           const u16* __restrict__ packed, int box_stride) {
+    constexpr int GN = NT / 2;        // features per block
+    constexpr int CPR = GN / 8;       // 16-byte chunks per B row
+    constexpr int TPR = CPR / 2;      // threads per B row (two chunks each)
+    // Pipeline depth: packed A (both operands by cp.async) with 128 features: 3 stages (41 KB);
+    // otherwise 2 (the gathered A is staged through registers; 256 features fill 44 KB).
+    constexpr int ST = (PACKED && NT == 256) ? 3 : 2;
+    __shared__ __align__(16) u16 As[ST][G_M][G_SA];
+    __shared__ __align__(16) u16 Bs[ST][G_K][GN + 8];
+    __shared__ int s_tok[G_M], s_a[G_M], s_b[G_M];
+    const int tile = blockIdx.x, own = blockIdx.z;
+    const int ntiles = gridDim.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int h = S / w;
+    const int D = H * d;
+    const int f0 = blockIdx.y * GN;
+    const long long W = (long long)wh * ww;
+    const bool gatherer = tid < 256;  // threads that gather the A tile (8 values each)
+    if (tid < G_M) {
+        const int y = (tile / ntx) * G_T + tid / G_T, xx = (tile % ntx) * G_T + tid % G_T;
+        const bool ok = y < h && xx < w;
+        s_tok[tid] = ok ? y * w + xx : -1;
+        s_a[tid] = y;   // dK: the key's position; dQ: replaced by the window start per pair
+        s_b[tid] = xx;
+    }
+    __syncthreads();
+    // B rows of this thread: row tid / TPR, 16-byte chunks (tid % TPR) * 2 + {0, 1}.
+    const int br = tid / TPR, bc = (tid % TPR) * 2;
+    long long boff[2];
+    bool bok[2];
+#pragma unroll
+    for (int cc = 0; cc < 2; cc++) {
+        const int fe = f0 + (bc + cc) * 8;
+        bok[cc] = fe < D;
+        const int hh = fe / d, c = fe - (fe / d) * d;
+        boff[cc] = (long long)hh * F * S * d + c;
+    }
+    const int wm = warp & 1, wn = warp >> 1;  // rows wm*32 .. +32, features wn*32 .. +32
+    float acc[2][4][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
+    for (int pp = pair_off[own]; pp < pair_off[own + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int pf = TRANS ? pairs[pair].x : pairs[pair].y;  // partner frame
+        const int4 bx = boxes[(long long)pair * ntiles + tile];
+        const int npart = bx.z * bx.w;
+        if (npart == 0) continue;
+        __syncthreads();
+        if (!TRANS && !PACKED && tid < G_M) {
+            const int tok = s_tok[tid];
+            const int2 st = tok >= 0 ? win[(long long)pair * S + tok] : make_int2(0, 0);
+            s_a[tid] = st.x;
+            s_b[tid] = st.y;
+        }
+        __syncthreads();
+        const u16* sp = scores + (long long)pair * S * W;
+        const int2* wp = win + (long long)pair * S;
+        const long long xbase = (long long)pf * S * d;
+        unsigned areg[4];
+        auto load = [&](int c, int stage) {
+            const int p0 = c * G_K;
+            {
+                const int n = p0 + br;
+                const bool ok = n < npart;
+                int tok = 0;
+                if (ok) {
+                    const int yy = n / bx.w;
+                    tok = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
+                }
+#pragma unroll
+                for (int cc = 0; cc < 2; cc++) {
+                    const bool o = ok && bok[cc];
+                    cp_async16(&Bs[stage][br][(bc + cc) * 8],
+                               o ? x + boff[cc] + xbase + (long long)tok * d : x, o ? 16 : 0);
+                }
+            }
+            if (PACKED) {
+                if (gatherer) {
+                    const u16* src = packed +
+                                     (((long long)pair * ntiles + tile) * G_M + (tid >> 2)) * box_stride +
+                                     p0 + (tid & 3) * 8;
+                    cp_async16(&As[stage][tid >> 2][(tid & 3) * 8], src, 16);
+                }
+                cp_async_commit();
+                return;
+            }
+            cp_async_commit();
+            if (!gatherer) return;
+            u16 v[8];
+            if (!TRANS) {
+                // Own query m, 8 consecutive partner keys of the box.
+                const int m = tid >> 2, n0 = p0 + (tid & 3) * 8;
+                const int tok = s_tok[m], r0 = s_a[m], c0 = s_b[m];
+                const int yy = n0 / bx.w;
+                int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+                const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const int dy = ky - r0, dx = kx - c0;
+                    u16 val = 0;
+                    if (tok >= 0 && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                        val = row[dy * ww + dx];
+                    v[i] = val;
+                    if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
+                }
+            } else {
+                // Partner query n, 8 own keys of one tile row.
+                const int nl = tid & 31, mg = tid >> 5;
+                const int n = p0 + nl;
+                const bool ok = n < npart;
+                int r0 = 0, c0 = 0;
+                const u16* row = sp;
+                if (ok) {
+                    const int yy = n / bx.w;
+                    const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
+                    const int2 st = wp[qt];
+                    r0 = st.x; c0 = st.y;
+                    row = sp + (long long)qt * W;
+                }
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const int m = mg * 8 + i;
+                    const int dy = s_a[m] - r0, dx = s_b[m] - c0;
+                    u16 val = 0;
+                    if (ok && s_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                        val = row[dy * ww + dx];
+                    v[i] = val;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) areg[i] = (unsigned)v[2 * i] | ((unsigned)v[2 * i + 1] << 16);
+        };
+        auto store_a = [&](int stage) {
+            if (PACKED || !gatherer) return;
+            if (!TRANS) {
+                *reinterpret_cast<uint4*>(&As[stage][tid >> 2][(tid & 3) * 8]) =
+                    make_uint4(areg[0], areg[1], areg[2], areg[3]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    As[stage][(tid >> 5) * 8 + i][tid & 31] = (u16)(areg[i >> 1] >> ((i & 1) * 16));
+            }
+        };
+        const int nch = (npart + G_K - 1) / G_K;
+        auto mma_chunk = [&](int st) {
+#pragma unroll
+            for (int ks = 0; ks < G_K / 16; ks++) {
+                unsigned a[2][4], b[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+                    ldsm_x4(a[mt], &As[st][wm * 32 + mt * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+                for (int np = 0; np < 2; np++)
+                    ldsm_x4_trans(b[np], &Bs[st][ks * 16 + (lane & 15)][wn * 32 + np * 16 + (lane >> 4) * 8]);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+                        mma16816<BF16>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
+            }
+        };
+        if constexpr (PACKED) {
+            // Multistage: chunk c lives in stage c % ST; loads run ST - 1 chunks ahead. The
+            // barrier at the top of the pair loop keeps the previous pair's readers safe.
+#pragma unroll
+            for (int s0 = 0; s0 < ST - 1; s0++) {
+                if (s0 < nch) load(s0, s0);
+                else cp_async_commit();
+            }
+            for (int c = 0; c < nch; c++) {
+                cp_async_wait<ST - 2>();
+                __syncthreads();
+                if (c + ST - 1 < nch) load(c + ST - 1, (c + ST - 1) % ST);
+                else cp_async_commit();
+                mma_chunk(c % ST);
+            }
+            continue;
+        }
+        load(0, 0);
+        store_a(0);
+        cp_async_wait<0>();
+        __syncthreads();
+        for (int c = 0; c < nch; c++) {
+            const int st = c & 1;
+            if (c + 1 < nch) load(c + 1, st ^ 1);
+            mma_chunk(st);
+            if (c + 1 < nch) store_a(st ^ 1);
+            cp_async_wait<0>();
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int m = wm * 32 + mt * 16 + g + hf * 8;
+                const int tok = s_tok[m];
+                const int fe = f0 + wn * 32 + nt * 8 + 2 * t4;  // even; fe + 1 is in the same head
+                if (tok < 0 || fe >= D) continue;
+                const int hh = fe / d, c = fe - (fe / d) * d;
+                float2* o = reinterpret_cast<float2*>(out + (((long long)hh * F + own) * S + tok) * d + c);
+                float2 v = make_float2(acc[mt][nt][hf * 2] * inv, acc[mt][nt][hf * 2 + 1] * inv);
+                if (accumulate) {
+                    const float2 old = *o;
+                    v.x += old.x;
+                    v.y += old.y;
+                }
+                *o = v;
+            }
+}
+
+#define GRAD2_ENTRY(NAME, SUF, BF, NT, MINB, PK)                                                   \
+    extern "C" __global__ void __launch_bounds__(NT, MINB) amf_dq##NAME##_##SUF(                   \
+        const u16* scores, const u16* k, const int2* pairs, const int* pair_off,                   \
+        const int* pair_idx, const int4* boxes, int H, int F, int S, int d, int w, int ntx,        \
+        const int2* win, int wh, int ww, float inv, int accumulate, float* dq, const u16* packed,  \
+        int box_stride) {                                                                          \
+        grad2_impl<BF, false, NT, PK>(scores, k, pairs, pair_off, pair_idx, boxes, H, F, S, d, w,  \
+                                      ntx, win, wh, ww, inv, accumulate, dq, packed, box_stride);  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(NT, MINB) amf_dk##NAME##_##SUF(                   \
+        const u16* scores, const u16* q, const int2* pairs, const int* pair_off,                   \
+        const int* pair_idx, const int4* boxes, int H, int F, int S, int d, int w, int ntx,        \
+        const int2* win, int wh, int ww, float inv, int accumulate, float* dk, const u16* packed,  \
+        int box_stride) {                                                                          \
+        grad2_impl<BF, true, NT, PK>(scores, q, pairs, pair_off, pair_idx, boxes, H, F, S, d, w,   \
+                                     ntx, win, wh, ww, inv, accumulate, dk, packed, box_stride);   \
+    }
+// 128 features x 256 threads (two blocks per SM) and 256 features x 512 threads (half the
+// gathers of the score matrix per FLOP); "p": A pre-packed per tile (amf_pack_*).
+GRAD2_ENTRY(2, f16, false, 256, 2, false)
+GRAD2_ENTRY(2, bf16, true, 256, 2, false)
+GRAD2_ENTRY(2w, f16, false, 512, 1, false)
+GRAD2_ENTRY(2w, bf16, true, 512, 1, false)
+GRAD2_ENTRY(2p, f16, false, 256, 2, true)
+GRAD2_ENTRY(2p, bf16, true, 256, 2, true)
+GRAD2_ENTRY(2pw, f16, false, 512, 1, true)
+GRAD2_ENTRY(2pw, bf16, true, 512, 1, true)
+
+// Pack the score gradient per (pair, 8x8 own tile) for the "p" gradient kernels: out[pair][tile]
+// [64 slots][box_stride], columns 0 .. roundup(box, 32) written (zeros outside the windows, the
+// box and the frame). TRANS = false: rows = queries of the tile, columns = the keys of its box
+// (dQ); TRANS = true: rows = keys of the tile, columns = the candidate queries of its box (dK).
+// grid (ntiles, npairs), block 256.
+template <bool TRANS>
+__device__ void pack_impl(const u16* __restrict__ scores, const int4* __restrict__ boxes, int S, int w,
+                          int ntx, const int2* __restrict__ win, int wh, int ww, int box_stride,
+                          u16* __restrict__ out) {
+    __shared__ int s_tok[G_M], s_a[G_M], s_b[G_M];
+    const int tile = blockIdx.x, pair = blockIdx.y, ntiles = gridDim.x;
+    const int tid = threadIdx.x;
+    const int h = S / w;
+    const long long W = (long long)wh * ww;
+    if (tid < G_M) {
+        const int y = (tile / ntx) * G_T + tid / G_T, xx = (tile % ntx) * G_T + tid % G_T;
+        const bool ok = y < h && xx < w;
+        const int tok = ok ? y * w + xx : -1;
+        s_tok[tid] = tok;
+        if (!TRANS) {
+            const int2 st = ok ? win[(long long)pair * S + tok] : make_int2(0, 0);
+            s_a[tid] = st.x; s_b[tid] = st.y;
+        } else {
+            s_a[tid] = y; s_b[tid] = xx;
+        }
+    }
+    __syncthreads();
+    const int4 bx = boxes[(long long)pair * ntiles + tile];
+    const int npart = bx.z * bx.w;
+    const int ncols = (npart + G_K - 1) / G_K * G_K;
+    const u16* sp = scores + (long long)pair * S * W;
+    const int2* wp = win + (long long)pair * S;
+    u16* base = out + ((long long)pair * ntiles + tile) * G_M * box_stride;
+    for (int p0 = 0; p0 < ncols; p0 += G_K) {
+        u16 v[8];
+        if (!TRANS) {
+            const int m = tid >> 2, n0 = p0 + (tid & 3) * 8;
+            const int tok = s_tok[m], r0 = s_a[m], c0 = s_b[m];
+            const int yy = n0 / bx.w;
+            int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+            const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int dy = ky - r0, dx = kx - c0;
+                u16 val = 0;
+                if (tok >= 0 && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                    val = row[dy * ww + dx];
+                v[i] = val;
+                if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
+            }
+            uint4 pk;
+            pk.x = (unsigned)v[0] | ((unsigned)v[1] << 16);
+            pk.y = (unsigned)v[2] | ((unsigned)v[3] << 16);
+            pk.z = (unsigned)v[4] | ((unsigned)v[5] << 16);
+            pk.w = (unsigned)v[6] | ((unsigned)v[7] << 16);
+            *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) = pk;
+        } else {
+            const int nl = tid & 31, mg = tid >> 5;
+            const int n = p0 + nl;
+            const bool ok = n < npart;
+            int r0 = 0, c0 = 0;
+            const u16* row = sp;
+            if (ok) {
+                const int yy = n / bx.w;
+                const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
+                const int2 st = wp[qt];
+                r0 = st.x; c0 = st.y;
+                row = sp + (long long)qt * W;
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int m = mg * 8 + i;
+                const int dy = s_a[m] - r0, dx = s_b[m] - c0;
+                u16 val = 0;
+                if (ok && s_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                    val = row[dy * ww + dx];
+                base[(long long)m * box_stride + n] = val;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) amf_pack_dq(const u16* scores, const int4* boxes, int S,
+                                                              int w, int ntx, const int2* win, int wh,
+                                                              int ww, int box_stride, u16* out) {
+    pack_impl<false>(scores, boxes, S, w, ntx, win, wh, ww, box_stride, out);
+}
+extern "C" __global__ void __launch_bounds__(256) amf_pack_dk(const u16* scores, const int4* boxes, int S,
+                                                              int w, int ntx, const int2* win, int wh,
+                                                              int ww, int box_stride, u16* out) {
+    pack_impl<true>(scores, boxes, S, w, ntx, win, wh, ww, box_stride, out);
+}
+
+// Sum of n floats in one block of 1024 threads (fixed order: deterministic).
+extern "C" __global__ void amf_sum(const float* __restrict__ v, long long n, float* __restrict__ out) {
+    __shared__ double part[32];
+    double s = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) s += (double)v[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x == 0) out[0] = (float)s;
+    }
+}

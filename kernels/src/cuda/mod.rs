@@ -3,7 +3,9 @@
 //! [`CudaAmf::get`] returns the process-wide cached state of one device (primary context, a
 //! stream, the loaded module). Entry points are dtype-suffixed (`amf_logits_bf16`, ...).
 //! Host-slice calls upload Q/K, run, and download; the `*_device` methods take device buffers
-//! (same layout) and leave the gradients on the device.
+//! (same layout) and leave the gradients on the device. Index tables (per plan) and scratch
+//! buffers (per role) are cached in the state and reused across calls; a call holds the
+//! state's lock from its first launch to its read-back, so concurrent callers serialise.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,29 @@ const DS: usize = 128;
 const DS_TC: usize = 256;
 /// Largest logits/score buffer per pair chunk.
 const CHUNK_BYTES: usize = 1 << 30;
+/// Version-2 tensor-core kernels: pairs per logits group, dynamic shared memory of
+/// `amf_logits3_*` (3 stages x (96 + 128) rows x 72 u16), gradient tile side and feature slice.
+const L3_PG: usize = 3;
+const L3_SMEM: usize = 3 * (3 * 32 + 128) * 72 * 2;
+const G_T: usize = 8;
+
+/// Version-2 gradient blocks: `FASTVMT_AMF_GRAD_WIDE` set selects 256 features x 512 threads
+/// (`amf_dq2pw`/`amf_dk2pw`, gathered: `amf_dq2w`/`amf_dk2w`) instead of 128 features x 256
+/// threads (H100 run 4: 1.2x slower with packed operands).
+fn grad_wide() -> bool {
+    std::env::var_os("FASTVMT_AMF_GRAD_WIDE").is_some()
+}
+
+/// Version-2 gradients, default: the score gradient is first packed per (pair, 8x8 tile)
+/// (`amf_pack_dq`/`amf_pack_dk`) and the gradient kernels load it by `cp.async`
+/// (`amf_dq2p`/`amf_dk2p`). `FASTVMT_AMF_GRAD_GATHER` set: the gradient kernels gather it from
+/// `[P, S, W]` once per feature slice instead (`amf_dq2`/`amf_dk2`; H100 run 4: 1.7x slower).
+fn grad_packed() -> bool {
+    std::env::var_os("FASTVMT_AMF_GRAD_GATHER").is_none()
+}
+
+/// Largest packed score buffer (bytes, each of dQ and dK) before the gather kernels are used.
+const PACK_BYTES: usize = 2 << 30;
 
 const FUNCS: &[&str] = &[
     "amf_fill",
@@ -50,6 +75,30 @@ const FUNCS: &[&str] = &[
     "amf_dq_tc_bf16",
     "amf_dk_tc_f16",
     "amf_dk_tc_bf16",
+    "amf_logits3_f16",
+    "amf_logits3_bf16",
+    "amf_logits3f_f16",
+    "amf_logits3f_bf16",
+    "amf_grad_boxes",
+    "amf_dq2_f16",
+    "amf_dq2_bf16",
+    "amf_dk2_f16",
+    "amf_dk2_bf16",
+    "amf_dq2w_f16",
+    "amf_dq2w_bf16",
+    "amf_dk2w_f16",
+    "amf_dk2w_bf16",
+    "amf_dq2p_f16",
+    "amf_dq2p_bf16",
+    "amf_dk2p_f16",
+    "amf_dk2p_bf16",
+    "amf_dq2pw_f16",
+    "amf_dq2pw_bf16",
+    "amf_dk2pw_f16",
+    "amf_dk2pw_bf16",
+    "amf_pack_dq",
+    "amf_pack_dk",
+    "amf_sum",
 ];
 
 /// Tensor-core kernels serve f16/bf16 inputs with `head_dim % 64 == 0`, unless the
@@ -58,6 +107,12 @@ fn use_tc<T: Element>(d: usize) -> bool {
     T::CUDA_SUFFIX != "f32"
         && d.is_multiple_of(64)
         && std::env::var_os("FASTVMT_AMF_NO_TC").is_none()
+}
+
+/// `FASTVMT_AMF_LEGACY` set: the tensor-core path uses the run-3 kernels (per-pair logits,
+/// `amf_dq_tc`/`amf_dk_tc`) instead of version 2 (for before/after measurements).
+fn legacy() -> bool {
+    std::env::var_os("FASTVMT_AMF_LEGACY").is_some()
 }
 
 /// Why CUDA cannot run here, or `Ok(())`. Never panics (checks the libraries before cudarc
@@ -103,13 +158,35 @@ fn drv<E: std::fmt::Debug>(e: E) -> KernelError {
     KernelError::CudaDriver(format!("{e:?}"))
 }
 
-/// Cached per-device state: context, stream, compiled module.
+/// Cached per-device state: context, stream, compiled module, device workspace.
 pub struct CudaAmf {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     funcs: HashMap<&'static str, CudaFunction>,
     poison: AtomicBool,
+    work: Mutex<Work>,
+    sm_count: usize,
+    /// One f32 on the device: the unused pointer argument of a kernel.
+    dummy: CudaSlice<f32>,
+}
+
+/// Device memory kept across calls: index tables per plan, scratch buffers per role (exact
+/// length; a call with other sizes reallocates that role).
+#[derive(Default)]
+struct Work {
+    tables: HashMap<String, Arc<Tables>>,
+    f32s: HashMap<&'static str, CudaSlice<f32>>,
+    u16s: HashMap<&'static str, CudaSlice<u16>>,
+    i32s: HashMap<&'static str, CudaSlice<i32>>,
+    /// Profiling (`FASTVMT_AMF_PROFILE`): events recorded after each phase, and the summed
+    /// milliseconds per phase since the last [`CudaAmf::take_profile`].
+    marks: Vec<(&'static str, cudarc::driver::CudaEvent)>,
+    prof: Vec<(&'static str, f64, usize)>,
+}
+
+fn profiling() -> bool {
+    std::env::var_os("FASTVMT_AMF_PROFILE").is_some()
 }
 
 static CACHE: OnceLock<Mutex<HashMap<usize, Arc<CudaAmf>>>> = OnceLock::new();
@@ -166,15 +243,47 @@ fn csr(
     (off, idx)
 }
 
-/// Pairs (int2), window starts (int2) and logits of one pair chunk, on the device.
-type ChunkBuffers = (CudaSlice<i32>, CudaSlice<i32>, CudaSlice<f32>);
+/// Groups of up to `L3_PG` chunk-local pairs with the same key frame (`-1` pads a group).
+fn key_frame_groups(pairs: &[(usize, usize)], frames: usize) -> Vec<i32> {
+    let mut out = Vec::new();
+    for f in 0..frames {
+        let members: Vec<i32> = (0..pairs.len())
+            .filter(|&p| pairs[p].1 == f)
+            .map(|p| p as i32)
+            .collect();
+        for g in members.chunks(L3_PG) {
+            out.extend_from_slice(g);
+            out.extend(std::iter::repeat_n(-1, L3_PG - g.len()));
+        }
+    }
+    out
+}
 
-/// Index arrays shared by all chunks of one call.
+/// Index tables of one pair chunk.
+struct ChunkTables {
+    /// First pair of the chunk (global index) and its pairs as `(i, j)` int2.
+    p0: usize,
+    pairs_host: Vec<(usize, usize)>,
+    pairs: CudaSlice<i32>,
+    /// `[ngroups][L3_PG]` key-frame groups (logits v3).
+    groups: CudaSlice<i32>,
+    ngroups: usize,
+    /// CSR by query frame (dQ) and by key frame (dK).
+    qoff: CudaSlice<i32>,
+    qidx: CudaSlice<i32>,
+    koff: CudaSlice<i32>,
+    kidx: CudaSlice<i32>,
+    /// Coarse mode: all-zero window starts of the tile-centre rows (`2 * np * ntiles`).
+    zero_win: Option<CudaSlice<i32>>,
+}
+
+/// Index arrays of one plan, cached across calls.
 struct Tables {
     slot_tok: CudaSlice<i32>,
     identity: CudaSlice<i32>,
-    /// Coarse tiles: tile-centre tokens and 0..ntiles.
+    /// Coarse tiles: tile-centre tokens, 0..ntiles, ntiles, tiles per row.
     coarse: Option<(CudaSlice<i32>, CudaSlice<i32>, usize, usize)>,
+    chunks: Vec<ChunkTables>,
 }
 
 impl CudaAmf {
@@ -210,14 +319,76 @@ impl CudaAmf {
         for &name in FUNCS {
             funcs.insert(name, module.load_function(name).map_err(drv)?);
         }
+        for name in [
+            "amf_logits3_f16",
+            "amf_logits3_bf16",
+            "amf_logits3f_f16",
+            "amf_logits3f_bf16",
+        ] {
+            funcs[name]
+                .set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    L3_SMEM as i32,
+                )
+                .map_err(drv)?;
+        }
         let stream = ctx.default_stream();
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(drv)?
+            .max(1) as usize;
         Ok(CudaAmf {
             ctx,
-            stream,
             _module: module,
             funcs,
             poison: AtomicBool::new(false),
+            work: Mutex::new(Work::default()),
+            sm_count,
+            dummy: unsafe { stream.alloc::<f32>(1) }.map_err(drv)?,
+            stream,
         })
+    }
+
+    /// Record the end of phase `label` (profiling only).
+    fn mark(&self, work: &mut Work, label: &'static str) -> Result<(), KernelError> {
+        if profiling() {
+            let ev = self
+                .stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(drv)?;
+            work.marks.push((label, ev));
+        }
+        Ok(())
+    }
+
+    /// Add the phase times of the finished call to the totals (profiling only).
+    fn flush_marks(&self, work: &mut Work) -> Result<(), KernelError> {
+        let marks = std::mem::take(&mut work.marks);
+        for w in marks.windows(2) {
+            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(drv)? as f64;
+            match work.prof.iter_mut().find(|p| p.0 == w[1].0) {
+                Some(p) => {
+                    p.1 += ms;
+                    p.2 += 1;
+                }
+                None => work.prof.push((w[1].0, ms, 1)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Benchmarking: with `FASTVMT_AMF_PROFILE` set, the device time of each phase (ms, summed
+    /// over the calls since the last take, with the number of calls), in order of appearance.
+    pub fn take_profile(&self) -> Vec<(String, f64, usize)> {
+        match self.work.lock() {
+            Ok(mut w) => std::mem::take(&mut w.prof)
+                .into_iter()
+                .map(|(l, ms, n)| (l.to_string(), ms, n))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The device's name (e.g. "NVIDIA H100 80GB HBM3").
@@ -277,7 +448,27 @@ impl CudaAmf {
         unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(drv)
     }
 
-    fn tables(&self, plan: &Plan) -> Result<Tables, KernelError> {
+    /// A cached scratch buffer of exactly `n.max(1)` elements for `role` (contents undefined:
+    /// every user writes before reading). Give it back with `map.insert(role, buf)`.
+    fn take<T: DeviceRepr>(
+        &self,
+        map: &mut HashMap<&'static str, CudaSlice<T>>,
+        role: &'static str,
+        n: usize,
+    ) -> Result<CudaSlice<T>, KernelError> {
+        let n = n.max(1);
+        match map.remove(role) {
+            Some(b) if b.len() == n => Ok(b),
+            _ => unsafe { self.stream.alloc::<T>(n) }.map_err(drv),
+        }
+    }
+
+    fn tables(&self, work: &mut Work, plan: &Plan) -> Result<Arc<Tables>, KernelError> {
+        let cp = self.chunk_pairs(plan);
+        let key = format!("{plan:?}|{cp}");
+        if let Some(t) = work.tables.get(&key) {
+            return Ok(t.clone());
+        }
         let g = plan.geom;
         let s = g.s();
         let slot_tok = self.upload(&tile_order(g.h, g.w))?;
@@ -292,101 +483,219 @@ impl CudaAmf {
         } else {
             None
         };
-        Ok(Tables {
+        let mut chunks = Vec::new();
+        for (ci, chunk) in plan.pairs.chunks(cp).enumerate() {
+            let flat: Vec<i32> = chunk
+                .iter()
+                .flat_map(|&(i, j)| [i as i32, j as i32])
+                .collect();
+            let groups = key_frame_groups(chunk, plan.frames);
+            let (qoff, qidx) = csr(chunk, plan.frames, |p| p.0);
+            let (koff, kidx) = csr(chunk, plan.frames, |p| p.1);
+            let zero_win = match &coarse {
+                Some((_, _, ntiles, _)) => Some(
+                    self.stream
+                        .alloc_zeros::<i32>(2 * chunk.len() * ntiles)
+                        .map_err(drv)?,
+                ),
+                None => None,
+            };
+            chunks.push(ChunkTables {
+                p0: ci * cp,
+                pairs_host: chunk.to_vec(),
+                pairs: self.upload(&flat)?,
+                ngroups: groups.len() / L3_PG,
+                groups: self.upload(&groups)?,
+                qoff: self.upload(&qoff)?,
+                qidx: self.upload(&qidx.iter().copied().chain([0]).collect::<Vec<_>>())?,
+                koff: self.upload(&koff)?,
+                kidx: self.upload(&kidx.iter().copied().chain([0]).collect::<Vec<_>>())?,
+                zero_win,
+            });
+        }
+        let t = Arc::new(Tables {
             slot_tok,
             identity,
             coarse,
-        })
+            chunks,
+        });
+        if work.tables.len() >= 32 {
+            work.tables.clear();
+        }
+        work.tables.insert(key, t.clone());
+        Ok(t)
     }
 
-    /// Windows and logits of one pair chunk. Returns (pairs on device, win, logits).
+    /// Logits of `nslots` query slots (tokens `slot_tok`, rows `slot_row` of `nrows` per pair)
+    /// of every pair of the chunk over their windows (`win`, `wh x ww`), into `out`
+    /// (`[np, nrows, wh*ww]`); or, with `fused = Some((omode, p0))` (version 3 only), the
+    /// online-softmax read-out of every row straight into `out` (`[P, nrows, 2]`, rows from
+    /// pair `p0` on; omode as `amf_rows`: 1 soft disp, 2 argmax disp, 3 absolute position).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_logits<T: Element>(
+        &self,
+        plan: &Plan,
+        ct: &ChunkTables,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        (slot_tok, slot_row, nslots, nrows): (&CudaSlice<i32>, &CudaSlice<i32>, usize, usize),
+        win: &CudaSlice<i32>,
+        (wh, ww): (usize, usize),
+        out: &mut CudaSlice<f32>,
+        fused: Option<(i32, usize)>,
+    ) -> Result<(), KernelError> {
+        let np = ct.pairs_host.len();
+        let (hn, fr, si, d, w) = (
+            i32of(plan.heads, "heads")?,
+            i32of(plan.frames, "frames")?,
+            i32of(plan.geom.s(), "S")?,
+            i32of(plan.d, "head_dim")?,
+            i32of(plan.geom.w, "grid_w")?,
+        );
+        let (ns, nr, whi, wwi) = (
+            i32of(nslots, "slots")?,
+            i32of(nrows, "rows")?,
+            i32of(wh, "wh")?,
+            i32of(ww, "ww")?,
+        );
+        let tc = use_tc::<T>(plan.d);
+        let v3 = tc && !legacy();
+        // Legacy tensor-core logits: 128-key chunks (4 warps), or 256-key chunks (8 warps)
+        // with FASTVMT_AMF_LOGITS_WIDE set.
+        let wide = std::env::var_os("FASTVMT_AMF_LOGITS_WIDE").is_some();
+        if fused.is_some() && !v3 {
+            return Err(KernelError::CudaDriver(
+                "fused logits need the version-3 kernels".into(),
+            ));
+        }
+        let (func, threads, grid_y, smem) = if v3 {
+            let v = if fused.is_some() { "3f" } else { "3" };
+            (
+                self.f(&format!("amf_logits{v}_{}", T::CUDA_SUFFIX))?,
+                256,
+                ct.ngroups,
+                L3_SMEM as u32,
+            )
+        } else if tc {
+            let v = if wide { "tcw" } else { "tc" };
+            let t = if wide { 256 } else { 128 };
+            (
+                self.f(&format!("amf_logits_{v}_{}", T::CUDA_SUFFIX))?,
+                t,
+                np,
+                0,
+            )
+        } else {
+            (
+                self.f(&format!("amf_logits_{}", T::CUDA_SUFFIX))?,
+                128,
+                np,
+                0,
+            )
+        };
+        // Version 3: split the key chunks over grid z when the blocks would not fill the GPU
+        // (coarse tile centres, small grids): about two waves of 2 blocks per SM.
+        let blocks = nslots.div_ceil(TQ) * grid_y;
+        let z = if v3 && fused.is_none() {
+            let sms = self.sm_count;
+            (4 * sms).div_ceil(blocks.max(1)).clamp(1, 8)
+        } else {
+            1
+        };
+        let mut lc = cfg((nslots.div_ceil(TQ), grid_y, z), threads);
+        lc.shared_mem_bytes = smem;
+        let mut b = self.stream.launch_builder(func);
+        b.arg(q).arg(k).arg(&ct.pairs);
+        if v3 {
+            b.arg(&ct.groups);
+        }
+        b.arg(&hn)
+            .arg(&fr)
+            .arg(&si)
+            .arg(&d)
+            .arg(&w)
+            .arg(slot_tok)
+            .arg(slot_row)
+            .arg(&ns)
+            .arg(&nr)
+            .arg(win)
+            .arg(&whi)
+            .arg(&wwi)
+            .arg(&plan.scale);
+        let (omode, p0) = match fused {
+            Some((m, p)) => (m, i32of(p, "pair offset")?),
+            None => (0, 0),
+        };
+        match (v3, fused.is_some()) {
+            (true, true) => b.arg(&self.dummy).arg(&omode).arg(&p0).arg(out),
+            (true, false) => b.arg(out).arg(&omode).arg(&p0).arg(&self.dummy),
+            _ => b.arg(out),
+        };
+        // SAFETY: the argument lists match amf_logits3_* / amf_logits_tc* / amf_logits_* in amf.cu.
+        unsafe { b.launch(lc) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// Windows and logits of one pair chunk into `win` (`2 * np * S`) and `logits`; with
+    /// `fused = Some((omode, p0))` the read-out goes straight into `logits` = the `[P, S, 2]`
+    /// displacement buffer (see [`Self::launch_logits`]).
+    #[allow(clippy::too_many_arguments)]
     fn chunk_logits<T: Element>(
         &self,
         plan: &Plan,
         tb: &Tables,
+        ct: &ChunkTables,
+        work: &mut Work,
         q: &CudaSlice<T>,
         k: &CudaSlice<T>,
-        chunk: &[(usize, usize)],
-    ) -> Result<ChunkBuffers, KernelError> {
+        win: &mut CudaSlice<i32>,
+        logits: &mut CudaSlice<f32>,
+        fused: Option<(i32, usize)>,
+    ) -> Result<(), KernelError> {
         let g = plan.geom;
         let s = g.s();
-        let np = chunk.len();
-        let (hn, fr, si, d, w, h) = (
-            i32of(plan.heads, "heads")?,
-            i32of(plan.frames, "frames")?,
-            i32of(s, "S")?,
-            i32of(plan.d, "head_dim")?,
-            i32of(g.w, "grid_w")?,
-            i32of(g.h, "grid_h")?,
-        );
-        let flat: Vec<i32> = chunk
-            .iter()
-            .flat_map(|&(i, j)| [i as i32, j as i32])
-            .collect();
-        let pairs = self.upload(&flat)?;
-        // Tensor-core logits: 128-key chunks (4 warps), or 256-key chunks (8 warps) with
-        // FASTVMT_AMF_LOGITS_WIDE set.
-        let wide = std::env::var_os("FASTVMT_AMF_LOGITS_WIDE").is_some();
-        let (logits_fn, lthreads) = if use_tc::<T>(plan.d) {
-            let v = if wide { "tcw" } else { "tc" };
-            let t = if wide { 256 } else { 128 };
-            (self.f(&format!("amf_logits_{v}_{}", T::CUDA_SUFFIX))?, t)
-        } else {
-            (self.f(&format!("amf_logits_{}", T::CUDA_SUFFIX))?, 128)
-        };
+        let np = ct.pairs_host.len();
+        let (w, h) = (i32of(g.w, "grid_w")?, i32of(g.h, "grid_h")?);
         let npi = i32of(np, "pairs")?;
         // Coarse pass: tile centres over all keys -> absolute expected positions.
-        let mut centres = self.alloc(2)?;
         let mode: i32 = match g.mode {
             CentreMode::Full => 0,
             CentreMode::Query => 1,
             CentreMode::Coarse { .. } => 2,
         };
         let (mut th, mut tw, mut ntx) = (1i32, 1i32, 1i32);
+        let ncent = tb.coarse.as_ref().map_or(2, |c| np * c.2 * 2);
+        let mut centres = self.take(&mut work.f32s, "centres", ncent)?;
         if let (CentreMode::Coarse { th: a, tw: b }, Some((ctok, cids, ntiles, nx))) =
             (g.mode, tb.coarse.as_ref())
         {
             th = i32of(a, "tile_h")?;
             tw = i32of(b, "tile_w")?;
             ntx = i32of(*nx, "tiles")?;
-            let nt = i32of(*ntiles, "tiles")?;
-            let zero_win = self
-                .stream
-                .alloc_zeros::<i32>(2 * np * ntiles)
-                .map_err(drv)?;
-            let mut cl = self.alloc(np * ntiles * s)?;
+            let zero_win = ct
+                .zero_win
+                .as_ref()
+                .ok_or_else(|| KernelError::CudaDriver("coarse table missing".into()))?;
+            let mut cl = self.take(&mut work.f32s, "coarse_logits", np * ntiles * s)?;
             self.maybe_poison(&mut cl)?;
-            unsafe {
-                self.stream
-                    .launch_builder(logits_fn)
-                    .arg(q)
-                    .arg(k)
-                    .arg(&pairs)
-                    .arg(&hn)
-                    .arg(&fr)
-                    .arg(&si)
-                    .arg(&d)
-                    .arg(&w)
-                    .arg(ctok)
-                    .arg(cids)
-                    .arg(&nt)
-                    .arg(&nt)
-                    .arg(&zero_win)
-                    .arg(&h)
-                    .arg(&w)
-                    .arg(&plan.scale)
-                    .arg(&mut cl)
-                    .launch(cfg((ntiles.div_ceil(TQ), np, 1), lthreads))
-            }
-            .map_err(drv)?;
-            centres = self.alloc(np * ntiles * 2)?;
+            self.launch_logits(
+                plan,
+                ct,
+                q,
+                k,
+                (ctok, cids, *ntiles, *ntiles),
+                zero_win,
+                (g.h, g.w),
+                &mut cl,
+                None,
+            )?;
             self.maybe_poison(&mut centres)?;
             self.rows(
                 &mut cl,
                 np,
                 *ntiles,
                 (g.h, g.w, g.w),
-                &zero_win,
+                zero_win,
                 ctok,
                 2,
                 0,
@@ -396,8 +705,9 @@ impl CudaAmf {
                 None,
                 None,
             )?;
+            work.f32s.insert("coarse_logits", cl);
+            self.mark(work, "coarse centres")?;
         }
-        let mut win = self.stream.alloc_zeros::<i32>(2 * np * s).map_err(drv)?;
         let (wh, ww) = (i32of(g.wh, "wh")?, i32of(g.ww, "ww")?);
         let radius = i32of(g.radius.min(1 << 30), "radius")?;
         let n = np * s;
@@ -415,36 +725,27 @@ impl CudaAmf {
                 .arg(&tw)
                 .arg(&ntx)
                 .arg(&centres)
-                .arg(&mut win)
+                .arg(&mut *win)
                 .launch(cfg((n.div_ceil(256), 1, 1), 256))
         }
         .map_err(drv)?;
-        let mut logits = self.alloc(np * s * g.wlen())?;
-        self.maybe_poison(&mut logits)?;
-        unsafe {
-            self.stream
-                .launch_builder(logits_fn)
-                .arg(q)
-                .arg(k)
-                .arg(&pairs)
-                .arg(&hn)
-                .arg(&fr)
-                .arg(&si)
-                .arg(&d)
-                .arg(&w)
-                .arg(&tb.slot_tok)
-                .arg(&tb.slot_tok)
-                .arg(&si)
-                .arg(&si)
-                .arg(&win)
-                .arg(&wh)
-                .arg(&ww)
-                .arg(&plan.scale)
-                .arg(&mut logits)
-                .launch(cfg((s.div_ceil(TQ), np, 1), lthreads))
+        work.f32s.insert("centres", centres);
+        if fused.is_none() {
+            self.maybe_poison(logits)?;
         }
-        .map_err(drv)?;
-        Ok((pairs, win, logits))
+        self.mark(work, "windows")?;
+        self.launch_logits(
+            plan,
+            ct,
+            q,
+            k,
+            (&tb.slot_tok, &tb.slot_tok, s, s),
+            win,
+            (g.wh, g.ww),
+            logits,
+            fused,
+        )?;
+        self.mark(work, "logits")
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -520,36 +821,79 @@ impl CudaAmf {
         k: &CudaSlice<T>,
         readout: Readout,
     ) -> Result<Vec<f32>, KernelError> {
+        let mut guard = self
+            .work
+            .lock()
+            .map_err(|_| KernelError::CudaDriver("workspace lock poisoned".into()))?;
+        let work = &mut *guard;
         let g = plan.geom;
         let s = g.s();
-        let tb = self.tables(plan)?;
+        let tb = self.tables(work, plan)?;
         let np_all = plan.pairs.len();
-        let mut disp = self.alloc(np_all * s * 2)?;
+        self.mark(work, "start")?;
+        let mut disp = self.take(&mut work.f32s, "disp", np_all * s * 2)?;
         self.maybe_poison(&mut disp)?;
         let mode = match readout {
             Readout::SoftArgmax => 0,
             Readout::Argmax => 1,
         };
-        for (ci, chunk) in plan.pairs.chunks(self.chunk_pairs(plan)).enumerate() {
-            let p0 = ci * self.chunk_pairs(plan);
-            let (_pairs, win, mut logits) = self.chunk_logits(plan, &tb, q, k, chunk)?;
+        let cp = self.chunk_pairs(plan);
+        let np_max = cp.min(np_all);
+        let mut win = self.take(&mut work.i32s, "win", 2 * np_max * s)?;
+        // Version 3 on tensor cores: online softmax inside the logits kernel, nothing stored
+        // (FASTVMT_AMF_FWD_STORED: logits buffer + rows kernel, as the backward does).
+        let fused = use_tc::<T>(plan.d)
+            && !legacy()
+            && std::env::var_os("FASTVMT_AMF_FWD_STORED").is_none();
+        if fused {
+            for ct in &tb.chunks {
+                let omode = mode + 1;
+                self.chunk_logits(
+                    plan,
+                    &tb,
+                    ct,
+                    work,
+                    q,
+                    k,
+                    &mut win,
+                    &mut disp,
+                    Some((omode, ct.p0)),
+                )?;
+            }
+            let out = self.stream.clone_dtoh(&disp).map_err(drv);
+            self.mark(work, "read-back")?;
+            self.flush_marks(work)?;
+            work.f32s.insert("disp", disp);
+            work.i32s.insert("win", win);
+            return out;
+        }
+        let mut logits = self.take(&mut work.f32s, "logits", np_max * s * g.wlen())?;
+        for ct in &tb.chunks {
+            self.chunk_logits(plan, &tb, ct, work, q, k, &mut win, &mut logits, None)?;
             self.rows(
                 &mut logits,
-                chunk.len(),
+                ct.pairs_host.len(),
                 s,
                 (g.wh, g.ww, g.w),
                 &win,
                 &tb.identity,
                 mode,
-                p0,
+                ct.p0,
                 None,
                 plan.scale,
                 &mut disp,
                 None,
                 None,
             )?;
+            self.mark(work, "rows")?;
         }
-        self.stream.clone_dtoh(&disp).map_err(drv)
+        let out = self.stream.clone_dtoh(&disp).map_err(drv);
+        self.mark(work, "read-back")?;
+        self.flush_marks(work)?;
+        work.f32s.insert("disp", disp);
+        work.i32s.insert("win", win);
+        work.f32s.insert("logits", logits);
+        out
     }
 
     fn chunk_pairs(&self, plan: &Plan) -> usize {
@@ -576,18 +920,27 @@ impl CudaAmf {
         dq: &mut CudaSlice<f32>,
         dk: &mut CudaSlice<f32>,
     ) -> Result<f32, KernelError> {
+        let mut guard = self
+            .work
+            .lock()
+            .map_err(|_| KernelError::CudaDriver("workspace lock poisoned".into()))?;
+        let work = &mut *guard;
         let g = plan.geom;
         let s = g.s();
-        let tb = self.tables(plan)?;
+        let tb = self.tables(work, plan)?;
         let np_all = plan.pairs.len();
-        let refd = self.upload(reference)?;
-        let coef = self.upload(&lp.coef)?;
-        let mut disp = self.alloc(np_all * s * 2)?;
-        let mut loss_rows = self.alloc(np_all * s)?;
+        self.mark(work, "start")?;
+        let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
+        self.stream.memcpy_htod(reference, &mut refd).map_err(drv)?;
+        let mut coef = self.take(&mut work.f32s, "coef", lp.coef.len())?;
+        self.stream.memcpy_htod(&lp.coef, &mut coef).map_err(drv)?;
+        let mut disp = self.take(&mut work.f32s, "disp", np_all * s * 2)?;
+        let mut loss_rows = self.take(&mut work.f32s, "loss_rows", np_all * s)?;
         self.maybe_poison(&mut disp)?;
         self.maybe_poison(&mut loss_rows)?;
         self.maybe_poison(dq)?;
         self.maybe_poison(dk)?;
+        self.mark(work, "upload")?;
         let (hn, fr, si, d, w) = (
             i32of(plan.heads, "heads")?,
             i32of(plan.frames, "frames")?,
@@ -597,7 +950,29 @@ impl CudaAmf {
         );
         let (wh, ww) = (i32of(g.wh, "wh")?, i32of(g.ww, "ww")?);
         let tc = use_tc::<T>(plan.d);
-        let kind = if tc { "_tc" } else { "" };
+        let v2 = tc && !legacy();
+        let wide = grad_wide();
+        // Packed A tiles: row strides (box bounds, whole chunks of 32) and whether they fit.
+        let (ntx8, nt8) = (g.w.div_ceil(G_T), g.w.div_ceil(G_T) * g.h.div_ceil(G_T));
+        let cp = self.chunk_pairs(plan);
+        let np_max = cp.min(np_all);
+        let stride_q = match g.mode {
+            CentreMode::Query => {
+                (g.h.min(g.wh + G_T - 1) * g.w.min(g.ww + G_T - 1)).div_ceil(32) * 32
+            }
+            _ => s.div_ceil(32) * 32,
+        };
+        let stride_k = s.div_ceil(32) * 32;
+        let pack_len = |stride: usize| np_max * nt8 * G_T * G_T * stride;
+        let packed = v2 && grad_packed() && 2 * pack_len(stride_k) <= PACK_BYTES;
+        let kind = match (v2, packed, wide) {
+            (true, true, true) => "2pw",
+            (true, true, false) => "2p",
+            (true, false, true) => "2w",
+            (true, false, false) => "2",
+            _ if tc => "_tc",
+            _ => "",
+        };
         let dq_fn = self.f(&format!("amf_dq{kind}_{}", T::CUDA_SUFFIX))?;
         let dk_fn = self.f(&format!("amf_dk{kind}_{}", T::CUDA_SUFFIX))?;
         // 16-bit scores are scaled by a power of two near the number of kept rows (coef ~ 1/kept)
@@ -605,50 +980,168 @@ impl CudaAmf {
         let gscale = (2f32).powi((lp.kept.max(1) as f64).log2().floor() as i32);
         let inv = 1.0 / gscale;
         let bf = i32::from(T::CUDA_SUFFIX == "bf16");
-        let nslices = (plan.heads * plan.d).div_ceil(if tc { DS_TC } else { DS });
-        let cp = self.chunk_pairs(plan);
-        for (ci, chunk) in plan.pairs.chunks(cp).enumerate() {
-            let p0 = ci * cp;
-            let (pairs, win, mut scores) = self.chunk_logits(plan, &tb, q, k, chunk)?;
-            // Tensor-core backward: the rows kernel writes the scores as 16-bit values.
-            let mut s16 = if tc {
-                // SAFETY: every element is written by amf_rows (mode 3).
-                Some(unsafe { self.stream.alloc::<u16>(scores.len()) }.map_err(drv)?)
-            } else {
-                None
-            };
+        let dd = plan.heads * plan.d;
+        let mut win = self.take(&mut work.i32s, "win", 2 * np_max * s)?;
+        let mut scores = self.take(&mut work.f32s, "logits", np_max * s * g.wlen())?;
+        // Tensor-core backward: the rows kernel writes the scores as 16-bit values.
+        let mut s16 = if tc {
+            Some(self.take(&mut work.u16s, "s16", np_max * s * g.wlen())?)
+        } else {
+            None
+        };
+        // Version 2: 8x8 tiles of own tokens, partner boxes per (pair, tile).
+        let mut packs = if packed {
+            Some((
+                self.take(&mut work.u16s, "pack_q", pack_len(stride_q))?,
+                self.take(&mut work.u16s, "pack_k", pack_len(stride_k))?,
+            ))
+        } else {
+            None
+        };
+        let mut boxes = if v2 {
+            Some((
+                self.take(&mut work.i32s, "boxes_q", 4 * np_max * nt8)?,
+                self.take(&mut work.i32s, "boxes_k", 4 * np_max * nt8)?,
+            ))
+        } else {
+            None
+        };
+        for (ci, ct) in tb.chunks.iter().enumerate() {
+            let np = ct.pairs_host.len();
+            self.chunk_logits(plan, &tb, ct, work, q, k, &mut win, &mut scores, None)?;
             self.rows(
                 &mut scores,
-                chunk.len(),
+                np,
                 s,
                 (g.wh, g.ww, g.w),
                 &win,
                 &tb.identity,
                 3,
-                p0,
+                ct.p0,
                 Some((&refd, &coef)),
                 plan.scale,
                 &mut disp,
                 Some(&mut loss_rows),
                 s16.as_mut().map(|b| (b, gscale, bf)),
             )?;
+            self.mark(work, "rows")?;
             let acc = i32::from(ci > 0);
-            let (qoff, qidx) = csr(chunk, plan.frames, |p| p.0);
-            let (koff, kidx) = csr(chunk, plan.frames, |p| p.1);
-            let (qoff, qidx) = (self.upload(&qoff)?, self.upload(&qidx)?);
-            let (koff, kidx) = (self.upload(&koff)?, self.upload(&kidx)?);
-            let grid = (s.div_ceil(TQ), nslices, plan.frames);
-            if let Some(s16) = s16 {
-                for (func, operand, off, idx, out) in [
-                    (dq_fn, k, &qoff, &qidx, &mut *dq),
-                    (dk_fn, q, &koff, &kidx, &mut *dk),
+            if let (Some(s16), Some((bq, bk))) = (s16.as_ref(), boxes.as_mut()) {
+                let (hh, ww8, whh, wwh, ntxi) = (
+                    i32of(g.h, "grid_h")?,
+                    i32of(g.w, "grid_w")?,
+                    wh,
+                    ww,
+                    i32of(ntx8, "tiles")?,
+                );
+                for (mode, bx) in [(0i32, &mut *bq), (1i32, &mut *bk)] {
+                    unsafe {
+                        self.stream
+                            .launch_builder(self.f("amf_grad_boxes")?)
+                            .arg(&mode)
+                            .arg(&hh)
+                            .arg(&ww8)
+                            .arg(&whh)
+                            .arg(&wwh)
+                            .arg(&ntxi)
+                            .arg(&win)
+                            .arg(bx)
+                            .launch(cfg((nt8, np, 1), 256))
+                    }
+                    .map_err(drv)?;
+                }
+                self.mark(work, "boxes")?;
+                if let Some((pq, pk)) = packs.as_mut() {
+                    for (name, bx, stride, out) in [
+                        ("amf_pack_dq", &*bq, stride_q, &mut *pq),
+                        ("amf_pack_dk", &*bk, stride_k, &mut *pk),
+                    ] {
+                        let st = i32of(stride, "packed stride")?;
+                        unsafe {
+                            self.stream
+                                .launch_builder(self.f(name)?)
+                                .arg(s16)
+                                .arg(bx)
+                                .arg(&si)
+                                .arg(&w)
+                                .arg(&ntxi)
+                                .arg(&win)
+                                .arg(&wh)
+                                .arg(&ww)
+                                .arg(&st)
+                                .arg(out)
+                                .launch(cfg((nt8, np, 1), 256))
+                        }
+                        .map_err(drv)?;
+                    }
+                    self.mark(work, "pack")?;
+                }
+                let (gn, threads) = if wide { (256, 512) } else { (128, 256) };
+                let grid = (nt8, dd.div_ceil(gn), plan.frames);
+                let dummy16 = s16;
+                let (pq, pk, sq, sk) = match packs.as_ref() {
+                    Some((pq, pk)) => (
+                        pq,
+                        pk,
+                        i32of(stride_q, "stride")?,
+                        i32of(stride_k, "stride")?,
+                    ),
+                    None => (dummy16, dummy16, 0, 0),
+                };
+                for (func, operand, off, idx, bx, out, pk_buf, pk_stride) in [
+                    (dq_fn, k, &ct.qoff, &ct.qidx, &*bq, &mut *dq, pq, sq),
+                    (dk_fn, q, &ct.koff, &ct.kidx, &*bk, &mut *dk, pk, sk),
                 ] {
                     unsafe {
                         self.stream
                             .launch_builder(func)
-                            .arg(&s16)
+                            .arg(s16)
                             .arg(operand)
-                            .arg(&pairs)
+                            .arg(&ct.pairs)
+                            .arg(off)
+                            .arg(idx)
+                            .arg(bx)
+                            .arg(&hn)
+                            .arg(&fr)
+                            .arg(&si)
+                            .arg(&d)
+                            .arg(&w)
+                            .arg(&ntxi)
+                            .arg(&win)
+                            .arg(&wh)
+                            .arg(&ww)
+                            .arg(&inv)
+                            .arg(&acc)
+                            .arg(out)
+                            .arg(pk_buf)
+                            .arg(&pk_stride)
+                            .launch(cfg(grid, threads))
+                    }
+                    .map_err(drv)?;
+                    self.mark(
+                        work,
+                        if std::ptr::eq(func, dq_fn) {
+                            "dq"
+                        } else {
+                            "dk"
+                        },
+                    )?;
+                }
+                continue;
+            }
+            let nslices = dd.div_ceil(if tc { DS_TC } else { DS });
+            let grid = (s.div_ceil(TQ), nslices, plan.frames);
+            if let Some(s16) = s16.as_ref() {
+                for (func, operand, off, idx, out) in [
+                    (dq_fn, k, &ct.qoff, &ct.qidx, &mut *dq),
+                    (dk_fn, q, &ct.koff, &ct.kidx, &mut *dk),
+                ] {
+                    unsafe {
+                        self.stream
+                            .launch_builder(func)
+                            .arg(s16)
+                            .arg(operand)
+                            .arg(&ct.pairs)
                             .arg(off)
                             .arg(idx)
                             .arg(&hn)
@@ -666,19 +1159,27 @@ impl CudaAmf {
                             .launch(cfg(grid, 256))
                     }
                     .map_err(drv)?;
+                    self.mark(
+                        work,
+                        if std::ptr::eq(func, dq_fn) {
+                            "dq"
+                        } else {
+                            "dk"
+                        },
+                    )?;
                 }
                 continue;
             }
             for (func, operand, off, idx, out) in [
-                (dq_fn, k, &qoff, &qidx, &mut *dq),
-                (dk_fn, q, &koff, &kidx, &mut *dk),
+                (dq_fn, k, &ct.qoff, &ct.qidx, &mut *dq),
+                (dk_fn, q, &ct.koff, &ct.kidx, &mut *dk),
             ] {
                 unsafe {
                     self.stream
                         .launch_builder(func)
                         .arg(&scores)
                         .arg(operand)
-                        .arg(&pairs)
+                        .arg(&ct.pairs)
                         .arg(off)
                         .arg(idx)
                         .arg(&hn)
@@ -695,10 +1196,50 @@ impl CudaAmf {
                         .launch(cfg(grid, 256))
                 }
                 .map_err(drv)?;
+                self.mark(
+                    work,
+                    if std::ptr::eq(func, dq_fn) {
+                        "dq"
+                    } else {
+                        "dk"
+                    },
+                )?;
             }
         }
-        let rows = self.stream.clone_dtoh(&loss_rows).map_err(drv)?;
-        Ok(rows.iter().map(|&v| v as f64).sum::<f64>() as f32)
+        // Loss: one-block device sum of the row terms; 4 bytes come back.
+        let mut total = self.take(&mut work.f32s, "loss", 1)?;
+        let n = (np_all * s) as i64;
+        unsafe {
+            self.stream
+                .launch_builder(self.f("amf_sum")?)
+                .arg(&loss_rows)
+                .arg(&n)
+                .arg(&mut total)
+                .launch(cfg((1, 1, 1), 1024))
+        }
+        .map_err(drv)?;
+        let out = self.stream.clone_dtoh(&total).map_err(drv);
+        self.mark(work, "loss+read-back")?;
+        self.flush_marks(work)?;
+        work.f32s.insert("loss", total);
+        work.f32s.insert("ref", refd);
+        work.f32s.insert("coef", coef);
+        work.f32s.insert("disp", disp);
+        work.f32s.insert("loss_rows", loss_rows);
+        work.i32s.insert("win", win);
+        work.f32s.insert("logits", scores);
+        if let Some(b) = s16 {
+            work.u16s.insert("s16", b);
+        }
+        if let Some((bq, bk)) = boxes {
+            work.i32s.insert("boxes_q", bq);
+            work.i32s.insert("boxes_k", bk);
+        }
+        if let Some((pq, pk)) = packs {
+            work.u16s.insert("pack_q", pq);
+            work.u16s.insert("pack_k", pk);
+        }
+        Ok(out?[0])
     }
 
     pub(crate) fn forward<T: Element>(
