@@ -261,8 +261,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
                 precision: AmfPrecision::F32,
                 backend: Backend::Cpu,
             },
-            stable_cos: 0.9,
-            changed_cos: 0.7,
+            min_gain: 0.0,
         },
     }
 }
@@ -347,6 +346,36 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
         adaptive.stats.real_backward,
         fast.stats.real_backward
     );
+    // With 10 inner steps the interval can stretch: replay adaptive's rule on the losses it
+    // recorded (a real gradient whose loss is below the previous one's stretches the next gap
+    // by one; otherwise the gap is fastvmt's 3) and check the inner steps it refreshed on.
+    let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 10)).unwrap();
+    let reals = &adaptive.stats.real_losses;
+    assert_eq!(adaptive.stats.real_backward, reals.len());
+    for step in 0..2 {
+        let got: Vec<(usize, f32)> = reals
+            .iter()
+            .filter(|(s, _, _)| *s == step)
+            .map(|&(_, j, l)| (j, l))
+            .collect();
+        let (mut expected, mut next, mut gap, mut before) = (vec![], 0usize, 3usize, None);
+        while next < 10 {
+            expected.push(next);
+            let loss = got
+                .iter()
+                .find(|(j, _)| *j == next)
+                .unwrap_or_else(|| panic!("no real gradient at step {step}, inner {next}: {got:?}"))
+                .1;
+            if let Some(b) = before {
+                gap = if loss <= b { (gap + 1).min(10) } else { 3 };
+            }
+            before = Some(loss);
+            next += gap;
+        }
+        let inner: Vec<usize> = got.iter().map(|(j, _)| *j).collect();
+        assert_eq!(inner, expected, "guided step {step}: losses {got:?}");
+        assert!(inner.len() <= 4, "never more than fastvmt's 4 of 10");
+    }
     // Guidance changed the result.
     assert!(fast
         .latent

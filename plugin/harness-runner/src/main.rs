@@ -54,12 +54,13 @@ struct Args {
     /// Centre key windows on FastVMT's coarse tile search instead of the query's position.
     #[arg(long)]
     coarse_tiles: bool,
-    /// Adaptive: cosine between successive real gradients above which the reuse interval grows.
-    #[arg(long, default_value_t = 0.95)]
-    stable_cos: f32,
-    /// Adaptive: cosine below which the interval returns to the base one.
-    #[arg(long, default_value_t = 0.7)]
-    changed_cos: f32,
+    /// Adaptive: relative loss decrease between successive real gradients that stretches the
+    /// reuse interval (default: the sampler node's).
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_MIN_GAIN)]
+    min_gain: f32,
+    /// Guidance learning rate (default: the bundle's `guidance_lr`).
+    #[arg(long)]
+    lr: Option<f32>,
 }
 
 fn machine() -> String {
@@ -145,13 +146,14 @@ fn main() -> Result<()> {
                     fraction: args.guided_fraction,
                     inner_steps: args.inner_steps,
                     reuse_interval: 3,
-                    lr: m.default_f64("guidance_lr", 0.015) as f32,
+                    lr: args
+                        .lr
+                        .unwrap_or(m.default_f64("guidance_lr", 0.015) as f32),
                     lr_end_ratio: 0.7,
                     weight_decay: 0.01,
                     reference_noise_scale: 0.5,
                     amf: amf.clone(),
-                    stable_cos: args.stable_cos,
-                    changed_cos: args.changed_cos,
+                    min_gain: args.min_gain,
                 },
             };
             let out = sampler::sample(
@@ -199,6 +201,7 @@ fn main() -> Result<()> {
                 "cached_steps": s.cached_steps, "guided_steps": s.guided_steps, "denoiser_passes": s.denoiser_passes,
                 "first_loss": s.first_loss, "final_loss": s.final_loss, "stopped_on_nan": s.stopped_on_nan, "seed": args.seed,
                 "gradient_cosines": s.gradient_cosines,
+                "real_losses": s.real_losses,
             }));
         }
     }

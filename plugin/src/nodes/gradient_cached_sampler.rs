@@ -13,6 +13,7 @@ use super::NodeClass;
 use crate::model::ModelError;
 use crate::sampler::{
     self, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings,
+    ADAPTIVE_MIN_GAIN,
 };
 
 pub const CLASS: NodeClass = NodeClass {
@@ -141,8 +142,7 @@ impl Node for GradientCachedSampler {
                 weight_decay: 0.01,
                 reference_noise_scale: inputs.float("reference_noise")? as f32,
                 amf: handle.amf.clone(),
-                stable_cos: 0.95,
-                changed_cos: 0.7,
+                min_gain: ADAPTIVE_MIN_GAIN,
             },
         };
         let prompts = PromptEmbeddings {

@@ -14,6 +14,10 @@ use crate::model::dit::{CancelCheck, Latent, ModelError};
 use crate::model::DitModel;
 pub use guidance::{AmfConfig, GuidanceMode, GuidanceSettings};
 
+/// `adaptive`'s default `min_gain`: a real gradient whose loss is at least 1 % below the
+/// previous one of the same denoising step stretches the reuse interval.
+pub const ADAPTIVE_MIN_GAIN: f32 = 0.01;
+
 /// Everything a sampling run needs besides the model and the prompts.
 #[derive(Debug, Clone)]
 pub struct SampleSettings {
@@ -42,6 +46,9 @@ pub struct SampleStats {
     pub final_loss: Option<f32>,
     /// Cosine between each real gradient and the previous one (what `adaptive` decides on).
     pub gradient_cosines: Vec<f32>,
+    /// Every real gradient's AMF loss as `(guided step, inner step, loss)`: the loss trend
+    /// `adaptive` reads, and what the harness logs to tune it.
+    pub real_losses: Vec<(usize, usize, f32)>,
     /// Set when guidance was stopped because a loss or gradient was not finite.
     pub stopped_on_nan: Option<String>,
     pub wall_s: f64,
