@@ -19,6 +19,7 @@ envof() {
     ga) echo FASTVMT_AMF_GRAD_GATHER=1 ;;
     gw) echo FASTVMT_AMF_GRAD_GATHER=1 FASTVMT_AMF_GRAD_WIDE=1 ;;
     st) echo FASTVMT_AMF_FWD_STORED=1 ;;
+    z1) echo FASTVMT_AMF_LOGITS_ZX=1 ;;
     legacy) echo FASTVMT_AMF_LEGACY=1 ;;
   esac
 }

@@ -4,12 +4,12 @@
 //! Prints a table; with a path, also writes JSON lines that `bench/amf_torch.py --ours` reads.
 //! Without CUDA it prints the reason and exits 0.
 //!
-//! dtype column: `bf16` = the default tensor-core path (version 2: fused forward, packed score
-//! gradient, 128-feature gradient blocks), `bf16-pkw` = 256-feature gradient blocks
-//! (`FASTVMT_AMF_GRAD_WIDE`), `bf16-ga` = gradient kernels gathering the score gradient
-//! (`FASTVMT_AMF_GRAD_GATHER`), `bf16-st` = stored-logits forward (`FASTVMT_AMF_FWD_STORED`;
-//! fwd column), `bf16-legacy` = the run-3 kernels (`FASTVMT_AMF_LEGACY`), `f32` = CUDA-core
-//! kernels; all in
+//! dtype column: `bf16` = the default tensor-core path (version 2: fused forward, backward
+//! logits split 3 ways per block, packed score gradient, 128-feature gradient blocks),
+//! `bf16-z1` = backward logits unsplit (`FASTVMT_AMF_LOGITS_ZX=1`), `bf16-ga` = gradient
+//! kernels gathering the score gradient (`FASTVMT_AMF_GRAD_GATHER`), `bf16-st` = stored-logits
+//! forward (`FASTVMT_AMF_FWD_STORED`; fwd column), `bf16-legacy` = the run-3 kernels
+//! (`FASTVMT_AMF_LEGACY`), `f32` = CUDA-core kernels; all in
 //! the same process, so before/after numbers come from the same card and run.
 
 use std::io::Write;
@@ -137,19 +137,20 @@ fn run() -> Result<(), KernelError> {
             let g1 = 2.0 * (np * s * wl * hn * d) as f64 / 1e9;
             let gflop = 3.0 * g1;
             let bytes = (2 * n * 2 + 2 * n * 4) as f64; // q, k bf16 in; dq, dk f32 out
-            let tc_floor = (gflop / 798e3).max(bytes / 3.0e12 * 1e3);
-            let simt_floor = (gflop / 67e3).max(bytes / 3.0e12 * 1e3);
+                                                        // ms: GFLOP / (TFLOP/s) = ms; bytes / (B/s) * 1e3 = ms.
+            let tc_floor = (gflop / 798.0).max(bytes / 3.0e12 * 1e3);
+            let simt_floor = (gflop / 67.0).max(bytes / 3.0e12 * 1e3);
             for dtype in [
                 "bf16",
-                "bf16-pkw",
+                "bf16-z1",
                 "bf16-ga",
                 "bf16-st",
                 "bf16-legacy",
                 "f32",
             ] {
                 for (var, on) in [
-                    ("FASTVMT_AMF_GRAD_WIDE", dtype == "bf16-pkw"),
                     ("FASTVMT_AMF_GRAD_GATHER", dtype == "bf16-ga"),
+                    ("FASTVMT_AMF_LOGITS_ZX", dtype == "bf16-z1"),
                     ("FASTVMT_AMF_LEGACY", dtype == "bf16-legacy"),
                     ("FASTVMT_AMF_FWD_STORED", dtype == "bf16-st"),
                 ] {

@@ -1011,7 +1011,7 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
                              const int* __restrict__ slot_row, int nslots, int nrows,
                              const int2* __restrict__ win, int wh, int ww, float scale,
                              float* __restrict__ logits, int omode, int p0,
-                             float* __restrict__ outd) {
+                             float* __restrict__ outd, int zx) {
     extern __shared__ __align__(16) u16 l3_smem[];
     __shared__ int r_tok[L3_M], r_row[L3_M], r_r0[L3_M], r_c0[L3_M], r_pair[L3_M];
     __shared__ int bx[4];
@@ -1033,11 +1033,15 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
     const int g = lane >> 2, t4 = lane & 3;
     const long long W = (long long)wh * ww;
     const int grp = blockIdx.y;
+    // Key-chunk split: over grid z (zx = 1), or folded into x with the split fastest (zx > 1:
+    // the blocks of one group then run together, a smaller working set of frames in L2).
+    const int stile = zx > 1 ? blockIdx.x / zx : blockIdx.x;
+    const int zc = zx > 1 ? blockIdx.x % zx : blockIdx.z, zn = zx > 1 ? zx : gridDim.z;
     const int fj = pairs[groups[grp * L3_PG]].y;
     if (tid == 0) { bx[0] = 1 << 30; bx[1] = -1; bx[2] = 1 << 30; bx[3] = -1; }
     __syncthreads();
     if (tid < L3_M) {
-        const int gi = tid / TQ, sl = blockIdx.x * TQ + tid % TQ;
+        const int gi = tid / TQ, sl = stile * TQ + tid % TQ;
         const int pair = groups[grp * L3_PG + gi];
         int tok = -1, row = 0, r0 = 0, c0 = 0;
         if (pair >= 0 && sl < nslots) {
@@ -1060,7 +1064,6 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
     const int dstages = d / L3_DC;
     const int nst = H * dstages;
     const int nch_all = (nkeys + L3_N - 1) / L3_N;
-    const int zc = blockIdx.z, zn = gridDim.z;
     const int nch = zc < nch_all ? (nch_all - zc + zn - 1) / zn : 0;  // chunks of this block
     const int total = nch * nst;
     const long long hstride = (long long)F * S * d;
@@ -1291,9 +1294,9 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
         const u16* q, const u16* k, const int2* pairs, const int* groups, int H, int F, int S,     \
         int d, int w, const int* slot_tok, const int* slot_row, int nslots, int nrows,             \
         const int2* win, int wh, int ww, float scale, float* logits, int omode, int p0,            \
-        float* outd) {                                                                             \
+        float* outd, int zx) {                                                                     \
         logits3_impl<BF, FU>(q, k, pairs, groups, H, F, S, d, w, slot_tok, slot_row, nslots,       \
-                             nrows, win, wh, ww, scale, logits, omode, p0, outd);                  \
+                             nrows, win, wh, ww, scale, logits, omode, p0, outd, zx);              \
     }
 LOGITS3_ENTRY(amf_logits3_f16, false, false)
 LOGITS3_ENTRY(amf_logits3_bf16, true, false)
@@ -1366,11 +1369,17 @@ __device__ void grad2_impl(const u16* __restrict__ scores, const u16* __restrict
     constexpr int GN = NT / 2;        // features per block
     constexpr int CPR = GN / 8;       // 16-byte chunks per B row
     constexpr int TPR = CPR / 2;      // threads per B row (two chunks each)
-    // Pipeline depth: packed A (both operands by cp.async) with 128 features: 3 stages (41 KB);
-    // otherwise 2 (the gathered A is staged through registers; 256 features fill 44 KB).
-    constexpr int ST = (PACKED && NT == 256) ? 3 : 2;
-    __shared__ __align__(16) u16 As[ST][G_M][G_SA];
-    __shared__ __align__(16) u16 Bs[ST][G_K][GN + 8];
+    // Pipeline depth: packed A (both operands by cp.async): 3 stages (41 KB static with 128
+    // features; 66 KB of dynamic shared memory with 256); gathered A (staged through
+    // registers): 2 stages, static.
+    constexpr int ST = PACKED ? 3 : 2;
+    constexpr bool DYN = PACKED && NT == 512;
+    __shared__ __align__(16) u16 As_s[DYN ? 1 : ST][G_M][G_SA];
+    __shared__ __align__(16) u16 Bs_s[DYN ? 1 : ST][G_K][GN + 8];
+    extern __shared__ __align__(16) u16 g2_smem[];
+    u16 (*As)[G_M][G_SA] = DYN ? reinterpret_cast<u16 (*)[G_M][G_SA]>(g2_smem) : As_s;
+    u16 (*Bs)[G_K][GN + 8] =
+        DYN ? reinterpret_cast<u16 (*)[G_K][GN + 8]>(g2_smem + ST * G_M * G_SA) : Bs_s;
     __shared__ int s_tok[G_M], s_a[G_M], s_b[G_M];
     const int tile = blockIdx.x, own = blockIdx.z;
     const int ntiles = gridDim.x;
@@ -1598,7 +1607,8 @@ __device__ void grad2_impl(const u16* __restrict__ scores, const u16* __restrict
                                      ntx, win, wh, ww, inv, accumulate, dk, packed, box_stride);   \
     }
 // 128 features x 256 threads (two blocks per SM) and 256 features x 512 threads (half the
-// gathers of the score matrix per FLOP); "p": A pre-packed per tile (amf_pack_*).
+// gathers of the score matrix per FLOP); "p": A pre-packed per tile (amf_pack_*). amf_*2pw_*
+// take 3 * (64 * 40 + 32 * 264) * 2 = 66048 bytes of dynamic shared memory.
 GRAD2_ENTRY(2, f16, false, 256, 2, false)
 GRAD2_ENTRY(2, bf16, true, 256, 2, false)
 GRAD2_ENTRY(2w, f16, false, 512, 1, false)
