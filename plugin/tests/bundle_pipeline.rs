@@ -262,6 +262,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
                 backend: Backend::Cpu,
             },
             min_gain: 0.0,
+            moving_threshold: None,
         },
     }
 }

@@ -58,6 +58,10 @@ struct Args {
     /// reuse interval (default: the sampler node's).
     #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_MIN_GAIN)]
     min_gain: f32,
+    /// fastvmt/adaptive: loss only where the reference moves more than this many tokens
+    /// (DiTFlow's mask); 0 = every entry. Default: the sampler node's.
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::FASTVMT_MOVING_THRESHOLD)]
+    moving_threshold: f32,
     /// Guidance learning rate (default: the bundle's `guidance_lr`).
     #[arg(long)]
     lr: Option<f32>,
@@ -154,6 +158,8 @@ fn main() -> Result<()> {
                     reference_noise_scale: 0.5,
                     amf: amf.clone(),
                     min_gain: args.min_gain,
+                    moving_threshold: (args.moving_threshold > 0.0)
+                        .then_some(args.moving_threshold),
                 },
             };
             let out = sampler::sample(

@@ -106,6 +106,9 @@ pub struct GuidanceSettings {
     /// Adaptive: relative loss decrease between successive real gradients of one denoising
     /// step that stretches the reuse interval by one inner step.
     pub min_gain: f32,
+    /// `fastvmt`/`adaptive`: restrict the loss to entries where the reference moves more than
+    /// this many tokens (DiTFlow's mask; `ditflow` always uses 0.5). `None`: every entry.
+    pub moving_threshold: Option<f32>,
 }
 
 /// What one guided step needs to know.
@@ -200,7 +203,7 @@ impl<'m> Guide<'m> {
                     first: 1.0,
                     last: 0.8,
                 },
-                moving_threshold: None,
+                moving_threshold: settings.moving_threshold,
             }
         };
         Ok(Self {
