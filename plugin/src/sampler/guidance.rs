@@ -129,7 +129,6 @@ pub struct Guide<'m> {
     guided_steps: usize,
     spec: AmfSpec,
     loss: LossSpec,
-    cached: Option<Vec<f32>>,
     previous_real: Option<Vec<f32>>,
 }
 
@@ -213,7 +212,6 @@ impl<'m> Guide<'m> {
             guided_steps,
             spec,
             loss,
-            cached: None,
             previous_real: None,
         })
     }
@@ -349,7 +347,7 @@ impl<'m> Guide<'m> {
         let inner = s.inner_steps;
 
         // Every denoising step starts on a real gradient (see the module notes).
-        self.cached = None;
+        let mut cached: Option<Vec<f32>> = None;
         let base = s.reuse_interval.max(1);
         let mut interval = base;
         let mut next_real = 0usize;
@@ -359,7 +357,7 @@ impl<'m> Guide<'m> {
             if cancel() {
                 return Err(SampleError::Model(ModelError::Cancelled));
             }
-            let need_real = self.cached.is_none()
+            let need_real = cached.is_none()
                 || match mode {
                     GuidanceMode::DitFlow => true,
                     GuidanceMode::FastVmt => j % base == 0,
@@ -379,7 +377,6 @@ impl<'m> Guide<'m> {
                 if !loss.is_finite() || dx.iter().any(|v| !v.is_finite()) {
                     stats.stopped_on_nan = Some(format!("non-finite AMF loss or gradient at guided step {}, inner step {j}; guidance stopped, sampling went on unguided", ctx.step));
                     *x = snapshot;
-                    self.cached = None;
                     return Ok(());
                 }
                 stats.first_loss.get_or_insert(loss);
@@ -401,19 +398,17 @@ impl<'m> Guide<'m> {
                 }
                 note = format!(", real gradient, loss {loss:.4}");
                 self.previous_real = Some(dx.clone());
-                self.cached = Some(dx);
+                cached = Some(dx);
             } else {
                 stats.cached_steps += 1;
             }
-            let grad = self
-                .cached
+            let grad = cached
                 .as_ref()
                 .expect("a gradient exists after a real pass");
             opt.step(x, grad, lr);
             if x.iter().any(|v| !v.is_finite()) {
                 stats.stopped_on_nan = Some(format!("the latent became non-finite at guided step {}, inner step {j} (learning rate {lr} too high?); guidance stopped, sampling went on unguided", ctx.step));
                 *x = snapshot;
-                self.cached = None;
                 return Ok(());
             }
             progress(
