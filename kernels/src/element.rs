@@ -17,6 +17,8 @@ pub trait Element:
     const CUDA_SUFFIX: &'static str;
     /// Convert to f32 (exact for all three types).
     fn to_f32(self) -> f32;
+    /// Convert from f32 (round to nearest even).
+    fn from_f32(v: f32) -> Self;
 }
 
 impl Element for f32 {
@@ -24,6 +26,10 @@ impl Element for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
     }
 }
 
@@ -33,6 +39,10 @@ impl Element for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
 }
 
 impl Element for bf16 {
@@ -40,5 +50,9 @@ impl Element for bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
     }
 }

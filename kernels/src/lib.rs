@@ -43,6 +43,7 @@
 //! once per device (cached for the process, see [`cuda::CudaAmf::get`]) and reports
 //! [`KernelError::CudaUnavailable`] with the reason on machines without a driver.
 
+pub mod attention;
 mod cpu;
 pub mod cuda;
 mod element;

@@ -1,0 +1,1 @@
+//! CPU back end of the fused attention (see the parent module for the definition).
