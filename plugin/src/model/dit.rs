@@ -74,6 +74,18 @@ pub struct Output {
     pub data: Vec<f32>,
 }
 
+/// `FASTVMT_ORT_THREADS=N`: ONNX Runtime intra-op threads per session (default: ONNX Runtime's
+/// choice, one per physical core). Lets a harness run several processes side by side on one
+/// machine without oversubscribing it.
+fn intra_threads() -> Option<usize> {
+    std::env::var("FASTVMT_ORT_THREADS")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+}
+
 fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session, ModelError> {
     let (env, _) = ort_env::environment().map_err(|e| ModelError::Runtime(e.to_string()))?;
     let onnx = |message: String| ModelError::Onnx {
@@ -82,6 +94,9 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
     };
     let build = || -> ort::Result<Session> {
         let mut builder = Session::builder(env)?;
+        if let Some(n) = intra_threads() {
+            builder = builder.with_intra_threads(n)?;
+        }
         if device == Device::Cuda {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
