@@ -2,22 +2,24 @@
 //!
 //! Flash-attention style: nothing `Nq x Nk` is ever stored. Inputs are converted to f32 once
 //! (Q pre-multiplied by the scale; K, V and, in the backward, Q and dO also transposed so the
-//! logits of a run of consecutive keys are one vectorisable `axpy` per feature). Each query row
-//! walks only its visible keys, as runs of consecutive tokens (dense: one run; local: one run
-//! of `min(2rs+1, w)` keys per visible (frame, row), plus the text keys), in chunks of
-//! [`CHUNK`] keys:
+//! columns of a chunk can be packed with contiguous copies). Work goes in *tiles* of up to
+//! [`QT`] rows that share their columns: consecutive queries of one video row (their key
+//! windows differ only in the x offset, so the tile walks the union and masks per row), or
+//! consecutive keys. Only visible columns are walked, as runs of consecutive tokens (dense: one
+//! run; local: one run per visible (frame, row), plus the text keys), in chunks of [`CHUNK`]:
 //!
 //! * forward: an online softmax per query row (running max and sum, f32), writing O and lse;
-//! * backward: `delta = rowsum(dO * O)`, then `dQ` per query row (probabilities recomputed
-//!   from lse) and `dK`, `dV` per key row over the queries that see that key (per axis an
+//! * backward: `delta = rowsum(dO * O)`, then `dQ` per query tile (probabilities recomputed
+//!   from lse) and `dK`, `dV` per key tile over the queries that see those keys (per axis an
 //!   interval of query coordinates, the inverse of the clamp-shifted window), so every thread
 //!   writes only its own rows: no atomics, no per-thread partial sums.
 //!
-//! Rows (flattened over batch and heads) are split evenly over up to 16 scoped threads
-//! (`available_parallelism`); problems under [`PARALLEL_WORK`] multiply-adds run on the calling
-//! thread. On x86_64 the row loops are compiled a second time with AVX2+FMA and chosen at run
-//! time. `exp` is a vectorisable polynomial (Cephes `expf`, ~1 ulp); NaN and infinities in the
-//! inputs propagate to the outputs and never panic.
+//! Logits and the `P V`-style products are `QT x 16` register tiles (written so LLVM keeps them
+//! in vector registers). Rows (flattened over batch and heads) are split evenly over up to 16
+//! scoped threads (`available_parallelism`); problems under [`PARALLEL_WORK`] multiply-adds run
+//! on the calling thread. On x86_64 the tile loops are compiled a second time with AVX2+FMA and
+//! chosen at run time. `exp` is a vectorisable polynomial (Cephes `expf`, ~1 ulp); NaN and
+//! infinities in the inputs propagate to the outputs and never panic.
 
 use std::ops::Range;
 
@@ -25,7 +27,9 @@ use super::{window_axis, AttentionMask, AttentionSpec};
 use crate::element::Element;
 use crate::error::KernelError;
 
-/// Keys per online-softmax step (the per-thread scratch is a few of these).
+/// Rows per tile (queries, or keys in the dK/dV pass).
+const QT: usize = 4;
+/// Columns per online-softmax step (a multiple of 16).
 const CHUNK: usize = 256;
 /// Below this many multiply-adds a call runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
@@ -151,7 +155,28 @@ fn check_len(tensor: &'static str, actual: usize, expected: usize) -> Result<(),
 }
 
 // ---------------------------------------------------------------------------------------------
-// Geometry: which keys a query sees, which queries see a key, as runs of consecutive tokens.
+// Geometry: tiles of up to QT rows that share one list of column runs.
+
+/// Consecutive columns `[start, start + len)` (keys of a query tile, or queries of a key
+/// tile). In a `masked` run row `t` of the tile sees only the run offsets `win[t]`; other
+/// runs (dense, text keys, queries of a text key) are seen whole.
+#[derive(Clone, Copy)]
+struct Run {
+    start: usize,
+    len: usize,
+    masked: bool,
+}
+
+/// Up to [`QT`] rows of one `(batch, head)` and the columns they see.
+struct Tile {
+    /// Flattened index of the first row (`bh * rows_per_bh + i`).
+    row: usize,
+    /// Rows in the tile (1..=QT).
+    n: usize,
+    runs: Vec<Run>,
+    /// Per row, the visible offsets `[lo, hi)` inside every masked run.
+    win: [(usize, usize); QT],
+}
 
 /// One axis of the local window: per coordinate the query's key window `[start, start+size)`
 /// and the key's query interval `[lo, hi)` (queries whose window contains it).
@@ -252,75 +277,130 @@ impl Geometry {
             .max(1)
     }
 
-    /// The keys query `q` sees, as `(first key, count)` runs.
-    fn key_runs(&self, q: usize, runs: &mut Vec<(usize, usize)>) {
-        runs.clear();
-        let Some(l) = &self.local else {
-            runs.push((0, self.nk));
-            return;
-        };
-        let hw = l.h * l.w;
-        let (qf, qy, qx) = (q / hw, (q % hw) / l.w, q % l.w);
-        let (f0, y0, x0) = (l.f_axis.start[qf], l.y_axis.start[qy], l.x_axis.start[qx]);
-        for f in f0..f0 + l.f_axis.size {
-            for y in y0..y0 + l.y_axis.size {
-                runs.push(((f * l.h + y) * l.w + x0, l.x_axis.size));
+    /// The query tile starting at flattened row `row` (< `end`): consecutive queries of one
+    /// video row (local) and the keys they see.
+    fn query_tile(&self, row: usize, end: usize, t: &mut Tile) {
+        let qi = row % self.nq;
+        let mut n = QT.min(end - row).min(self.nq - qi);
+        t.row = row;
+        t.runs.clear();
+        match &self.local {
+            None => t.runs.push(Run {
+                start: 0,
+                len: self.nk,
+                masked: false,
+            }),
+            Some(l) => {
+                let hw = l.h * l.w;
+                let (qf, qy, qx) = (qi / hw, (qi % hw) / l.w, qi % l.w);
+                n = n.min(l.w - qx);
+                let xs = &l.x_axis.start;
+                let x0 = xs[qx];
+                let x1 = xs[qx + n - 1] + l.x_axis.size;
+                for (i, w) in t.win.iter_mut().take(n).enumerate() {
+                    *w = (xs[qx + i] - x0, xs[qx + i] - x0 + l.x_axis.size);
+                }
+                let (f0, y0) = (l.f_axis.start[qf], l.y_axis.start[qy]);
+                for f in f0..f0 + l.f_axis.size {
+                    for y in y0..y0 + l.y_axis.size {
+                        t.runs.push(Run {
+                            start: (f * l.h + y) * l.w + x0,
+                            len: x1 - x0,
+                            masked: x1 - x0 != l.x_axis.size,
+                        });
+                    }
+                }
+                if self.nk > l.video {
+                    t.runs.push(Run {
+                        start: l.video,
+                        len: self.nk - l.video,
+                        masked: false,
+                    });
+                }
             }
         }
-        if self.nk > l.video {
-            runs.push((l.video, self.nk - l.video));
-        }
+        t.n = n;
     }
 
-    /// The queries that see key `k`, as `(first query, count)` runs.
-    fn query_runs(&self, k: usize, runs: &mut Vec<(usize, usize)>) {
-        runs.clear();
-        let l = match &self.local {
-            Some(l) if k < l.video => l,
-            _ => {
-                runs.push((0, self.nq));
-                return;
+    /// The key tile starting at flattened row `row` (< `end`): consecutive keys of one video
+    /// row, or text keys (local), and the queries that see them.
+    fn key_tile(&self, row: usize, end: usize, t: &mut Tile) {
+        let ki = row % self.nk;
+        let mut n = QT.min(end - row).min(self.nk - ki);
+        t.row = row;
+        t.runs.clear();
+        match &self.local {
+            Some(l) if ki < l.video => {
+                let hw = l.h * l.w;
+                let (kf, ky, kx) = (ki / hw, (ki % hw) / l.w, ki % l.w);
+                n = n.min(l.w - kx);
+                let sx = &l.x_axis.seen_by;
+                let (x0, x1) = (sx[kx].0, sx[kx + n - 1].1);
+                let mut same = true;
+                for (i, w) in t.win.iter_mut().take(n).enumerate() {
+                    *w = (sx[kx + i].0 - x0, sx[kx + i].1 - x0);
+                    same &= *w == (0, x1 - x0);
+                }
+                let (f0, f1) = l.f_axis.seen_by[kf];
+                let (y0, y1) = l.y_axis.seen_by[ky];
+                for f in f0..f1 {
+                    for y in y0..y1 {
+                        t.runs.push(Run {
+                            start: (f * l.h + y) * l.w + x0,
+                            len: x1 - x0,
+                            masked: !same,
+                        });
+                    }
+                }
             }
-        };
-        let hw = l.h * l.w;
-        let (kf, ky, kx) = (k / hw, (k % hw) / l.w, k % l.w);
-        let (f0, f1) = l.f_axis.seen_by[kf];
-        let (y0, y1) = l.y_axis.seen_by[ky];
-        let (x0, x1) = l.x_axis.seen_by[kx];
-        for f in f0..f1 {
-            for y in y0..y1 {
-                runs.push(((f * l.h + y) * l.w + x0, x1 - x0));
-            }
+            _ => t.runs.push(Run {
+                start: 0,
+                len: self.nq,
+                masked: false,
+            }),
         }
+        t.n = n;
     }
 }
 
-/// Cuts runs into chunks of at most [`CHUNK`] tokens.
-struct Chunker<'a> {
-    runs: &'a [(usize, usize)],
+/// A piece of a run inside one chunk: columns `[start, start + len)` at chunk offset `off`,
+/// starting `run_off` columns into its run.
+#[derive(Clone, Copy)]
+struct Piece {
+    start: usize,
+    len: usize,
+    off: usize,
+    run_off: usize,
+    masked: bool,
+}
+
+/// Cuts a tile's runs into chunks of at most [`CHUNK`] columns.
+struct Chunker {
     i: usize,
     off: usize,
 }
 
-impl<'a> Chunker<'a> {
-    fn new(runs: &'a [(usize, usize)]) -> Self {
-        Chunker { runs, i: 0, off: 0 }
-    }
-
-    /// Fills `pieces` with the next chunk; returns its token count (0 when done).
+impl Chunker {
+    /// Fills `pieces` with the next chunk of `runs`; returns its column count (0 when done).
     #[inline(always)]
-    fn next(&mut self, pieces: &mut Vec<(usize, usize)>) -> usize {
+    fn next(&mut self, runs: &[Run], pieces: &mut Vec<Piece>) -> usize {
         pieces.clear();
         let mut total = 0;
-        while self.i < self.runs.len() && total < CHUNK {
-            let (start, len) = self.runs[self.i];
-            let take = (len - self.off).min(CHUNK - total);
+        while self.i < runs.len() && total < CHUNK {
+            let r = runs[self.i];
+            let take = (r.len - self.off).min(CHUNK - total);
             if take > 0 {
-                pieces.push((start + self.off, take));
+                pieces.push(Piece {
+                    start: r.start + self.off,
+                    len: take,
+                    off: total,
+                    run_off: self.off,
+                    masked: r.masked,
+                });
             }
             total += take;
             self.off += take;
-            if self.off == len {
+            if self.off == r.len {
                 self.i += 1;
                 self.off = 0;
             }
@@ -396,7 +476,7 @@ fn run_parts<P: Send, I: Iterator<Item = P>>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Vector helpers (inlined into the AVX2 and the generic copies of the row loops).
+// Kernels (inlined into the AVX2 and the generic copies of the tile loops).
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
@@ -404,27 +484,137 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// `s[off..off+len] = sum_j a[j] * mt[j*n + start ..][..len]` for the chunk's pieces.
-#[inline(always)]
-fn gather_dots(s: &mut [f32], a: &[f32], mt: &[f32], n: usize, pieces: &[(usize, usize)]) {
-    let mut off = 0;
-    for &(start, len) in pieces {
-        let seg = &mut s[off..off + len];
-        seg.fill(0.0);
-        for (j, &aj) in a.iter().enumerate() {
-            let col = &mt[j * n + start..j * n + start + len];
-            for (x, y) in seg.iter_mut().zip(col) {
-                *x += aj * y;
-            }
+/// Per-thread buffers of one tile loop.
+struct Scratch {
+    /// Chunk columns, transposed: `[c, CHUNK]` (two operands).
+    b1: Vec<f32>,
+    b2: Vec<f32>,
+    /// Tile rows, `[QT, c]` (two operands).
+    a1: Vec<f32>,
+    a2: Vec<f32>,
+    /// `[QT, CHUNK]` logits / probabilities and `dP` / `dS`.
+    s: Vec<f32>,
+    dp: Vec<f32>,
+    /// Column index of every chunk position.
+    cols: Vec<usize>,
+    pieces: Vec<Piece>,
+    tile: Tile,
+}
+
+impl Scratch {
+    fn new(c1: usize, c2: usize) -> Self {
+        Scratch {
+            b1: vec![0.0; c1 * CHUNK],
+            b2: vec![0.0; c2 * CHUNK],
+            a1: vec![0.0; QT * c1],
+            a2: vec![0.0; QT * c2],
+            s: vec![0.0; QT * CHUNK],
+            dp: vec![0.0; QT * CHUNK],
+            cols: Vec::with_capacity(CHUNK),
+            pieces: Vec::new(),
+            tile: Tile {
+                row: 0,
+                n: 0,
+                runs: Vec::new(),
+                win: [(0, 0); QT],
+            },
         }
-        off += len;
     }
 }
 
+/// Copies `n` rows of width `c` from `src` (rows from `row`) into `dst` `[QT, c]`, zeroing
+/// the rest.
 #[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (o, v) in y.iter_mut().zip(x) {
-        *o += a * v;
+fn load_rows(dst: &mut [f32], src: &[f32], row: usize, n: usize, c: usize) {
+    dst[..n * c].copy_from_slice(&src[row * c..(row + n) * c]);
+    dst[n * c..].fill(0.0);
+}
+
+/// Gathers the chunk's columns of `mt` (`[c, ncols]`, one `(batch, head)`) into `b`
+/// (`[c, CHUNK]`), and their indices into `cols`.
+#[inline(always)]
+fn pack_cols(b: &mut [f32], mt: &[f32], ncols: usize, c: usize, pieces: &[Piece]) {
+    for p in pieces {
+        for j in 0..c {
+            b[j * CHUNK + p.off..j * CHUNK + p.off + p.len]
+                .copy_from_slice(&mt[j * ncols + p.start..j * ncols + p.start + p.len]);
+        }
+    }
+}
+
+fn chunk_cols(cols: &mut Vec<usize>, pieces: &[Piece]) {
+    cols.clear();
+    for p in pieces {
+        cols.extend(p.start..p.start + p.len);
+    }
+}
+
+/// `s[t, i] = sum_j a[t, j] * b[j, i]` for all QT rows and `i < n` (rounded up to 16):
+/// a `QT x 16` register tile per step.
+#[inline(always)]
+fn tile_dots(s: &mut [f32], a: &[f32], b: &[f32], c: usize, n: usize) {
+    for i0 in (0..n).step_by(16) {
+        let mut acc = [[0f32; 16]; QT];
+        for j in 0..c {
+            let bj: &[f32; 16] = b[j * CHUNK + i0..j * CHUNK + i0 + 16].try_into().unwrap();
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let at = a[t * c + j];
+                for l in 0..16 {
+                    acc_t[l] += at * bj[l];
+                }
+            }
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            s[t * CHUNK + i0..t * CHUNK + i0 + 16].copy_from_slice(acc_t);
+        }
+    }
+}
+
+/// `acc[t, :] += sum_i p[t, i] * src[cols[i], :]` (rows of width `c`): `QT x 16` register
+/// tiles over the columns, the `c % 16` tail scalar.
+#[inline(always)]
+fn tile_axpy(acc: &mut [f32], p: &[f32], src: &[f32], cols: &[usize], c: usize) {
+    let mut j0 = 0;
+    while j0 + 16 <= c {
+        let mut r = [[0f32; 16]; QT];
+        for (t, r_t) in r.iter_mut().enumerate() {
+            r_t.copy_from_slice(&acc[t * c + j0..t * c + j0 + 16]);
+        }
+        for (i, &col) in cols.iter().enumerate() {
+            let v: &[f32; 16] = src[col * c + j0..col * c + j0 + 16].try_into().unwrap();
+            for (t, r_t) in r.iter_mut().enumerate() {
+                let pt = p[t * CHUNK + i];
+                for l in 0..16 {
+                    r_t[l] += pt * v[l];
+                }
+            }
+        }
+        for (t, r_t) in r.iter().enumerate() {
+            acc[t * c + j0..t * c + j0 + 16].copy_from_slice(r_t);
+        }
+        j0 += 16;
+    }
+    if j0 < c {
+        for (i, &col) in cols.iter().enumerate() {
+            let v = &src[col * c + j0..col * c + c];
+            for t in 0..QT {
+                let pt = p[t * CHUNK + i];
+                for (a, x) in acc[t * c + j0..t * c + c].iter_mut().zip(v) {
+                    *a += pt * x;
+                }
+            }
+        }
+    }
+}
+
+/// Sets the chunk positions that row window `win` does not see to `val`.
+#[inline(always)]
+fn mask_row(s: &mut [f32], pieces: &[Piece], win: (usize, usize), val: f32) {
+    for p in pieces.iter().filter(|p| p.masked) {
+        let lo = win.0.saturating_sub(p.run_off).min(p.len);
+        let hi = win.1.saturating_sub(p.run_off).clamp(lo, p.len);
+        s[p.off..p.off + lo].fill(val);
+        s[p.off + hi..p.off + p.len].fill(val);
     }
 }
 
@@ -459,7 +649,7 @@ fn sum_of(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
-/// `exp(x)` (Cephes `expf` polynomial, relative error ~1e-7); 0 below -87.3, NaN stays NaN.
+/// `exp(x)` (Cephes `expf` polynomial, relative error ~1e-7); 0 below -87, NaN stays NaN.
 #[inline(always)]
 fn exp_fast(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
@@ -484,7 +674,7 @@ fn exp_fast(x: f32) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row loops. Each `*_rows` dispatches to an AVX2+FMA copy of `*_rows_impl` when it can run.
+// Tile loops. Each `*_rows` dispatches to an AVX2+FMA copy of `*_rows_impl` when it can run.
 
 struct FwdCtx<'a> {
     /// `[BH, Nq, d]`, times the scale.
@@ -539,156 +729,185 @@ dispatch!(dq_rows, dq_rows_avx2, dq_rows_impl,
 dispatch!(dkv_rows, dkv_rows_avx2, dkv_rows_impl,
     (c: &BwdCtx, rows: Range<usize>, dk: &mut [T], dv: &mut [T]));
 
-/// Online softmax over the visible keys of each query row in `rows` (flattened `bh * Nq + q`).
+/// Online softmax over the visible keys of the query rows in `rows` (flattened
+/// `bh * Nq + q`), a tile of up to QT queries at a time.
 #[inline(always)]
 fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse: &mut [f32]) {
     let g = c.g;
     let (nq, nk, d, dv) = (g.nq, g.nk, g.d, g.dv);
-    let mut runs = Vec::new();
-    let mut pieces = Vec::new();
-    let mut s = vec![0f32; CHUNK];
-    let mut acc = vec![0f32; dv];
-    for (i, row) in rows.enumerate() {
-        let (b, qi) = (row / nq, row % nq);
-        let qrow = &c.qs[row * d..(row + 1) * d];
+    let mut sc = Scratch::new(d, 0);
+    let mut acc = vec![0f32; QT * dv];
+    let mut row = rows.start;
+    while row < rows.end {
+        g.query_tile(row, rows.end, &mut sc.tile);
+        let (tn, b) = (sc.tile.n, row / nq);
         let kt = &c.kt[b * d * nk..(b + 1) * d * nk];
         let v = &c.v[b * nk * dv..(b + 1) * nk * dv];
-        g.key_runs(qi, &mut runs);
-        let mut chunks = Chunker::new(&runs);
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+        load_rows(&mut sc.a1, &c.qs, row, tn, d);
+        let mut m = [f32::NEG_INFINITY; QT];
+        let mut l = [0f32; QT];
         acc.fill(0.0);
+        let mut chunks = Chunker { i: 0, off: 0 };
         loop {
-            let n = chunks.next(&mut pieces);
+            let n = chunks.next(&sc.tile.runs, &mut sc.pieces);
             if n == 0 {
                 break;
             }
-            let s = &mut s[..n];
-            gather_dots(s, qrow, kt, nk, &pieces);
-            let bm = max_of(s);
-            if bm > m {
-                let r = (m - bm).exp();
-                l *= r;
-                for a in acc.iter_mut() {
-                    *a *= r;
+            pack_cols(&mut sc.b1, kt, nk, d, &sc.pieces);
+            chunk_cols(&mut sc.cols, &sc.pieces);
+            tile_dots(&mut sc.s, &sc.a1, &sc.b1, d, n);
+            for t in 0..tn {
+                let s = &mut sc.s[t * CHUNK..t * CHUNK + n];
+                mask_row(s, &sc.pieces, sc.tile.win[t], f32::NEG_INFINITY);
+                let bm = max_of(s);
+                if bm > m[t] {
+                    let r = (m[t] - bm).exp();
+                    l[t] *= r;
+                    for a in &mut acc[t * dv..(t + 1) * dv] {
+                        *a *= r;
+                    }
+                    m[t] = bm;
                 }
-                m = bm;
-            }
-            for x in s.iter_mut() {
-                *x = exp_fast(*x - m);
-            }
-            l += sum_of(s);
-            let mut idx = 0;
-            for &(start, len) in &pieces {
-                for key in start..start + len {
-                    axpy(&mut acc, s[idx], &v[key * dv..(key + 1) * dv]);
-                    idx += 1;
+                for x in s.iter_mut() {
+                    *x = exp_fast(*x - m[t]);
                 }
+                mask_row(s, &sc.pieces, sc.tile.win[t], 0.0);
+                l[t] += sum_of(s);
             }
+            for t in tn..QT {
+                sc.s[t * CHUNK..t * CHUNK + n].fill(0.0);
+            }
+            tile_axpy(&mut acc, &sc.s, v, &sc.cols, dv);
         }
-        let inv = 1.0 / l;
-        for (o, a) in out[i * dv..(i + 1) * dv].iter_mut().zip(&acc) {
-            *o = T::from_f32(a * inv);
+        let i = row - rows.start;
+        for t in 0..tn {
+            let inv = 1.0 / l[t];
+            for (o, a) in out[(i + t) * dv..(i + t + 1) * dv]
+                .iter_mut()
+                .zip(&acc[t * dv..(t + 1) * dv])
+            {
+                *o = T::from_f32(a * inv);
+            }
+            lse[i + t] = m[t] + l[t].ln();
         }
-        lse[i] = m + l.ln();
+        row += tn;
     }
 }
 
-/// `dQ[q] = scale * sum_k P (dP - delta) K[k]` for each query row in `rows`.
+/// `dQ[q] = scale * sum_k P (dP - delta) K[k]` for the query rows in `rows`.
 #[inline(always)]
 fn dq_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dq: &mut [T]) {
     let g = c.g;
     let (nq, nk, d, dv) = (g.nq, g.nk, g.d, g.dv);
-    let mut runs = Vec::new();
-    let mut pieces = Vec::new();
-    let mut s = vec![0f32; CHUNK];
-    let mut dp = vec![0f32; CHUNK];
-    let mut acc = vec![0f32; d];
-    for (i, row) in rows.enumerate() {
-        let (b, qi) = (row / nq, row % nq);
-        let qrow = &c.qs[row * d..(row + 1) * d];
-        let orow = &c.dout[row * dv..(row + 1) * dv];
+    let mut sc = Scratch::new(d, dv);
+    let mut acc = vec![0f32; QT * d];
+    let mut row = rows.start;
+    while row < rows.end {
+        g.query_tile(row, rows.end, &mut sc.tile);
+        let (tn, b) = (sc.tile.n, row / nq);
         let kt = &c.kt[b * d * nk..(b + 1) * d * nk];
         let vt = &c.vt[b * dv * nk..(b + 1) * dv * nk];
         let k = &c.k[b * nk * d..(b + 1) * nk * d];
-        let (lse, delta) = (c.lse[row], c.delta[row]);
-        g.key_runs(qi, &mut runs);
-        let mut chunks = Chunker::new(&runs);
+        load_rows(&mut sc.a1, &c.qs, row, tn, d);
+        load_rows(&mut sc.a2, &c.dout, row, tn, dv);
         acc.fill(0.0);
+        let mut chunks = Chunker { i: 0, off: 0 };
         loop {
-            let n = chunks.next(&mut pieces);
+            let n = chunks.next(&sc.tile.runs, &mut sc.pieces);
             if n == 0 {
                 break;
             }
-            let (s, dp) = (&mut s[..n], &mut dp[..n]);
-            gather_dots(s, qrow, kt, nk, &pieces);
-            gather_dots(dp, orow, vt, nk, &pieces);
-            for (x, y) in s.iter_mut().zip(dp.iter()) {
-                *x = exp_fast(*x - lse) * (y - delta);
-            }
-            let mut idx = 0;
-            for &(start, len) in &pieces {
-                for key in start..start + len {
-                    axpy(&mut acc, s[idx], &k[key * d..(key + 1) * d]);
-                    idx += 1;
+            pack_cols(&mut sc.b1, kt, nk, d, &sc.pieces);
+            pack_cols(&mut sc.b2, vt, nk, dv, &sc.pieces);
+            chunk_cols(&mut sc.cols, &sc.pieces);
+            tile_dots(&mut sc.s, &sc.a1, &sc.b1, d, n);
+            tile_dots(&mut sc.dp, &sc.a2, &sc.b2, dv, n);
+            for t in 0..tn {
+                let (lse, delta) = (c.lse[row + t], c.delta[row + t]);
+                let s = &mut sc.s[t * CHUNK..t * CHUNK + n];
+                for (x, y) in s.iter_mut().zip(&sc.dp[t * CHUNK..t * CHUNK + n]) {
+                    *x = exp_fast(*x - lse) * (y - delta);
                 }
+                mask_row(s, &sc.pieces, sc.tile.win[t], 0.0);
             }
+            for t in tn..QT {
+                sc.s[t * CHUNK..t * CHUNK + n].fill(0.0);
+            }
+            tile_axpy(&mut acc, &sc.s, k, &sc.cols, d);
         }
-        for (o, a) in dq[i * d..(i + 1) * d].iter_mut().zip(&acc) {
+        let i = row - rows.start;
+        for (o, a) in dq[i * d..(i + tn) * d].iter_mut().zip(&acc) {
             *o = T::from_f32(a * g.scale);
         }
+        row += tn;
     }
 }
 
-/// `dV[k] = sum_q P dO[q]`, `dK[k] = sum_q P (dP - delta) scale Q[q]` for each key row in
-/// `rows` (flattened `bh * Nk + k`), over the queries that see the key.
+/// `dV[k] = sum_q P dO[q]`, `dK[k] = sum_q P (dP - delta) scale Q[q]` for the key rows in
+/// `rows` (flattened `bh * Nk + k`), over the queries that see each key.
 #[inline(always)]
 fn dkv_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dk: &mut [T], dv: &mut [T]) {
     let g = c.g;
     let (nq, nk, d, dvd) = (g.nq, g.nk, g.d, g.dv);
-    let mut runs = Vec::new();
-    let mut pieces = Vec::new();
-    let mut s = vec![0f32; CHUNK];
-    let mut dp = vec![0f32; CHUNK];
-    let mut acc_k = vec![0f32; d];
-    let mut acc_v = vec![0f32; dvd];
-    for (i, row) in rows.enumerate() {
-        let (b, ki) = (row / nk, row % nk);
-        let krow = &c.k[row * d..(row + 1) * d];
-        let vrow = &c.v[row * dvd..(row + 1) * dvd];
+    let mut sc = Scratch::new(d, dvd);
+    let mut acc_k = vec![0f32; QT * d];
+    let mut acc_v = vec![0f32; QT * dvd];
+    let mut lse_c = vec![0f32; CHUNK];
+    let mut delta_c = vec![0f32; CHUNK];
+    let mut row = rows.start;
+    while row < rows.end {
+        g.key_tile(row, rows.end, &mut sc.tile);
+        let (tn, b) = (sc.tile.n, row / nk);
         let qst = &c.qst[b * d * nq..(b + 1) * d * nq];
         let dot = &c.dot[b * dvd * nq..(b + 1) * dvd * nq];
         let qs = &c.qs[b * nq * d..(b + 1) * nq * d];
         let dout = &c.dout[b * nq * dvd..(b + 1) * nq * dvd];
         let lse = &c.lse[b * nq..(b + 1) * nq];
         let delta = &c.delta[b * nq..(b + 1) * nq];
-        g.query_runs(ki, &mut runs);
-        let mut chunks = Chunker::new(&runs);
+        load_rows(&mut sc.a1, &c.k, row, tn, d);
+        load_rows(&mut sc.a2, &c.v, row, tn, dvd);
         acc_k.fill(0.0);
         acc_v.fill(0.0);
+        let mut chunks = Chunker { i: 0, off: 0 };
         loop {
-            let n = chunks.next(&mut pieces);
+            let n = chunks.next(&sc.tile.runs, &mut sc.pieces);
             if n == 0 {
                 break;
             }
-            let (s, dp) = (&mut s[..n], &mut dp[..n]);
-            gather_dots(s, krow, qst, nq, &pieces);
-            gather_dots(dp, vrow, dot, nq, &pieces);
-            let mut idx = 0;
-            for &(start, len) in &pieces {
-                for q in start..start + len {
-                    let p = exp_fast(s[idx] - lse[q]);
-                    let ds = p * (dp[idx] - delta[q]);
-                    axpy(&mut acc_v, p, &dout[q * dvd..(q + 1) * dvd]);
-                    axpy(&mut acc_k, ds, &qs[q * d..(q + 1) * d]);
-                    idx += 1;
-                }
+            pack_cols(&mut sc.b1, qst, nq, d, &sc.pieces);
+            pack_cols(&mut sc.b2, dot, nq, dvd, &sc.pieces);
+            chunk_cols(&mut sc.cols, &sc.pieces);
+            for (i, &q) in sc.cols.iter().enumerate() {
+                lse_c[i] = lse[q];
+                delta_c[i] = delta[q];
             }
+            tile_dots(&mut sc.s, &sc.a1, &sc.b1, d, n);
+            tile_dots(&mut sc.dp, &sc.a2, &sc.b2, dvd, n);
+            for t in 0..tn {
+                let s = &mut sc.s[t * CHUNK..t * CHUNK + n];
+                let dp = &mut sc.dp[t * CHUNK..t * CHUNK + n];
+                for i in 0..n {
+                    let p = exp_fast(s[i] - lse_c[i]);
+                    s[i] = p;
+                    dp[i] = p * (dp[i] - delta_c[i]);
+                }
+                mask_row(s, &sc.pieces, sc.tile.win[t], 0.0);
+                mask_row(dp, &sc.pieces, sc.tile.win[t], 0.0);
+            }
+            for t in tn..QT {
+                sc.s[t * CHUNK..t * CHUNK + n].fill(0.0);
+                sc.dp[t * CHUNK..t * CHUNK + n].fill(0.0);
+            }
+            tile_axpy(&mut acc_v, &sc.s, dout, &sc.cols, dvd);
+            tile_axpy(&mut acc_k, &sc.dp, qs, &sc.cols, d);
         }
-        for (o, a) in dk[i * d..(i + 1) * d].iter_mut().zip(&acc_k) {
+        let i = row - rows.start;
+        for (o, a) in dk[i * d..(i + tn) * d].iter_mut().zip(&acc_k) {
             *o = T::from_f32(*a);
         }
-        for (o, a) in dv[i * dvd..(i + 1) * dvd].iter_mut().zip(&acc_v) {
+        for (o, a) in dv[i * dvd..(i + tn) * dvd].iter_mut().zip(&acc_v) {
             *o = T::from_f32(*a);
         }
+        row += tn;
     }
 }
