@@ -1,1 +1,809 @@
 //! CUDA back end of the fused attention (see the parent module for the definition).
+//!
+//! `src/cuda/attention.cu` is compiled with NVRTC once per device; [`CudaAttention::get`] caches
+//! the state (the device's primary context — the one ONNX Runtime uses —, a stream, the module).
+//!
+//! Paths: f16/bf16 with `d % 8 == 0`, `dv % 8 == 0`, `max(d, dv) <= 128` (and, for `Local`, a
+//! grid under 1024 frames/rows/columns) run the tensor-core kernels (mma.sync m16n8k16, f32
+//! accumulation; head dims padded to 32/64/128 in shared memory). Everything else — f32 always,
+//! and f16/bf16 of other head sizes up to 256 — runs simple SIMT kernels (one warp per query or
+//! key, exactly the visible set; correct, not tuned). Larger head dims are an error.
+//! `FASTVMT_ATTN_NO_TC` set forces the SIMT path (tests, comparisons).
+//!
+//! Backward scratch (delta `[BH, Nq]` f32, and on the tensor-core path the f32 dQ accumulator
+//! `[BH, Nq, d]`) is taken with stream-ordered allocations (`cuMemAllocAsync` /
+//! `cuMemFreeAsync` from the device's default memory pool) on the caller's stream: no host
+//! synchronisation, nothing shared between streams, the pool keeps the memory for reuse.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::CUstream;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+
+use super::{AttentionMask, AttentionSpec};
+use crate::cuda::cuda_available;
+use crate::element::Element;
+use crate::error::KernelError;
+
+const SRC: &str = include_str!("../cuda/attention.cu");
+/// Keys per forward block / per backward key tile (`BN` in attention.cu).
+const BN: usize = 64;
+/// Queries per backward query block (`BQ`).
+const BQ: usize = 32;
+/// Largest head dim of the SIMT path (`32 * MAXF`).
+const SIMT_MAX_DIM: usize = 256;
+
+/// Element type of Q, K, V, O and the gradients (lse is always f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// The dtype of an [`Element`].
+    pub fn of<T: Element>() -> DType {
+        match T::CUDA_SUFFIX {
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            _ => 2,
+        }
+    }
+}
+
+/// `Geo` of attention.cu (by value).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    bh: i32,
+    nq: i32,
+    nk: i32,
+    d: i32,
+    dv: i32,
+    local: i32,
+    f: i32,
+    h: i32,
+    w: i32,
+    rt: i32,
+    rs: i32,
+    fsz: i32,
+    ysz: i32,
+    xsz: i32,
+    video: i32,
+    scale: f32,
+    scale_log2: f32,
+}
+
+// SAFETY: plain-old-data, layout identical to the C struct.
+unsafe impl DeviceRepr for Geo {}
+
+fn drv<E: std::fmt::Debug>(e: E) -> KernelError {
+    KernelError::CudaDriver(format!("{e:?}"))
+}
+
+fn i32of(v: usize, what: &str) -> Result<i32, KernelError> {
+    i32::try_from(v).map_err(|_| KernelError::TooLarge(format!("{what} = {v} exceeds i32")))
+}
+
+/// How one call runs.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    geo: Geo,
+    /// Padded head dim of the tensor-core path, or `None` for SIMT.
+    dp: Option<usize>,
+    bh: usize,
+}
+
+fn plan(spec: &AttentionSpec, dtype: DType) -> Result<Plan, KernelError> {
+    spec.validate()?;
+    let s = &spec.shape;
+    let bh = s.batch * s.heads;
+    if bh > 65535 {
+        return Err(KernelError::TooLarge(format!(
+            "batch * heads = {bh} exceeds the CUDA grid's 65535"
+        )));
+    }
+    let (local, f, h, w, rt, rs, video) = match spec.mask {
+        AttentionMask::Dense => (0, 1, 1, s.q_len, 0, 0, 0),
+        AttentionMask::Local(lw) => (
+            1,
+            lw.frames,
+            lw.height,
+            lw.width,
+            lw.temporal_radius,
+            lw.spatial_radius,
+            lw.frames * lw.height * lw.width,
+        ),
+    };
+    let size = |r: usize, e: usize| r.saturating_mul(2).saturating_add(1).min(e);
+    let (fsz, ysz, xsz) = if local == 1 {
+        (size(rt, f), size(rs, h), size(rs, w))
+    } else {
+        (1, 1, 1)
+    };
+    let geo = Geo {
+        bh: i32of(bh, "batch * heads")?,
+        nq: i32of(s.q_len, "q_len")?,
+        nk: i32of(s.kv_len, "kv_len")?,
+        d: i32of(s.head_dim, "head_dim")?,
+        dv: i32of(s.v_dim, "v_dim")?,
+        local,
+        f: i32of(f, "frames")?,
+        h: i32of(h, "height")?,
+        w: i32of(w, "width")?,
+        rt: i32of(rt.min(f), "temporal_radius")?,
+        rs: i32of(rs.min(h.max(w)), "spatial_radius")?,
+        fsz: fsz as i32,
+        ysz: ysz as i32,
+        xsz: xsz as i32,
+        video: i32of(video, "video tokens")?,
+        scale: spec.scale,
+        scale_log2: spec.scale * std::f32::consts::LOG2_E,
+    };
+    // Radii are clamped to the extent above: a window never exceeds the extent, so
+    // `start = clamp(c - r, 0, E - size)` is unchanged by that clamp for r >= E - 1.
+    let dmax = s.head_dim.max(s.v_dim);
+    let grid_ok = local == 0 || (f < 1024 && h < 1024 && w < 1024);
+    let tc = dtype != DType::F32
+        && s.head_dim.is_multiple_of(8)
+        && s.v_dim.is_multiple_of(8)
+        && dmax <= 128
+        && grid_ok
+        && std::env::var_os("FASTVMT_ATTN_NO_TC").is_none();
+    if !tc && dmax > SIMT_MAX_DIM {
+        return Err(KernelError::InvalidParameter {
+            name: "head_dim",
+            reason: format!(
+                "head dims up to 128 (multiples of 8, f16/bf16) or up to {SIMT_MAX_DIM} (any) are supported, got d={} dv={}",
+                s.head_dim, s.v_dim
+            ),
+        });
+    }
+    let dp = if !tc {
+        None
+    } else if dmax <= 32 {
+        Some(32)
+    } else if dmax <= 64 {
+        Some(64)
+    } else {
+        Some(128)
+    };
+    Ok(Plan { geo, dp, bh })
+}
+
+/// A 3D tile shape `(tf, ty, tx)` for `rows` tokens over a `(f, h, w)` grid with radii
+/// `(rt, rs)`, minimising the partner rows visited (union boxes rounded up to `chunk`s).
+fn tile_shape(
+    rows: usize,
+    grid: (usize, usize, usize),
+    r: (usize, usize),
+    chunk: usize,
+    extra_chunks: usize,
+) -> (usize, usize, usize) {
+    let (f, h, w) = grid;
+    let mut best = (usize::MAX, (1, 1, rows));
+    let pows: Vec<usize> = (0..=rows.trailing_zeros()).map(|e| 1usize << e).collect();
+    for &tf in &pows {
+        for &ty in &pows {
+            if tf * ty > rows {
+                continue;
+            }
+            let tx = rows / (tf * ty);
+            let ntiles = f.div_ceil(tf) * h.div_ceil(ty) * w.div_ceil(tx);
+            let span = |t: usize, r: usize, e: usize| (t.min(e) + 2 * r).min(e);
+            let boxn = span(tf, r.0, f) * span(ty, r.1, h) * span(tx, r.1, w);
+            let cost = ntiles * (boxn.div_ceil(chunk) + extra_chunks + 1);
+            if cost < best.0 {
+                best = (cost, (tf, ty, tx));
+            }
+        }
+    }
+    best.1
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Cached per-device state: primary context, a stream, the compiled module.
+pub struct CudaAttention {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    sm_count: usize,
+}
+
+impl std::fmt::Debug for CudaAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaAttention(device {})", self.ctx.ordinal())
+    }
+}
+
+static CACHE: OnceLock<Mutex<HashMap<usize, Arc<CudaAttention>>>> = OnceLock::new();
+
+/// Compile attention.cu for a virtual architecture (e.g. `"compute_90"`); needs only NVRTC.
+pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, KernelError> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(KernelError::CudaUnavailable(
+            "the NVRTC library (libnvrtc) was not found".into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SRC, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            KernelError::Nvrtc(log.to_string_lossy().into_owned())
+        }
+        other => KernelError::Nvrtc(format!("{other:?}")),
+    })
+}
+
+fn fwd_smem(dp: usize, nw: usize) -> usize {
+    (16 * nw + 4 * BN) * (dp + 8) * 2 + 3 * BN * 8
+}
+
+fn dkdv_smem(dp: usize) -> usize {
+    (2 * BN + 4 * BQ) * (dp + 8) * 2 + BQ * (BN + 8) * 2 + 3 * BQ * 16
+}
+
+fn function_names() -> Vec<(String, usize)> {
+    let mut v = Vec::new();
+    for t in ["f32", "f16", "bf16"] {
+        for k in [
+            "attn_delta",
+            "attn_dq_convert",
+            "attn_fwd_simt",
+            "attn_dq_simt",
+            "attn_dkdv_simt",
+        ] {
+            v.push((format!("{k}_{t}"), 0));
+        }
+    }
+    for t in ["f16", "bf16"] {
+        for dp in [32, 64, 128] {
+            for nw in [4, 8] {
+                v.push((format!("attn_fwd_tc_{t}_d{dp}_w{nw}"), fwd_smem(dp, nw)));
+            }
+            v.push((format!("attn_dkdv_tc_{t}_d{dp}"), dkdv_smem(dp)));
+        }
+    }
+    v
+}
+
+fn cfg(grid: (usize, usize), block: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
+        block_dim: (block as u32, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
+}
+
+impl CudaAttention {
+    /// The cached state of `device` (compiled on first use). `CudaUnavailable(reason)` without
+    /// a driver or device; never panics.
+    pub fn get(device: usize) -> Result<Arc<CudaAttention>, KernelError> {
+        cuda_available().map_err(KernelError::CudaUnavailable)?;
+        let count = CudaContext::device_count().map_err(drv)? as usize;
+        if device >= count {
+            return Err(KernelError::CudaUnavailable(format!(
+                "device {device} requested, {count} present"
+            )));
+        }
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut map = cache
+            .lock()
+            .map_err(|_| KernelError::CudaDriver("device cache poisoned".into()))?;
+        if let Some(s) = map.get(&device) {
+            return Ok(s.clone());
+        }
+        let state = Arc::new(Self::create(device)?);
+        map.insert(device, state.clone());
+        Ok(state)
+    }
+
+    fn create(device: usize) -> Result<Self, KernelError> {
+        let ctx = CudaContext::new(device).map_err(drv)?;
+        let (major, minor) = ctx.compute_capability().map_err(drv)?;
+        if major < 8 {
+            return Err(KernelError::CudaUnavailable(format!(
+                "compute capability {major}.{minor}: the attention kernels need sm_80 or newer"
+            )));
+        }
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let ptx = compile(arch)?;
+        let module = ctx.load_module(ptx).map_err(drv)?;
+        let mut funcs = HashMap::new();
+        for (name, smem) in function_names() {
+            let f = module.load_function(&name).map_err(drv)?;
+            if smem > 48 * 1024 {
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(drv)?;
+            }
+            funcs.insert(name, f);
+        }
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(drv)?
+            .max(1) as usize;
+        Ok(CudaAttention {
+            stream: ctx.default_stream(),
+            ctx,
+            _module: module,
+            funcs,
+            sm_count,
+        })
+    }
+
+    fn f(&self, name: &str) -> Result<&CudaFunction, KernelError> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| KernelError::CudaDriver(format!("kernel {name} not loaded")))
+    }
+
+    /// The device's name (e.g. "NVIDIA H100 80GB HBM3").
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// The primary context of the device.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The state's own stream (the context's default stream), used when `stream` is null.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Streaming multiprocessors of the device.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
+    fn stream_for(&self, raw: CUstream) -> Result<Arc<CudaStream>, KernelError> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        Ok(if raw.is_null() {
+            self.stream.clone()
+        } else {
+            // SAFETY: the caller guarantees `raw` is a live stream of this device's context.
+            unsafe { self.ctx.wrap_borrowed_stream(raw) }
+        })
+    }
+
+    /// Forward: writes `out` and `lse`.
+    ///
+    /// # Safety
+    /// `q, k, v, out, lse` are device allocations of this device with `spec.numel()` /
+    /// `spec.lse_len()` elements of `dtype` (lse: f32); `stream` is a `CUstream` of this
+    /// device (raw, e.g. ONNX Runtime's) or null for [`Self::stream`]. Launches asynchronously
+    /// on `stream`; no host synchronisation.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn forward_raw(
+        &self,
+        dtype: DType,
+        spec: &AttentionSpec,
+        q: u64,
+        k: u64,
+        v: u64,
+        out: u64,
+        lse: u64,
+        stream: CUstream,
+    ) -> Result<(), KernelError> {
+        let p = plan(spec, dtype)?;
+        let st = self.stream_for(stream)?;
+        let g = p.geo;
+        let t = dtype.suffix();
+        match p.dp {
+            None => {
+                let rows = p.bh * spec.shape.q_len;
+                let func = self.f(&format!("attn_fwd_simt_{t}"))?;
+                unsafe {
+                    st.launch_builder(func)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&out)
+                        .arg(&lse)
+                        .arg(&g)
+                        .launch(cfg((rows.div_ceil(4), 1), 128, 0))
+                }
+                .map_err(drv)?;
+            }
+            Some(dp) => {
+                let local = matches!(spec.mask, AttentionMask::Local(_));
+                let nw = env_usize("FASTVMT_ATTN_FWD_WARPS")
+                    .filter(|&n| n == 4 || n == 8)
+                    .unwrap_or(if local { 4 } else { 8 });
+                let bm = 16 * nw;
+                let (tf, ty, tx, grid) = if local {
+                    let (f, h, w) = (g.f as usize, g.h as usize, g.w as usize);
+                    let text = (spec.shape.kv_len - g.video as usize).div_ceil(BN);
+                    let (tf, ty, tx) =
+                        tile_shape(bm, (f, h, w), (g.rt as usize, g.rs as usize), BN, text);
+                    (tf, ty, tx, (f.div_ceil(tf), h.div_ceil(ty), w.div_ceil(tx)))
+                } else {
+                    (1, 1, bm, (1, 1, spec.shape.q_len.div_ceil(bm)))
+                };
+                let ntiles = grid.0 * grid.1 * grid.2;
+                let (tf, ty, tx, nty, ntx) = (
+                    tf as i32,
+                    ty as i32,
+                    tx as i32,
+                    i32of(grid.1, "tiles")?,
+                    i32of(grid.2, "tiles")?,
+                );
+                let func = self.f(&format!("attn_fwd_tc_{t}_d{dp}_w{nw}"))?;
+                unsafe {
+                    st.launch_builder(func)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&out)
+                        .arg(&lse)
+                        .arg(&g)
+                        .arg(&tf)
+                        .arg(&ty)
+                        .arg(&tx)
+                        .arg(&nty)
+                        .arg(&ntx)
+                        .launch(cfg((ntiles, p.bh), 32 * nw, fwd_smem(dp, nw)))
+                }
+                .map_err(drv)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward: writes `dq, dk, dv` from `dout` and the forward's `out`, `lse`.
+    ///
+    /// # Safety
+    /// As [`Self::forward_raw`]; `dout, dq` have Q's/O's sizes, `dk, dv` K's/V's.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward_raw(
+        &self,
+        dtype: DType,
+        spec: &AttentionSpec,
+        dout: u64,
+        q: u64,
+        k: u64,
+        v: u64,
+        out: u64,
+        lse: u64,
+        dq: u64,
+        dk: u64,
+        dv: u64,
+        stream: CUstream,
+    ) -> Result<(), KernelError> {
+        let p = plan(spec, dtype)?;
+        let st = self.stream_for(stream)?;
+        let raw = st.cu_stream();
+        let rows = p.bh * spec.shape.q_len;
+        let [nq_el, _, _, _] = spec.numel()?;
+        // Scratch: stream-ordered, freed on the same stream after the last use.
+        let delta = unsafe { cudarc::driver::result::malloc_async(raw, rows * 4) }.map_err(drv)?;
+        let dqacc = match p.dp {
+            Some(_) => {
+                let ptr = unsafe { cudarc::driver::result::malloc_async(raw, nq_el * 4) };
+                match ptr {
+                    Ok(ptr) => Some(ptr),
+                    Err(e) => {
+                        let _ = unsafe { cudarc::driver::result::free_async(delta, raw) };
+                        return Err(drv(e));
+                    }
+                }
+            }
+            None => None,
+        };
+        let ptrs = [dout, q, k, v, out, lse, dq, dk, dv];
+        let res = self.backward_launches(&st, &p, dtype, spec, ptrs, delta, dqacc, rows, nq_el);
+        unsafe {
+            let f1 = cudarc::driver::result::free_async(delta, raw);
+            let f2 = match dqacc {
+                Some(ptr) => cudarc::driver::result::free_async(ptr, raw),
+                None => Ok(()),
+            };
+            res?;
+            f1.map_err(drv)?;
+            f2.map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_launches(
+        &self,
+        st: &Arc<CudaStream>,
+        p: &Plan,
+        dtype: DType,
+        spec: &AttentionSpec,
+        ptrs: [u64; 9],
+        delta: u64,
+        dqacc: Option<u64>,
+        rows: usize,
+        nq_el: usize,
+    ) -> Result<(), KernelError> {
+        let [dout, q, k, v, out, lse, dq, dk, dv] = ptrs;
+        let g = p.geo;
+        let t = dtype.suffix();
+        let rows_i = rows as i64;
+        let dvi = g.dv;
+        unsafe {
+            st.launch_builder(self.f(&format!("attn_delta_{t}"))?)
+                .arg(&out)
+                .arg(&dout)
+                .arg(&delta)
+                .arg(&rows_i)
+                .arg(&dvi)
+                .launch(cfg((rows.div_ceil(8), 1), 256, 0))
+        }
+        .map_err(drv)?;
+        match (p.dp, dqacc) {
+            (Some(dp), Some(acc)) => {
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(acc, 0, nq_el * 4, st.cu_stream())
+                }
+                .map_err(drv)?;
+                let local = matches!(spec.mask, AttentionMask::Local(_));
+                let (kt, grid, nvt) = if local {
+                    let (f, h, w) = (g.f as usize, g.h as usize, g.w as usize);
+                    let kt = tile_shape(BN, (f, h, w), (g.rt as usize, g.rs as usize), BQ, 0);
+                    let grid = (f.div_ceil(kt.0), h.div_ceil(kt.1), w.div_ceil(kt.2));
+                    (kt, grid, grid.0 * grid.1 * grid.2)
+                } else {
+                    let n = spec.shape.kv_len.div_ceil(BN);
+                    ((1, 1, BN), (1, 1, n), n)
+                };
+                let text = if local {
+                    (spec.shape.kv_len - g.video as usize).div_ceil(BN)
+                } else {
+                    0
+                };
+                let ntiles = nvt + text;
+                let (ktf, kty, ktx) = (kt.0 as i32, kt.1 as i32, kt.2 as i32);
+                let (nty, ntx, nvti) = (
+                    i32of(grid.1, "tiles")?,
+                    i32of(grid.2, "tiles")?,
+                    i32of(nvt, "tiles")?,
+                );
+                unsafe {
+                    st.launch_builder(self.f(&format!("attn_dkdv_tc_{t}_d{dp}"))?)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&dout)
+                        .arg(&lse)
+                        .arg(&delta)
+                        .arg(&dk)
+                        .arg(&dv)
+                        .arg(&acc)
+                        .arg(&g)
+                        .arg(&ktf)
+                        .arg(&kty)
+                        .arg(&ktx)
+                        .arg(&nty)
+                        .arg(&ntx)
+                        .arg(&nvti)
+                        .launch(cfg((ntiles, p.bh), 128, dkdv_smem(dp)))
+                }
+                .map_err(drv)?;
+                let n = nq_el as i64;
+                let blocks = nq_el.div_ceil(256).min(self.sm_count * 16).max(1);
+                unsafe {
+                    st.launch_builder(self.f(&format!("attn_dq_convert_{t}"))?)
+                        .arg(&acc)
+                        .arg(&dq)
+                        .arg(&n)
+                        .arg(&g.scale)
+                        .launch(cfg((blocks, 1), 256, 0))
+                }
+                .map_err(drv)?;
+            }
+            _ => {
+                let nk_rows = p.bh * spec.shape.kv_len;
+                unsafe {
+                    st.launch_builder(self.f(&format!("attn_dq_simt_{t}"))?)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&dout)
+                        .arg(&lse)
+                        .arg(&delta)
+                        .arg(&dq)
+                        .arg(&g)
+                        .launch(cfg((rows.div_ceil(4), 1), 128, 0))
+                }
+                .map_err(drv)?;
+                unsafe {
+                    st.launch_builder(self.f(&format!("attn_dkdv_simt_{t}"))?)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&dout)
+                        .arg(&lse)
+                        .arg(&delta)
+                        .arg(&dk)
+                        .arg(&dv)
+                        .arg(&g)
+                        .launch(cfg((nk_rows.div_ceil(4), 1), 128, 0))
+                }
+                .map_err(drv)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upload<T: Element>(
+        &self,
+        host: &[T],
+        expected: usize,
+        tensor: &'static str,
+    ) -> Result<cudarc::driver::CudaSlice<T>, KernelError> {
+        if host.len() != expected {
+            return Err(KernelError::ShapeMismatch {
+                tensor,
+                expected,
+                actual: host.len(),
+            });
+        }
+        self.stream.clone_htod(host).map_err(drv)
+    }
+
+    /// A device buffer of `n` elements filled with NaN (all bits set), so unwritten outputs show.
+    fn poisoned<T: Element>(&self, n: usize) -> Result<cudarc::driver::CudaSlice<T>, KernelError> {
+        let buf = unsafe { self.stream.alloc::<T>(n) }.map_err(drv)?;
+        {
+            let (ptr, _sync) = buf.device_ptr(&self.stream);
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    ptr,
+                    0xff,
+                    n * std::mem::size_of::<T>(),
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(drv)?;
+        }
+        Ok(buf)
+    }
+
+    /// Host-slice forward (upload, run on [`Self::stream`], download): `(out, lse)`. Outputs are
+    /// NaN-poisoned before the launch.
+    pub fn forward<T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+    ) -> Result<(Vec<T>, Vec<f32>), KernelError> {
+        spec.validate()?;
+        let [nq, nk, nv, no] = spec.numel()?;
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let (qd, kd, vd) = (
+            self.upload(q, nq, "q")?,
+            self.upload(k, nk, "k")?,
+            self.upload(v, nv, "v")?,
+        );
+        let od = self.poisoned::<T>(no)?;
+        let ld = self.poisoned::<f32>(spec.lse_len())?;
+        {
+            let s = &self.stream;
+            let (qp, _a) = qd.device_ptr(s);
+            let (kp, _b) = kd.device_ptr(s);
+            let (vp, _c) = vd.device_ptr(s);
+            let (op, _d) = od.device_ptr(s);
+            let (lp, _e) = ld.device_ptr(s);
+            unsafe {
+                self.forward_raw(DType::of::<T>(), spec, qp, kp, vp, op, lp, s.cu_stream())?;
+            }
+        }
+        let o = self.stream.clone_dtoh(&od).map_err(drv)?;
+        let l = self.stream.clone_dtoh(&ld).map_err(drv)?;
+        Ok((o, l))
+    }
+
+    /// Host-slice backward: `(dq, dk, dv)`. Outputs are NaN-poisoned before the launch.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn backward<T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        dout: &[T],
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        out: &[T],
+        lse: &[f32],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>), KernelError> {
+        spec.validate()?;
+        let [nq, nk, nv, no] = spec.numel()?;
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let dod = self.upload(dout, no, "dout")?;
+        let (qd, kd, vd) = (
+            self.upload(q, nq, "q")?,
+            self.upload(k, nk, "k")?,
+            self.upload(v, nv, "v")?,
+        );
+        let od = self.upload(out, no, "out")?;
+        let ld = self.upload(lse, spec.lse_len(), "lse")?;
+        let dqd = self.poisoned::<T>(nq)?;
+        let dkd = self.poisoned::<T>(nk)?;
+        let dvd = self.poisoned::<T>(nv)?;
+        {
+            let s = &self.stream;
+            let (p_do, _s1) = dod.device_ptr(s);
+            let (p_q, _s2) = qd.device_ptr(s);
+            let (p_k, _s3) = kd.device_ptr(s);
+            let (p_v, _s4) = vd.device_ptr(s);
+            let (p_o, _s5) = od.device_ptr(s);
+            let (p_l, _s6) = ld.device_ptr(s);
+            let (p_dq, _s7) = dqd.device_ptr(s);
+            let (p_dk, _s8) = dkd.device_ptr(s);
+            let (p_dv, _s9) = dvd.device_ptr(s);
+            unsafe {
+                self.backward_raw(
+                    DType::of::<T>(),
+                    spec,
+                    p_do,
+                    p_q,
+                    p_k,
+                    p_v,
+                    p_o,
+                    p_l,
+                    p_dq,
+                    p_dk,
+                    p_dv,
+                    s.cu_stream(),
+                )?;
+            }
+        }
+        Ok((
+            self.stream.clone_dtoh(&dqd).map_err(drv)?,
+            self.stream.clone_dtoh(&dkd).map_err(drv)?,
+            self.stream.clone_dtoh(&dvd).map_err(drv)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_shapes_fill_the_rows() {
+        for rows in [64, 128] {
+            let (a, b, c) = tile_shape(rows, (21, 30, 52), (1, 7), 64, 0);
+            assert_eq!(a * b * c, rows);
+        }
+        // A tiny grid packs frames into one tile.
+        let (a, b, c) = tile_shape(64, (4, 3, 5), (1, 1), 64, 0);
+        assert!(a > 1, "{a} {b} {c}");
+    }
+}

@@ -1,0 +1,974 @@
+// Fused attention (dense or 3D local window), forward and backward. Compiled at run time with
+// NVRTC (no headers). Definition: kernels/src/attention/mod.rs. Layout: Q [BH, Nq, d],
+// K [BH, Nk, d], V [BH, Nk, dv], O/dO [BH, Nq, dv], lse [BH, Nq] f32 (natural log).
+//
+// Tensor-core path (f16/bf16, d and dv multiples of 8, <= 128), FlashAttention-2 style:
+//   attn_fwd_tc_<T>_d<DP>_w<NW>  one block of NW warps per query tile of 16*NW queries (a 3D
+//       box TF x TY x TX of the token grid for Local, a raster range for Dense); iterates key
+//       blocks of 64 gathered from the union box of the tile's windows (flattened in raster
+//       order), then the text keys; exact per-element mask; cp.async double-buffered K/V;
+//       ldmatrix + mma.sync m16n8k16 (f32 accumulation); online softmax in registers.
+//   attn_dkdv_tc_<T>_d<DP>   one block of 4 warps per key tile of 64 (3D box for video keys,
+//       raster for text keys / Dense); iterates query blocks of 32 from the box of queries that
+//       see the tile (per-axis inverse window ranges); dK, dV in registers; dQ += dS K through
+//       f32 atomics into a scratch accumulator; attn_dq_convert_<T> scales and converts it.
+//   attn_delta_<T>           delta = rowsum(dO * O).
+// SIMT path (f32, and any other head size up to 256): one warp per query (forward, dQ) or per
+// key (dK/dV), iterating exactly the visible set. Correctness first, not tuned.
+// DP = head dims padded to 32/64/128 (features beyond d / dv are zero-filled in shared memory).
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define NEG_INF (__int_as_float(0xff800000))
+#define LOG2E 1.4426950408889634f
+#define INFO_ALL (1 << 30)
+
+struct LdF32 {
+    typedef float T;
+    static __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+    static __device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+};
+struct LdF16 {
+    typedef u16 T;
+    static __device__ __forceinline__ float ld(const u16* p, long long i) {
+        float f;
+        u16 v = p[i];
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+        return f;
+    }
+    static __device__ __forceinline__ void st(u16* p, long long i, float v) {
+        u16 r;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
+        p[i] = r;
+    }
+};
+struct LdBF16 {
+    typedef u16 T;
+    static __device__ __forceinline__ float ld(const u16* p, long long i) {
+        return __uint_as_float(((unsigned)p[i]) << 16);
+    }
+    static __device__ __forceinline__ void st(u16* p, long long i, float v) {
+        u16 r;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
+        p[i] = r;
+    }
+};
+
+// Geometry of one call (passed by value; mirrors `Geo` in attention/cuda.rs).
+struct Geo {
+    int bh, nq, nk, d, dv;
+    int local;              // 1: Local mask (then nq == video)
+    int F, h, w;            // token grid (Dense: 1 x 1 x nq)
+    int rt, rs;             // radii
+    int fsz, ysz, xsz;      // window sizes per axis
+    int video;              // F*h*w for Local, 0 for Dense
+    float scale;            // logit scale
+    float scale_log2;       // scale * log2(e)
+};
+
+__device__ __forceinline__ int wstart(int c, int r, int E, int sz) {
+    int s = c - r;
+    s = s < 0 ? 0 : s;
+    return min(s, E - sz);
+}
+// First / last query coordinate whose window (radius r, size sz, extent E) contains kc.
+__device__ __forceinline__ int qlo(int kc, int r, int E, int sz) {
+    int lo = kc < sz ? 0 : kc - sz + r + 1;
+    return min(lo, E - 1);
+}
+__device__ __forceinline__ int qhi(int kc, int r, int E, int sz) {
+    return kc >= E - sz ? E - 1 : min(kc + r, E - 1);
+}
+
+// A 3D box of the token grid, flattened in raster order.
+struct Box {
+    int f0, y0, x0, nf, ny, nx;
+    __device__ __forceinline__ int n() const { return nf * ny * nx; }
+    // token and (f, y, x) of flat index i < n()
+    __device__ __forceinline__ int decode(int i, const Geo& g, int& f, int& y, int& x) const {
+        int nyx = ny * nx;
+        int a = i / nyx;
+        int rem = i - a * nyx;
+        int b = rem / nx;
+        f = f0 + a;
+        y = y0 + b;
+        x = x0 + rem - b * nx;
+        return (f * g.h + y) * g.w + x;
+    }
+};
+
+__device__ __forceinline__ int pack3(int f, int y, int x) { return (f << 20) | (y << 10) | x; }
+
+// ---------------------------------------------------------------------------------------------
+// Small kernels.
+
+// delta[row] = sum_f dO[row, f] * O[row, f]; one warp per row.
+template <typename L>
+__device__ void delta_impl(const typename L::T* __restrict__ o, const typename L::T* __restrict__ dout,
+                           float* __restrict__ delta, long long rows, int dv) {
+    long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float s = 0.f;
+    for (int f = lane; f < dv; f += 32) s += L::ld(o, row * dv + f) * L::ld(dout, row * dv + f);
+    for (int m = 16; m; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+    if (lane == 0) delta[row] = s;
+}
+
+template <typename L>
+__device__ void convert_impl(const float* __restrict__ acc, typename L::T* __restrict__ out, long long n,
+                             float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += step) L::st(out, i, acc[i] * scale);
+}
+
+#define SMALL_ENTRY(DT, L)                                                                                \
+    extern "C" __global__ void attn_delta_##DT(const L::T* o, const L::T* dout, float* delta,            \
+                                              long long rows, int dv) {                                  \
+        delta_impl<L>(o, dout, delta, rows, dv);                                                         \
+    }                                                                                                    \
+    extern "C" __global__ void attn_dq_convert_##DT(const float* acc, L::T* out, long long n, float s) { \
+        convert_impl<L>(acc, out, n, s);                                                                 \
+    }
+SMALL_ENTRY(f32, LdF32)
+SMALL_ENTRY(f16, LdF16)
+SMALL_ENTRY(bf16, LdBF16)
+
+// ---------------------------------------------------------------------------------------------
+// SIMT path. MAXF features per lane (head dims up to 32 * MAXF).
+#define MAXF 8
+
+__device__ __forceinline__ float warp_sum(float s) {
+    for (int m = 16; m; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+    return s;
+}
+
+// Iterate the keys visible to query token qt: the window box (exactly) then the text keys.
+// fn(key token) is called uniformly by the whole warp.
+template <typename Fn>
+__device__ __forceinline__ void for_visible_keys(const Geo& g, int qt, Fn fn) {
+    if (!g.local) {
+        for (int kt = 0; kt < g.nk; kt++) fn(kt);
+        return;
+    }
+    int hw = g.h * g.w;
+    int qf = qt / hw, qy = (qt % hw) / g.w, qx = qt % g.w;
+    int fs = wstart(qf, g.rt, g.F, g.fsz), ys = wstart(qy, g.rs, g.h, g.ysz), xs = wstart(qx, g.rs, g.w, g.xsz);
+    for (int f = fs; f < fs + g.fsz; f++)
+        for (int y = ys; y < ys + g.ysz; y++)
+            for (int x = xs; x < xs + g.xsz; x++) fn((f * g.h + y) * g.w + x);
+    for (int kt = g.video; kt < g.nk; kt++) fn(kt);
+}
+
+// Iterate the queries that see key token kt.
+template <typename Fn>
+__device__ __forceinline__ void for_seeing_queries(const Geo& g, int kt, Fn fn) {
+    if (!g.local || kt >= g.video) {
+        for (int qt = 0; qt < g.nq; qt++) fn(qt);
+        return;
+    }
+    int hw = g.h * g.w;
+    int kf = kt / hw, ky = (kt % hw) / g.w, kx = kt % g.w;
+    int f0 = qlo(kf, g.rt, g.F, g.fsz), f1 = qhi(kf, g.rt, g.F, g.fsz);
+    int y0 = qlo(ky, g.rs, g.h, g.ysz), y1 = qhi(ky, g.rs, g.h, g.ysz);
+    int x0 = qlo(kx, g.rs, g.w, g.xsz), x1 = qhi(kx, g.rs, g.w, g.xsz);
+    for (int f = f0; f <= f1; f++)
+        for (int y = y0; y <= y1; y++)
+            for (int x = x0; x <= x1; x++) fn((f * g.h + y) * g.w + x);
+}
+
+// grid (ceil(BH*nq / 4)), block 128: one warp per (bh, query).
+template <typename L>
+__device__ void fwd_simt(const typename L::T* __restrict__ q, const typename L::T* __restrict__ k,
+                         const typename L::T* __restrict__ v, typename L::T* __restrict__ o,
+                         float* __restrict__ lse, Geo g) {
+    long long row = (long long)blockIdx.x * 4 + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= (long long)g.bh * g.nq) return;
+    long long bh = row / g.nq;
+    int qt = (int)(row % g.nq);
+    float qr[MAXF], acc[MAXF];
+#pragma unroll
+    for (int j = 0; j < MAXF; j++) {
+        int f = lane + 32 * j;
+        qr[j] = f < g.d ? L::ld(q, row * g.d + f) : 0.f;
+        acc[j] = 0.f;
+    }
+    float m = NEG_INF, l = 0.f;
+    const long long kb = bh * g.nk;
+    for_visible_keys(g, qt, [&](int kt) {
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < MAXF; j++) {
+            int f = lane + 32 * j;
+            if (f < g.d) s += qr[j] * L::ld(k, (kb + kt) * g.d + f);
+        }
+        s = warp_sum(s) * g.scale_log2;
+        float mn = fmaxf(m, s);
+        float a = exp2f(m - mn), p = exp2f(s - mn);
+        l = l * a + p;
+#pragma unroll
+        for (int j = 0; j < MAXF; j++) {
+            int f = lane + 32 * j;
+            acc[j] = acc[j] * a + (f < g.dv ? p * L::ld(v, (kb + kt) * g.dv + f) : 0.f);
+        }
+        m = mn;
+    });
+    float inv = 1.f / l;
+#pragma unroll
+    for (int j = 0; j < MAXF; j++) {
+        int f = lane + 32 * j;
+        if (f < g.dv) L::st(o, row * g.dv + f, acc[j] * inv);
+    }
+    if (lane == 0) lse[row] = (m + log2f(l)) / LOG2E;
+}
+
+// dQ: one warp per (bh, query); writes dq (T) = scale * sum_k dS K.
+template <typename L>
+__device__ void dq_simt(const typename L::T* __restrict__ q, const typename L::T* __restrict__ k,
+                        const typename L::T* __restrict__ v, const typename L::T* __restrict__ dout,
+                        const float* __restrict__ lse, const float* __restrict__ delta,
+                        typename L::T* __restrict__ dq, Geo g) {
+    long long row = (long long)blockIdx.x * 4 + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= (long long)g.bh * g.nq) return;
+    long long bh = row / g.nq;
+    int qt = (int)(row % g.nq);
+    float qr[MAXF], dor[MAXF], acc[MAXF];
+#pragma unroll
+    for (int j = 0; j < MAXF; j++) {
+        int f = lane + 32 * j;
+        qr[j] = f < g.d ? L::ld(q, row * g.d + f) : 0.f;
+        dor[j] = f < g.dv ? L::ld(dout, row * g.dv + f) : 0.f;
+        acc[j] = 0.f;
+    }
+    float l2 = lse[row] * LOG2E, dl = delta[row];
+    const long long kb = bh * g.nk;
+    for_visible_keys(g, qt, [&](int kt) {
+        float s = 0.f, dp = 0.f;
+#pragma unroll
+        for (int j = 0; j < MAXF; j++) {
+            int f = lane + 32 * j;
+            if (f < g.d) s += qr[j] * L::ld(k, (kb + kt) * g.d + f);
+            if (f < g.dv) dp += dor[j] * L::ld(v, (kb + kt) * g.dv + f);
+        }
+        s = warp_sum(s);
+        dp = warp_sum(dp);
+        float p = exp2f(s * g.scale_log2 - l2);
+        float ds = p * (dp - dl);
+#pragma unroll
+        for (int j = 0; j < MAXF; j++) {
+            int f = lane + 32 * j;
+            if (f < g.d) acc[j] += ds * L::ld(k, (kb + kt) * g.d + f);
+        }
+    });
+#pragma unroll
+    for (int j = 0; j < MAXF; j++) {
+        int f = lane + 32 * j;
+        if (f < g.d) L::st(dq, row * g.d + f, acc[j] * g.scale);
+    }
+}
+
+// dK, dV: one warp per (bh, key).
+template <typename L>
+__device__ void dkdv_simt(const typename L::T* __restrict__ q, const typename L::T* __restrict__ k,
+                          const typename L::T* __restrict__ v, const typename L::T* __restrict__ dout,
+                          const float* __restrict__ lse, const float* __restrict__ delta,
+                          typename L::T* __restrict__ dk, typename L::T* __restrict__ dv, Geo g) {
+    long long row = (long long)blockIdx.x * 4 + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= (long long)g.bh * g.nk) return;
+    long long bh = row / g.nk;
+    int kt = (int)(row % g.nk);
+    float kr[MAXF], vr[MAXF], ak[MAXF], av[MAXF];
+#pragma unroll
+    for (int j = 0; j < MAXF; j++) {
+        int f = lane + 32 * j;
+        kr[j] = f < g.d ? L::ld(k, row * g.d + f) : 0.f;
+        vr[j] = f < g.dv ? L::ld(v, row * g.dv + f) : 0.f;
+        ak[j] = 0.f;
+        av[j] = 0.f;
+    }
+    const long long qb = bh * g.nq;
+    for_seeing_queries(g, kt, [&](int qt) {
+        long long qr = qb + qt;
+        float s = 0.f, dp = 0.f;
+#pragma unroll
+        for (int j = 0; j < MAXF; j++) {
+            int f = lane + 32 * j;
+            if (f < g.d) s += kr[j] * L::ld(q, qr * g.d + f);
+            if (f < g.dv) dp += vr[j] * L::ld(dout, qr * g.dv + f);
+        }
+        s = warp_sum(s);
+        dp = warp_sum(dp);
+        float p = exp2f(s * g.scale_log2 - lse[qr] * LOG2E);
+        float ds = p * (dp - delta[qr]);
+#pragma unroll
+        for (int j = 0; j < MAXF; j++) {
+            int f = lane + 32 * j;
+            if (f < g.dv) av[j] += p * L::ld(dout, qr * g.dv + f);
+            if (f < g.d) ak[j] += ds * L::ld(q, qr * g.d + f);
+        }
+    });
+#pragma unroll
+    for (int j = 0; j < MAXF; j++) {
+        int f = lane + 32 * j;
+        if (f < g.d) L::st(dk, row * g.d + f, ak[j] * g.scale);
+        if (f < g.dv) L::st(dv, row * g.dv + f, av[j]);
+    }
+}
+
+#define SIMT_ENTRY(DT, L)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) attn_fwd_simt_##DT(                                 \
+        const L::T* q, const L::T* k, const L::T* v, L::T* o, float* lse, Geo g) {                       \
+        fwd_simt<L>(q, k, v, o, lse, g);                                                                 \
+    }                                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) attn_dq_simt_##DT(                                  \
+        const L::T* q, const L::T* k, const L::T* v, const L::T* dout, const float* lse,                 \
+        const float* delta, L::T* dq, Geo g) {                                                           \
+        dq_simt<L>(q, k, v, dout, lse, delta, dq, g);                                                    \
+    }                                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) attn_dkdv_simt_##DT(                                \
+        const L::T* q, const L::T* k, const L::T* v, const L::T* dout, const float* lse,                 \
+        const float* delta, L::T* dk, L::T* dv, Geo g) {                                                 \
+        dkdv_simt<L>(q, k, v, dout, lse, delta, dk, dv, g);                                              \
+    }
+SIMT_ENTRY(f32, LdF32)
+SIMT_ENTRY(f16, LdF16)
+SIMT_ENTRY(bf16, LdBF16)
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core helpers (sm_80+).
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    if (BF16) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+// Two f32 -> packed 16-bit pair (lo in the low half).
+template <bool BF16>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    unsigned r;
+    if (BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Visibility of a key (info: pack3 coords, INFO_ALL or -1) from a query window (fs, ys, xs).
+__device__ __forceinline__ bool vis(int info, int fs, int ys, int xs, const Geo& g) {
+    if (info < 0) return false;
+    if (info & INFO_ALL) return true;
+    int kf = info >> 20, ky = (info >> 10) & 1023, kx = info & 1023;
+    return (unsigned)(kf - fs) < (unsigned)g.fsz && (unsigned)(ky - ys) < (unsigned)g.ysz &&
+           (unsigned)(kx - xs) < (unsigned)g.xsz;
+}
+
+#define BN 64  // keys per block (forward) / per key tile (backward)
+
+// ---------------------------------------------------------------------------------------------
+// Forward, tensor cores. grid (ntiles, BH), block 32*NW, dynamic smem
+// (16*NW + 4*BN) * (DP+8) * 2 + 3*BN*8 bytes. Tile t = (tf, ty, tx) with tile dims (TF, TY, TX),
+// TF*TY*TX <= 16*NW; grid of tiles (ntf, nty, ntx) over (F, h, w) (Dense: 1 x 1 x nq).
+template <bool BF16, int DP, int NW>
+__device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                       u16* __restrict__ o, float* __restrict__ lse, Geo g, int TF, int TY, int TX, int nty,
+                       int ntx) {
+    constexpr int BM = 16 * NW;
+    constexpr int LD = DP + 8;
+    constexpr int NT = 32 * NW;
+    constexpr int CH = DP / 8;  // 16-byte chunks per row
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* Qs = (u16*)smem;
+    u16* Ks = Qs + BM * LD;         // [2][BN][LD]
+    u16* Vs = Ks + 2 * BN * LD;     // [2][BN][LD]
+    int* ktok = (int*)(Vs + 2 * BN * LD);  // [3][BN]
+    int* kinf = ktok + 3 * BN;             // [3][BN]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int gq = lane >> 2, tq = lane & 3;
+    const long long bh = blockIdx.y;
+    const int gh = g.local ? g.h : 1, gw = g.local ? g.w : g.nq, gF = g.local ? g.F : 1;
+    Geo gg = g;
+    gg.h = gh;
+    gg.w = gw;
+
+    // Query tile box.
+    int tile = blockIdx.x;
+    int tx = tile % ntx, ty = (tile / ntx) % nty, tf = tile / (ntx * nty);
+    Box qb;
+    qb.f0 = tf * TF; qb.y0 = ty * TY; qb.x0 = tx * TX;
+    qb.nf = min(TF, gF - qb.f0); qb.ny = min(TY, gh - qb.y0); qb.nx = min(TX, gw - qb.x0);
+    const int nqb = qb.n();
+
+    // Key union box: windows of the tile's first / last coordinate per axis.
+    Box kb;
+    int nbox, nkb, ntb;
+    if (g.local) {
+        kb.f0 = wstart(qb.f0, g.rt, g.F, g.fsz);
+        kb.nf = wstart(qb.f0 + qb.nf - 1, g.rt, g.F, g.fsz) + g.fsz - kb.f0;
+        kb.y0 = wstart(qb.y0, g.rs, g.h, g.ysz);
+        kb.ny = wstart(qb.y0 + qb.ny - 1, g.rs, g.h, g.ysz) + g.ysz - kb.y0;
+        kb.x0 = wstart(qb.x0, g.rs, g.w, g.xsz);
+        kb.nx = wstart(qb.x0 + qb.nx - 1, g.rs, g.w, g.xsz) + g.xsz - kb.x0;
+        nbox = kb.n();
+        nkb = (nbox + BN - 1) / BN;
+        ntb = (g.nk - g.video + BN - 1) / BN;
+    } else {
+        kb.f0 = 0; kb.y0 = 0; kb.x0 = 0; kb.nf = 1; kb.ny = 1; kb.nx = g.nk;
+        nbox = g.nk;
+        nkb = (nbox + BN - 1) / BN;
+        ntb = 0;
+    }
+    const int nb = nkb + ntb;
+
+    // Decode key block jj into slot: token (-1 = none) and visibility info.
+    auto decode = [&](int jj, int slot) {
+        if (tid < BN) {
+            int tok = -1, info = -1;
+            if (jj < nkb) {
+                int i = jj * BN + tid;
+                if (i < nbox) {
+                    int f, y, x;
+                    tok = kb.decode(i, gg, f, y, x);
+                    info = g.local ? pack3(f, y, x) : INFO_ALL;
+                }
+            } else {
+                int t = g.video + (jj - nkb) * BN + tid;
+                if (t < g.nk) { tok = t; info = INFO_ALL; }
+            }
+            ktok[slot * BN + tid] = tok;
+            kinf[slot * BN + tid] = info;
+        }
+    };
+    auto load_kv = [&](int buf, int slot) {
+        u16* Kd = Ks + buf * BN * LD;
+        u16* Vd = Vs + buf * BN * LD;
+        for (int u = tid; u < BN * CH; u += NT) {
+            int r = u / CH, c = u % CH;
+            int tok = ktok[slot * BN + r];
+            long long row = bh * g.nk + (tok < 0 ? 0 : tok);
+            bool okk = tok >= 0 && c * 8 < g.d, okv = tok >= 0 && c * 8 < g.dv;
+            cp_async16(Kd + r * LD + c * 8, okk ? k + row * g.d + c * 8 : k, okk ? 16 : 0);
+            cp_async16(Vd + r * LD + c * 8, okv ? v + row * g.dv + c * 8 : v, okv ? 16 : 0);
+        }
+    };
+
+    decode(0, 0);
+    if (nb > 1) decode(1, 1);
+    // Q tile.
+    for (int u = tid; u < BM * CH; u += NT) {
+        int r = u / CH, c = u % CH;
+        bool ok = r < nqb && c * 8 < g.d;
+        long long row = 0;
+        if (ok) {
+            int f, y, x;
+            row = bh * g.nq + qb.decode(r, gg, f, y, x);
+        }
+        cp_async16(Qs + r * LD + c * 8, ok ? q + row * g.d + c * 8 : q, ok ? 16 : 0);
+    }
+    __syncthreads();
+    load_kv(0, 0);
+    cp_async_commit();
+
+    // Per-thread rows: r0 = warp*16 + gq, r1 = r0 + 8; their window starts.
+    int ws0[3] = {0, 0, 0}, ws1[3] = {0, 0, 0};
+    int tokq[2] = {-1, -1};
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        int r = warp * 16 + gq + 8 * h2;
+        if (r < nqb) {
+            int f, y, x;
+            tokq[h2] = qb.decode(r, gg, f, y, x);
+            if (g.local) {
+                int a = wstart(f, g.rt, g.F, g.fsz), b = wstart(y, g.rs, g.h, g.ysz), c = wstart(x, g.rs, g.w, g.xsz);
+                if (h2 == 0) { ws0[0] = a; ws0[1] = b; ws0[2] = c; }
+                else { ws1[0] = a; ws1[1] = b; ws1[2] = c; }
+            }
+        }
+    }
+
+    float acc[DP / 8][4];
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
+    unsigned qf[DP / 16][4];
+
+    for (int j = 0; j < nb; j++) {
+        const int buf = j & 1, slot = j % 3;
+        if (j + 1 < nb) {
+            load_kv(buf ^ 1, (j + 1) % 3);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (j == 0) {
+#pragma unroll
+            for (int ks = 0; ks < DP / 16; ks++)
+                ldsm_x4(qf[ks], Qs + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+        }
+        const u16* Kb = Ks + buf * BN * LD;
+        const u16* Vb = Vs + buf * BN * LD;
+        float s[BN / 8][4];
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < DP / 16; ks++) {
+#pragma unroll
+            for (int nj = 0; nj < BN / 16; nj++) {
+                unsigned b[4];
+                ldsm_x4(b, Kb + (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
+                mma16816<BF16>(s[2 * nj], qf[ks], b[0], b[1]);
+                mma16816<BF16>(s[2 * nj + 1], qf[ks], b[2], b[3]);
+            }
+        }
+        // Mask (local video blocks and partial blocks), scale to log2 units.
+        const bool full = (j >= nkb || !g.local) &&
+                          ((j < nkb) ? (j + 1) * BN <= nbox : g.video + (j - nkb + 1) * BN <= g.nk);
+        const int* inf = kinf + slot * BN;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[nt][e] * g.scale_log2;
+                if (!full) {
+                    int info = inf[nt * 8 + 2 * tq + (e & 1)];
+                    bool ok = (e < 2) ? vis(info, ws0[0], ws0[1], ws0[2], g) : vis(info, ws1[0], ws1[1], ws1[2], g);
+                    if (!ok) x = NEG_INF;
+                }
+                s[nt][e] = x;
+            }
+        }
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        float mu0 = mn0 == NEG_INF ? 0.f : mn0, mu1 = mn1 == NEG_INF ? 0.f : mn1;
+        float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+        m0 = mn0;
+        m1 = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - mu0);
+            s[nt][1] = exp2f(s[nt][1] - mu0);
+            s[nt][2] = exp2f(s[nt][2] - mu1);
+            s[nt][3] = exp2f(s[nt][3] - mu1);
+            rs0 += s[nt][0] + s[nt][1];
+            rs1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * a0 + rs0;
+        l1 = l1 * a1 + rs1;
+#pragma unroll
+        for (int i = 0; i < DP / 8; i++) {
+            acc[i][0] *= a0; acc[i][1] *= a0;
+            acc[i][2] *= a1; acc[i][3] *= a1;
+        }
+        // O += P V.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            unsigned a[4];
+            a[0] = pack2<BF16>(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = pack2<BF16>(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int fj = 0; fj < DP / 16; fj++) {
+                unsigned b[4];
+                ldsm_x4_t(b, Vb + (kk * 16 + (lane & 15)) * LD + fj * 16 + (lane >> 4) * 8);
+                mma16816<BF16>(acc[2 * fj], a, b[0], b[1]);
+                mma16816<BF16>(acc[2 * fj + 1], a, b[2], b[3]);
+            }
+        }
+        if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
+        __syncthreads();
+    }
+    // Epilogue.
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    float inv[2] = {1.f / l0, 1.f / l1};
+    float lsev[2] = {(m0 + log2f(l0)) / LOG2E, (m1 + log2f(l1)) / LOG2E};
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        if (tokq[h2] < 0) continue;
+        long long row = bh * g.nq + tokq[h2];
+#pragma unroll
+        for (int nt = 0; nt < DP / 8; nt++) {
+            int f = nt * 8 + 2 * tq;
+            if (f < g.dv) {
+                unsigned pr = pack2<BF16>(acc[nt][2 * h2] * inv[h2], acc[nt][2 * h2 + 1] * inv[h2]);
+                *(unsigned*)(o + row * g.dv + f) = pr;
+            }
+        }
+        if (tq == 0) lse[row] = lsev[h2];
+    }
+}
+
+#define FWD_TC_ENTRY(T, B, DP, NW)                                                                        \
+    extern "C" __global__ void __launch_bounds__(32 * NW) attn_fwd_tc_##T##_d##DP##_w##NW(                \
+        const u16* q, const u16* k, const u16* v, u16* o, float* lse, Geo g, int TF, int TY, int TX,      \
+        int nty, int ntx) {                                                                               \
+        fwd_tc<B, DP, NW>(q, k, v, o, lse, g, TF, TY, TX, nty, ntx);                                      \
+    }
+#define FWD_TC_DT(T, B)          \
+    FWD_TC_ENTRY(T, B, 32, 4)    \
+    FWD_TC_ENTRY(T, B, 64, 4)    \
+    FWD_TC_ENTRY(T, B, 128, 4)   \
+    FWD_TC_ENTRY(T, B, 32, 8)    \
+    FWD_TC_ENTRY(T, B, 64, 8)    \
+    FWD_TC_ENTRY(T, B, 128, 8)
+FWD_TC_DT(f16, false)
+FWD_TC_DT(bf16, true)
+
+// ---------------------------------------------------------------------------------------------
+// Backward dK/dV (+ dQ atomics), tensor cores. grid (nktiles, BH), block 128, dynamic smem
+// (2*BN + 4*BQ) * (DP+8) * 2 + BQ*(BN+8)*2 + 3*BQ*16 bytes. Key tiles 0..nvt-1: 3D boxes
+// (KTF, KTY, KTX) over the video grid (Dense: 1 x 1 x nk); tiles nvt..: text keys in raster order.
+#define BQ 32
+
+template <bool BF16, int DP>
+__device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                        const u16* __restrict__ dout, const float* __restrict__ lse,
+                        const float* __restrict__ delta, u16* __restrict__ dk, u16* __restrict__ dv,
+                        float* __restrict__ dqacc, Geo g, int KTF, int KTY, int KTX, int nty, int ntx,
+                        int nvt) {
+    constexpr int LD = DP + 8;
+    constexpr int CH = DP / 8;
+    constexpr int NT = 128;
+    constexpr int LDS = BN + 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* Ks = (u16*)smem;             // [BN][LD]
+    u16* Vs = Ks + BN * LD;           // [BN][LD]
+    u16* Qs = Vs + BN * LD;           // [2][BQ][LD]
+    u16* Ds = Qs + 2 * BQ * LD;       // [2][BQ][LD] (dO)
+    u16* Ss = Ds + 2 * BQ * LD;       // [BQ][LDS] (dS, query-major)
+    int* qtok = (int*)(Ss + BQ * LDS);  // [3][BQ]
+    int* qinf = qtok + 3 * BQ;          // [3][BQ] packed window start (or INFO_ALL / -1)
+    float* qlse = (float*)(qinf + 3 * BQ);  // [3][BQ] lse * log2e
+    float* qdel = qlse + 3 * BQ;            // [3][BQ]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int gq = lane >> 2, tq = lane & 3;
+    const long long bh = blockIdx.y;
+        // Key tile: tokens of rows 0..BN-1 (kt < 0: none) and the query set that sees it.
+    const int tile = blockIdx.x;
+    Box qs;  // queries (flattened)
+    int nqs;
+    bool key_local;
+    int kbase = -1;  // text/dense tiles: first key token (raster)
+    Box ktb;
+    if (tile < nvt) {
+        int tx = tile % ntx, ty = (tile / ntx) % nty, tf = tile / (ntx * nty);
+        if (g.local) {
+            ktb.f0 = tf * KTF; ktb.y0 = ty * KTY; ktb.x0 = tx * KTX;
+            ktb.nf = min(KTF, g.F - ktb.f0); ktb.ny = min(KTY, g.h - ktb.y0); ktb.nx = min(KTX, g.w - ktb.x0);
+            qs.f0 = qlo(ktb.f0, g.rt, g.F, g.fsz);
+            qs.nf = qhi(ktb.f0 + ktb.nf - 1, g.rt, g.F, g.fsz) + 1 - qs.f0;
+            qs.y0 = qlo(ktb.y0, g.rs, g.h, g.ysz);
+            qs.ny = qhi(ktb.y0 + ktb.ny - 1, g.rs, g.h, g.ysz) + 1 - qs.y0;
+            qs.x0 = qlo(ktb.x0, g.rs, g.w, g.xsz);
+            qs.nx = qhi(ktb.x0 + ktb.nx - 1, g.rs, g.w, g.xsz) + 1 - qs.x0;
+            key_local = true;
+        } else {
+            kbase = tile * BN;
+            qs.f0 = 0; qs.y0 = 0; qs.x0 = 0; qs.nf = 1; qs.ny = 1; qs.nx = g.nq;
+            key_local = false;
+        }
+    } else {
+        kbase = g.video + (tile - nvt) * BN;
+        qs.f0 = 0; qs.y0 = 0; qs.x0 = 0; qs.nf = 1; qs.ny = 1; qs.nx = g.nq;
+        key_local = false;
+    }
+    // Query boxes live on the (local) video grid or on the 1 x 1 x nq raster.
+    Geo gq_ = g;
+    if (!key_local) { gq_.h = 1; gq_.w = g.nq; }
+    nqs = qs.n();
+    const int nb = (nqs + BQ - 1) / BQ;
+
+    auto key_tok = [&](int r, int& f, int& y, int& x) -> int {
+        f = y = x = 0;
+        if (key_local) {
+            if (r >= ktb.n()) return -1;
+            return ktb.decode(r, g, f, y, x);
+        }
+        int t = kbase + r;
+        return t < g.nk ? t : -1;
+    };
+    // Load K, V tile.
+    for (int u = tid; u < BN * CH; u += NT) {
+        int r = u / CH, c = u % CH;
+        int f, y, x;
+        int tok = key_tok(r, f, y, x);
+        long long row = bh * g.nk + (tok < 0 ? 0 : tok);
+        bool okk = tok >= 0 && c * 8 < g.d, okv = tok >= 0 && c * 8 < g.dv;
+        cp_async16(Ks + r * LD + c * 8, okk ? k + row * g.d + c * 8 : k, okk ? 16 : 0);
+        cp_async16(Vs + r * LD + c * 8, okv ? v + row * g.dv + c * 8 : v, okv ? 16 : 0);
+    }
+    // Query block decode into slot.
+    auto decode = [&](int jj, int slot) {
+        if (tid < BQ) {
+            int i = jj * BQ + tid;
+            int tok = -1, info = -1;
+            float ls = 0.f, de = 0.f;
+            if (i < nqs) {
+                int f, y, x;
+                tok = qs.decode(i, gq_, f, y, x);
+                if (key_local) {
+                    info = pack3(wstart(f, g.rt, g.F, g.fsz), wstart(y, g.rs, g.h, g.ysz), wstart(x, g.rs, g.w, g.xsz));
+                } else {
+                    info = INFO_ALL;
+                }
+                ls = lse[bh * g.nq + tok] * LOG2E;
+                de = delta[bh * g.nq + tok];
+            }
+            qtok[slot * BQ + tid] = tok;
+            qinf[slot * BQ + tid] = info;
+            qlse[slot * BQ + tid] = ls;
+            qdel[slot * BQ + tid] = de;
+        }
+    };
+    auto load_q = [&](int buf, int slot) {
+        u16* Qd = Qs + buf * BQ * LD;
+        u16* Dd = Ds + buf * BQ * LD;
+        for (int u = tid; u < BQ * CH; u += NT) {
+            int r = u / CH, c = u % CH;
+            int tok = qtok[slot * BQ + r];
+            long long row = bh * g.nq + (tok < 0 ? 0 : tok);
+            bool okq = tok >= 0 && c * 8 < g.d, okd = tok >= 0 && c * 8 < g.dv;
+            cp_async16(Qd + r * LD + c * 8, okq ? q + row * g.d + c * 8 : q, okq ? 16 : 0);
+            cp_async16(Dd + r * LD + c * 8, okd ? dout + row * g.dv + c * 8 : dout, okd ? 16 : 0);
+        }
+    };
+    decode(0, 0);
+    if (nb > 1) decode(1, 1);
+    __syncthreads();
+    load_q(0, 0);
+    cp_async_commit();
+
+    // This thread's key rows: warp*16 + gq (+8).
+    int kco[2][3];
+    bool kok[2];
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        int f, y, x;
+        int tok = key_tok(warp * 16 + gq + 8 * h2, f, y, x);
+        kok[h2] = tok >= 0;
+        kco[h2][0] = f; kco[h2][1] = y; kco[h2][2] = x;
+    }
+
+    float adk[DP / 8][4], adv[DP / 8][4];
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) {
+        adk[i][0] = adk[i][1] = adk[i][2] = adk[i][3] = 0.f;
+        adv[i][0] = adv[i][1] = adv[i][2] = adv[i][3] = 0.f;
+    }
+
+    for (int j = 0; j < nb; j++) {
+        const int buf = j & 1, slot = j % 3;
+        if (j + 1 < nb) {
+            load_q(buf ^ 1, (j + 1) % 3);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const u16* Qb = Qs + buf * BQ * LD;
+        const u16* Db = Ds + buf * BQ * LD;
+        // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQ queries per warp.
+        float st[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+        for (int i = 0; i < BQ / 8; i++) {
+            st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.f;
+            dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+        }
+#pragma unroll
+        for (int ks = 0; ks < DP / 16; ks++) {
+            unsigned ka[4], va[4];
+            ldsm_x4(ka, Ks + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+            ldsm_x4(va, Vs + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int nj = 0; nj < BQ / 16; nj++) {
+                unsigned b[4], c[4];
+                int off = (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8;
+                ldsm_x4(b, Qb + off);
+                ldsm_x4(c, Db + off);
+                mma16816<BF16>(st[2 * nj], ka, b[0], b[1]);
+                mma16816<BF16>(st[2 * nj + 1], ka, b[2], b[3]);
+                mma16816<BF16>(dp[2 * nj], va, c[0], c[1]);
+                mma16816<BF16>(dp[2 * nj + 1], va, c[2], c[3]);
+            }
+        }
+        // P^T and dS^T (element e: key row gq + 8*(e>>1), query col nt*8 + 2*tq + (e&1)).
+        const int* inf = qinf + slot * BQ;
+        const float* ql = qlse + slot * BQ;
+        const float* qd = qdel + slot * BQ;
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int c = nt * 8 + 2 * tq + (e & 1);
+                int h2 = e >> 1;
+                int info = inf[c];
+                bool ok = kok[h2] && info >= 0;
+                if (ok && !(info & INFO_ALL)) {
+                    int fs = info >> 20, ys = (info >> 10) & 1023, xs = info & 1023;
+                    ok = (unsigned)(kco[h2][0] - fs) < (unsigned)g.fsz && (unsigned)(kco[h2][1] - ys) < (unsigned)g.ysz &&
+                         (unsigned)(kco[h2][2] - xs) < (unsigned)g.xsz;
+                }
+                float p = ok ? exp2f(st[nt][e] * g.scale_log2 - ql[c]) : 0.f;
+                st[nt][e] = p;
+                dp[nt][e] = p * (dp[nt][e] - qd[c]);
+            }
+        }
+        // dV += P^T dO, dK += dS^T Q (k = queries).
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; kk++) {
+            unsigned pa[4], sa[4];
+            pa[0] = pack2<BF16>(st[2 * kk][0], st[2 * kk][1]);
+            pa[1] = pack2<BF16>(st[2 * kk][2], st[2 * kk][3]);
+            pa[2] = pack2<BF16>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+            pa[3] = pack2<BF16>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+            sa[0] = pack2<BF16>(dp[2 * kk][0], dp[2 * kk][1]);
+            sa[1] = pack2<BF16>(dp[2 * kk][2], dp[2 * kk][3]);
+            sa[2] = pack2<BF16>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+            sa[3] = pack2<BF16>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            // dS^T to shared memory, query-major, for dQ.
+            {
+                int kr = warp * 16 + gq;
+                int qc0 = kk * 16 + 2 * tq, qc1 = qc0 + 8;
+                Ss[qc0 * LDS + kr] = (u16)(sa[0] & 0xffff);
+                Ss[(qc0 + 1) * LDS + kr] = (u16)(sa[0] >> 16);
+                Ss[qc0 * LDS + kr + 8] = (u16)(sa[1] & 0xffff);
+                Ss[(qc0 + 1) * LDS + kr + 8] = (u16)(sa[1] >> 16);
+                Ss[qc1 * LDS + kr] = (u16)(sa[2] & 0xffff);
+                Ss[(qc1 + 1) * LDS + kr] = (u16)(sa[2] >> 16);
+                Ss[qc1 * LDS + kr + 8] = (u16)(sa[3] & 0xffff);
+                Ss[(qc1 + 1) * LDS + kr + 8] = (u16)(sa[3] >> 16);
+            }
+#pragma unroll
+            for (int fj = 0; fj < DP / 16; fj++) {
+                unsigned b[4], c[4];
+                int off = (kk * 16 + (lane & 15)) * LD + fj * 16 + (lane >> 4) * 8;
+                ldsm_x4_t(b, Db + off);
+                ldsm_x4_t(c, Qb + off);
+                mma16816<BF16>(adv[2 * fj], pa, b[0], b[1]);
+                mma16816<BF16>(adv[2 * fj + 1], pa, b[2], b[3]);
+                mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
+                mma16816<BF16>(adk[2 * fj + 1], sa, c[2], c[3]);
+            }
+        }
+        __syncthreads();
+        // dQ[q, :] += dS[q, keys] K[keys, :]: warp w takes queries (w&1)*16.., features (w>>1)*DP/2..
+        {
+            constexpr int HF = DP / 2;
+            float aq[HF / 8][4];
+#pragma unroll
+            for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
+            const int qr0 = (warp & 1) * 16, f0 = (warp >> 1) * HF;
+#pragma unroll
+            for (int ks = 0; ks < BN / 16; ks++) {
+                unsigned a[4];
+                ldsm_x4(a, Ss + (qr0 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int fj = 0; fj < HF / 16; fj++) {
+                    unsigned b[4];
+                    ldsm_x4_t(b, Ks + (ks * 16 + (lane & 15)) * LD + f0 + fj * 16 + (lane >> 4) * 8);
+                    mma16816<BF16>(aq[2 * fj], a, b[0], b[1]);
+                    mma16816<BF16>(aq[2 * fj + 1], a, b[2], b[3]);
+                }
+            }
+            const int* tk = qtok + slot * BQ;
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++) {
+                int tok = tk[qr0 + gq + 8 * h2];
+                if (tok < 0) continue;
+                float* dst = dqacc + (bh * g.nq + tok) * g.d;
+#pragma unroll
+                for (int nt = 0; nt < HF / 8; nt++) {
+                    int f = f0 + nt * 8 + 2 * tq;
+                    if (f < g.d) {
+                        atomicAdd(dst + f, aq[nt][2 * h2]);
+                        atomicAdd(dst + f + 1, aq[nt][2 * h2 + 1]);
+                    }
+                }
+            }
+        }
+        if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
+        __syncthreads();
+    }
+    // Store dK (scaled), dV.
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        if (!kok[h2]) continue;
+        int f_, y_, x_;
+        int tok = key_tok(warp * 16 + gq + 8 * h2, f_, y_, x_);
+        long long row = bh * g.nk + tok;
+#pragma unroll
+        for (int nt = 0; nt < DP / 8; nt++) {
+            int f = nt * 8 + 2 * tq;
+            if (f < g.d)
+                *(unsigned*)(dk + row * g.d + f) = pack2<BF16>(adk[nt][2 * h2] * g.scale, adk[nt][2 * h2 + 1] * g.scale);
+            if (f < g.dv)
+                *(unsigned*)(dv + row * g.dv + f) = pack2<BF16>(adv[nt][2 * h2], adv[nt][2 * h2 + 1]);
+        }
+    }
+}
+
+#define DKDV_TC_ENTRY(T, B, DP)                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) attn_dkdv_tc_##T##_d##DP(                           \
+        const u16* q, const u16* k, const u16* v, const u16* dout, const float* lse, const float* delta, \
+        u16* dk, u16* dv, float* dqacc, Geo g, int KTF, int KTY, int KTX, int nty, int ntx, int nvt) {    \
+        dkdv_tc<B, DP>(q, k, v, dout, lse, delta, dk, dv, dqacc, g, KTF, KTY, KTX, nty, ntx, nvt);        \
+    }
+DKDV_TC_ENTRY(f16, false, 32)
+DKDV_TC_ENTRY(f16, false, 64)
+DKDV_TC_ENTRY(f16, false, 128)
+DKDV_TC_ENTRY(bf16, true, 32)
+DKDV_TC_ENTRY(bf16, true, 64)
+DKDV_TC_ENTRY(bf16, true, 128)
