@@ -131,6 +131,32 @@ fn run() -> Result<(), KernelError> {
         let lp = lse.device_ptr(&s).0;
         let raw = s.cu_stream();
         for (mname, mask, vis) in &masks {
+            // Variants (ATTN_BENCH_VARIANTS set, bf16): the forward with 4 and 8 warps per block.
+            if std::env::var_os("ATTN_BENCH_VARIANTS").is_some() && bf {
+                let spec = AttentionSpec {
+                    shape,
+                    mask: *mask,
+                    scale: 1.0 / (d as f32).sqrt(),
+                };
+                for nw in ["4", "8"] {
+                    // SAFETY (set_var): the benchmark is single-threaded.
+                    std::env::set_var("FASTVMT_ATTN_FWD_WARPS", nw);
+                    let tf = time(
+                        &cu,
+                        || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) },
+                        reps,
+                    )?;
+                    std::env::remove_var("FASTVMT_ATTN_FWD_WARPS");
+                    let flops_f = 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
+                    println!(
+                        "{:<12} {:>5} {:>9.3} {:>9.1}   (forward, {nw} warps per block)",
+                        mname,
+                        name,
+                        tf,
+                        flops_f / tf / 1e9
+                    );
+                }
+            }
             let spec = AttentionSpec {
                 shape,
                 mask: *mask,

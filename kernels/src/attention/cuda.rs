@@ -3,8 +3,8 @@
 //! `src/cuda/attention.cu` is compiled with NVRTC once per device; [`CudaAttention::get`] caches
 //! the state (the device's primary context — the one ONNX Runtime uses —, a stream, the module).
 //!
-//! Paths: f16/bf16 with `d % 8 == 0`, `dv % 8 == 0`, `max(d, dv) <= 128` (and, for `Local`, a
-//! grid under 1024 frames/rows/columns) run the tensor-core kernels (mma.sync m16n8k16, f32
+//! Paths: f16/bf16 with `d % 8 == 0`, `dv % 8 == 0`, `max(d, dv) <= 128` run the tensor-core
+//! kernels (mma.sync m16n8k16, f32
 //! accumulation; head dims padded to 32/64/128 in shared memory). Everything else — f32 always,
 //! and f16/bf16 of other head sizes up to 256 — runs simple SIMT kernels (one warp per query or
 //! key, exactly the visible set; correct, not tuned). Larger head dims are an error.
@@ -162,12 +162,10 @@ fn plan(spec: &AttentionSpec, dtype: DType) -> Result<Plan, KernelError> {
     // Radii are clamped to the extent above: a window never exceeds the extent, so
     // `start = clamp(c - r, 0, E - size)` is unchanged by that clamp for r >= E - 1.
     let dmax = s.head_dim.max(s.v_dim);
-    let grid_ok = local == 0 || (f < 1024 && h < 1024 && w < 1024);
     let tc = dtype != DType::F32
         && s.head_dim.is_multiple_of(8)
         && s.v_dim.is_multiple_of(8)
         && dmax <= 128
-        && grid_ok
         && std::env::var_os("FASTVMT_ATTN_NO_TC").is_none();
     if !tc && dmax > SIMT_MAX_DIM {
         return Err(KernelError::InvalidParameter {
@@ -208,6 +206,10 @@ fn tile_shape(
                 continue;
             }
             let tx = rows / (tf * ty);
+            // The kernels' visibility codes hold tf + ty + tx bits.
+            if tf + ty + tx > 32 {
+                continue;
+            }
             let ntiles = f.div_ceil(tf) * h.div_ceil(ty) * w.div_ceil(tx);
             let span = |t: usize, r: usize, e: usize| (t.min(e) + 2 * r).min(e);
             let boxn = span(tf, r.0, f) * span(ty, r.1, h) * span(tx, r.1, w);

@@ -22,7 +22,6 @@ typedef unsigned int u32;
 
 #define NEG_INF (__int_as_float(0xff800000))
 #define LOG2E 1.4426950408889634f
-#define INFO_ALL (1 << 30)
 
 struct LdF32 {
     typedef float T;
@@ -98,7 +97,6 @@ struct Box {
     }
 };
 
-__device__ __forceinline__ int pack3(int f, int y, int x) { return (f << 20) | (y << 10) | x; }
 
 // ---------------------------------------------------------------------------------------------
 // Small kernels.
@@ -389,16 +387,19 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     return r;
 }
 
-// Visibility of a key (info: pack3 coords, INFO_ALL or -1) from a query window (fs, ys, xs).
-__device__ __forceinline__ bool vis(int info, int fs, int ys, int xs, const Geo& g) {
-    if (info < 0) return false;
-    if (info & INFO_ALL) return true;
-    int kf = info >> 20, ky = (info >> 10) & 1023, kx = info & 1023;
-    return (unsigned)(kf - fs) < (unsigned)g.fsz && (unsigned)(ky - ys) < (unsigned)g.ysz &&
-           (unsigned)(kx - xs) < (unsigned)g.xsz;
-}
-
 #define BN 64  // keys per block (forward) / per key tile (backward)
+
+// Bits lo..hi (clipped to 0..n-1) set.
+__device__ __forceinline__ unsigned range_bits(int lo, int hi, int n) {
+    lo = max(lo, 0);
+    hi = min(hi, n - 1);
+    if (lo > hi) return 0u;
+    return ((2u << hi) - 1u) & ~((1u << lo) - 1u);
+}
+// Separable visibility masks. A block's rows form a 3D tile (nominal dims TF x TY x TX,
+// TF + TY + TX <= 32, origin o); row (a, b, c) of the tile gets the 3-bit selector
+// M = 1<<a | 1<<(TF+b) | 1<<(TF+TY+c). A partner column gets the code of the tile positions
+// it is visible to, per axis; the pair is visible iff (code & M) == M.
 
 // ---------------------------------------------------------------------------------------------
 // Forward, tensor cores. grid (ntiles, BH), block 32*NW, dynamic smem
@@ -417,7 +418,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     u16* Ks = Qs + BM * LD;         // [2][BN][LD]
     u16* Vs = Ks + 2 * BN * LD;     // [2][BN][LD]
     int* ktok = (int*)(Vs + 2 * BN * LD);  // [3][BN]
-    int* kinf = ktok + 3 * BN;             // [3][BN]
+    unsigned* kinf = (unsigned*)(ktok + 3 * BN);  // [3][BN] visibility codes
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int gq = lane >> 2, tq = lane & 3;
@@ -456,23 +457,30 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     }
     const int nb = nkb + ntb;
 
-    // Decode key block jj into slot: token (-1 = none) and visibility info.
+    // Decode key block jj into slot: token (-1 = none) and visibility code.
     auto decode = [&](int jj, int slot) {
         if (tid < BN) {
-            int tok = -1, info = -1;
+            int tok = -1;
+            unsigned code = 0u;
             if (jj < nkb) {
                 int i = jj * BN + tid;
                 if (i < nbox) {
                     int f, y, x;
                     tok = kb.decode(i, gg, f, y, x);
-                    info = g.local ? pack3(f, y, x) : INFO_ALL;
+                    if (g.local) {
+                        code = range_bits(qlo(f, g.rt, g.F, g.fsz) - qb.f0, qhi(f, g.rt, g.F, g.fsz) - qb.f0, TF) |
+                               range_bits(qlo(y, g.rs, g.h, g.ysz) - qb.y0, qhi(y, g.rs, g.h, g.ysz) - qb.y0, TY) << TF |
+                               range_bits(qlo(x, g.rs, g.w, g.xsz) - qb.x0, qhi(x, g.rs, g.w, g.xsz) - qb.x0, TX) << (TF + TY);
+                    } else {
+                        code = 0xffffffffu;
+                    }
                 }
             } else {
                 int t = g.video + (jj - nkb) * BN + tid;
-                if (t < g.nk) { tok = t; info = INFO_ALL; }
+                if (t < g.nk) { tok = t; code = 0xffffffffu; }
             }
             ktok[slot * BN + tid] = tok;
-            kinf[slot * BN + tid] = info;
+            kinf[slot * BN + tid] = code;
         }
     };
     auto load_kv = [&](int buf, int slot) {
@@ -506,7 +514,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     cp_async_commit();
 
     // Per-thread rows: r0 = warp*16 + gq, r1 = r0 + 8; their window starts.
-    int ws0[3] = {0, 0, 0}, ws1[3] = {0, 0, 0};
+    unsigned msel[2] = {1u, 1u};
     int tokq[2] = {-1, -1};
 #pragma unroll
     for (int h2 = 0; h2 < 2; h2++) {
@@ -514,11 +522,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
         if (r < nqb) {
             int f, y, x;
             tokq[h2] = qb.decode(r, gg, f, y, x);
-            if (g.local) {
-                int a = wstart(f, g.rt, g.F, g.fsz), b = wstart(y, g.rs, g.h, g.ysz), c = wstart(x, g.rs, g.w, g.xsz);
-                if (h2 == 0) { ws0[0] = a; ws0[1] = b; ws0[2] = c; }
-                else { ws1[0] = a; ws1[1] = b; ws1[2] = c; }
-            }
+            if (g.local) msel[h2] = (1u << (f - qb.f0)) | (1u << (TF + y - qb.y0)) | (1u << (TF + TY + x - qb.x0));
         }
     }
 
@@ -561,18 +565,21 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
         // Mask (local video blocks and partial blocks), scale to log2 units.
         const bool full = (j >= nkb || !g.local) &&
                           ((j < nkb) ? (j + 1) * BN <= nbox : g.video + (j - nkb + 1) * BN <= g.nk);
-        const int* inf = kinf + slot * BN;
+        const unsigned* inf = kinf + slot * BN;
+        if (full) {
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
+            for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float x = s[nt][e] * g.scale_log2;
-                if (!full) {
-                    int info = inf[nt * 8 + 2 * tq + (e & 1)];
-                    bool ok = (e < 2) ? vis(info, ws0[0], ws0[1], ws0[2], g) : vis(info, ws1[0], ws1[1], ws1[2], g);
-                    if (!ok) x = NEG_INF;
+                for (int e = 0; e < 4; e++) s[nt][e] *= g.scale_log2;
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+                uint2 cc = *(const uint2*)(inf + nt * 8 + 2 * tq);
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    unsigned code = (e & 1) ? cc.y : cc.x, m = msel[e >> 1];
+                    s[nt][e] = (code & m) == m ? s[nt][e] * g.scale_log2 : NEG_INF;
                 }
-                s[nt][e] = x;
             }
         }
         float mx0 = NEG_INF, mx1 = NEG_INF;
@@ -688,7 +695,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
     u16* Ds = Qs + 2 * BQ * LD;       // [2][BQ][LD] (dO)
     u16* Ss = Ds + 2 * BQ * LD;       // [BQ][LDS] (dS, query-major)
     int* qtok = (int*)(Ss + BQ * LDS);  // [3][BQ]
-    int* qinf = qtok + 3 * BQ;          // [3][BQ] packed window start (or INFO_ALL / -1)
+    unsigned* qinf = (unsigned*)(qtok + 3 * BQ);  // [3][BQ] visibility codes
     float* qlse = (float*)(qinf + 3 * BQ);  // [3][BQ] lse * log2e
     float* qdel = qlse + 3 * BQ;            // [3][BQ]
 
@@ -753,15 +760,19 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
     auto decode = [&](int jj, int slot) {
         if (tid < BQ) {
             int i = jj * BQ + tid;
-            int tok = -1, info = -1;
+            int tok = -1;
+            unsigned info = 0u;
             float ls = 0.f, de = 0.f;
             if (i < nqs) {
                 int f, y, x;
                 tok = qs.decode(i, gq_, f, y, x);
                 if (key_local) {
-                    info = pack3(wstart(f, g.rt, g.F, g.fsz), wstart(y, g.rs, g.h, g.ysz), wstart(x, g.rs, g.w, g.xsz));
+                    int fs = wstart(f, g.rt, g.F, g.fsz), ys = wstart(y, g.rs, g.h, g.ysz), xs = wstart(x, g.rs, g.w, g.xsz);
+                    info = range_bits(fs - ktb.f0, fs + g.fsz - 1 - ktb.f0, KTF) |
+                           range_bits(ys - ktb.y0, ys + g.ysz - 1 - ktb.y0, KTY) << KTF |
+                           range_bits(xs - ktb.x0, xs + g.xsz - 1 - ktb.x0, KTX) << (KTF + KTY);
                 } else {
-                    info = INFO_ALL;
+                    info = 0xffffffffu;
                 }
                 ls = lse[bh * g.nq + tok] * LOG2E;
                 de = delta[bh * g.nq + tok];
@@ -791,14 +802,16 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
     cp_async_commit();
 
     // This thread's key rows: warp*16 + gq (+8).
-    int kco[2][3];
+    unsigned msel[2];
     bool kok[2];
 #pragma unroll
     for (int h2 = 0; h2 < 2; h2++) {
         int f, y, x;
         int tok = key_tok(warp * 16 + gq + 8 * h2, f, y, x);
         kok[h2] = tok >= 0;
-        kco[h2][0] = f; kco[h2][1] = y; kco[h2][2] = x;
+        msel[h2] = key_local && kok[h2]
+                       ? (1u << (f - ktb.f0)) | (1u << (KTF + y - ktb.y0)) | (1u << (KTF + KTY + x - ktb.x0))
+                       : 1u;
     }
 
     float adk[DP / 8][4], adv[DP / 8][4];
@@ -845,7 +858,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             }
         }
         // P^T and dS^T (element e: key row gq + 8*(e>>1), query col nt*8 + 2*tq + (e&1)).
-        const int* inf = qinf + slot * BQ;
+        const unsigned* inf = qinf + slot * BQ;
         const float* ql = qlse + slot * BQ;
         const float* qd = qdel + slot * BQ;
 #pragma unroll
@@ -854,13 +867,8 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             for (int e = 0; e < 4; e++) {
                 int c = nt * 8 + 2 * tq + (e & 1);
                 int h2 = e >> 1;
-                int info = inf[c];
-                bool ok = kok[h2] && info >= 0;
-                if (ok && !(info & INFO_ALL)) {
-                    int fs = info >> 20, ys = (info >> 10) & 1023, xs = info & 1023;
-                    ok = (unsigned)(kco[h2][0] - fs) < (unsigned)g.fsz && (unsigned)(kco[h2][1] - ys) < (unsigned)g.ysz &&
-                         (unsigned)(kco[h2][2] - xs) < (unsigned)g.xsz;
-                }
+                unsigned m = msel[h2];
+                bool ok = kok[h2] && (inf[c] & m) == m;
                 float p = ok ? exp2f(st[nt][e] * g.scale_log2 - ql[c]) : 0.f;
                 st[nt][e] = p;
                 dp[nt][e] = p * (dp[nt][e] - qd[c]);
