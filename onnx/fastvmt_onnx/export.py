@@ -119,10 +119,15 @@ class TextEncoderWrap(torch.nn.Module):
 
 
 def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=("text_encoder", "denoiser", "guidance_head", "guidance_grad"),
-               custom_attention=False):
+               custom_attention=False, local_window=None):
     """custom_attention=True: every attention becomes a fastvmt.Attention node (and its backward a
-    fastvmt.AttentionGrad node in guidance_grad); needs the project's custom-op library to run."""
-    set_attention_impl("custom" if custom_attention else "math")
+    fastvmt.AttentionGrad node in guidance_grad); needs the plugin's custom operators to run.
+    local_window=(T, S) (with custom_attention): the self-attention of every block sees only the
+    3D window of temporal radius T and spatial radius S (grid = the token grid of x, computed
+    inside the graph from x's shape and fed to the node as an int64 [3] input)."""
+    if local_window is not None and not custom_attention:
+        raise ValueError("local_window needs custom_attention (plain ONNX attention is dense only)")
+    set_attention_impl("custom" if custom_attention else "math", local=local_window)
     cfg = dit.cfg
     os.makedirs(out_dir, exist_ok=True)
     dit = dit.float().eval()
@@ -168,7 +173,22 @@ def io_spec(path):
     return [spec(v) for v in m.graph.input], [spec(v) for v in m.graph.output]
 
 
-def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", description="", training=None):
+def attention_manifest(custom_attention=False, local_window=None):
+    """The manifest keys describing the attention: `attention` (dense or the local window) and,
+    for custom-op graphs, `custom_ops` (domain -> version the graphs need; the plugin refuses
+    versions it does not have)."""
+    from .custom_attention import DOMAIN, VERSION
+    out = {"attention": {"kind": "dense"}}
+    if local_window is not None:
+        out["attention"] = {"kind": "local", "temporal_radius": int(local_window[0]),
+                            "spatial_radius": int(local_window[1])}
+    if custom_attention:
+        out["custom_ops"] = {DOMAIN: VERSION}
+    return out
+
+
+def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", description="", training=None,
+                   custom_attention=False, local_window=None):
     files = {}
     for key in ("denoiser", "guidance_head", "guidance_grad", "text_encoder"):
         p = os.path.join(out_dir, key + ".onnx")
@@ -203,6 +223,7 @@ def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", 
                  "token_index": "n = (f * h + i) * w + j (f frame, i row, j col of the token grid)",
                  "pairs": "interleaved: (q[2c], q[2c+1]) -> (q[2c]*cos[n,c] - q[2c+1]*sin[n,c], q[2c]*sin[n,c] + q[2c+1]*cos[n,c])",
                  "precision": "angles computed in float64, cos/sin cast to float32"},
+        **attention_manifest(custom_attention, local_window),
         "defaults": defaults,
         "files": files,
     }
@@ -214,9 +235,10 @@ def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", 
 
 
 # ----------------------------------------------------------------------------- test vectors
-def write_test_vectors(out_dir, dit: DiT, te: TextEncoder, seed=123):
-    """Small inputs/outputs of every graph, computed with the torch model (fp32, math attention)."""
-    set_attention_impl("math")
+def write_test_vectors(out_dir, dit: DiT, te: TextEncoder, seed=123, local_window=None):
+    """Small inputs/outputs of every graph, computed with the torch model (fp32, math attention,
+    with the exact masked local window when local_window is given)."""
+    set_attention_impl("math", local=local_window)
     cfg = dit.cfg
     tv = os.path.join(out_dir, "test_vectors")
     os.makedirs(tv, exist_ok=True)
@@ -258,6 +280,7 @@ def write_test_vectors(out_dir, dit: DiT, te: TextEncoder, seed=123):
         put("dk", dk.numpy(), "guidance_grad")
     dx = GuidanceGrad(dit)(x, t, text, cos, sin, dq, dk)
     put("dx", dx.detach().numpy(), "guidance_grad", note="guidance_grad(x, t, text, rope_cos, rope_sin, dq, dk)")
+    set_attention_impl("math")
     with open(os.path.join(tv, "index.json"), "w") as f:
         index["tokens"]["prompts"] = prompts
         index["rope_cos"]["grid"] = {"F": Fr, "h": hh, "w": ww}
@@ -288,16 +311,29 @@ def main():
     ap.add_argument("--description", default=DESCRIPTION)
     ap.add_argument("--manifest-only", action="store_true", help="only rewrite manifest.json (hashes, specs)")
     ap.add_argument("--custom-attention", action="store_true",
-                    help="emit attention as fastvmt.Attention / fastvmt.AttentionGrad nodes (needs the custom-op library)")
+                    help="emit attention as fastvmt.Attention / fastvmt.AttentionGrad nodes (needs the plugin's custom operators)")
+    ap.add_argument("--local-window", default=None, metavar="T,S",
+                    help="with --custom-attention: the blocks' self-attention sees only a 3D window of temporal "
+                         "radius T and spatial radius S tokens (recorded in the manifest)")
     a = ap.parse_args()
+    local = None
+    if a.local_window:
+        if not a.custom_attention:
+            ap.error("--local-window needs --custom-attention")
+        try:
+            local = tuple(int(v) for v in a.local_window.split(","))
+            assert len(local) == 2 and min(local) >= 0
+        except (ValueError, AssertionError):
+            ap.error(f"--local-window wants T,S (two integers >= 0), got {a.local_window!r}")
     dit, te, ck = load_checkpoint(a.ckpt)
     if not a.manifest_only:
-        export_all(dit, te, a.out, custom_attention=a.custom_attention)
-        write_test_vectors(a.out, dit, te)
+        export_all(dit, te, a.out, custom_attention=a.custom_attention, local_window=local)
+        write_test_vectors(a.out, dit, te, local_window=local)
     defaults = ck.get("defaults", {})
     if a.defaults:
         defaults.update(json.load(open(a.defaults)))
-    write_manifest(a.out, dit.cfg, defaults, description=a.description, training=ck.get("training"))
+    write_manifest(a.out, dit.cfg, defaults, description=a.description, training=ck.get("training"),
+                   custom_attention=a.custom_attention, local_window=local)
     print("wrote", a.out)
 
 

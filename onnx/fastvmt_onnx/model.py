@@ -8,8 +8,9 @@ Architecture (mirrors diffusers' WanTransformer3DModel at a tiny scale):
   * adaLN-zero: one shared time projection (6 x width) plus a learned per-block table, as Wan;
     the timestep embedding also receives the pooled text embedding;
   * cross-attention to the text tokens (from `TextEncoder`);
-  * every attention goes through the single function `attention(q, k, v)` so it can later be
-    swapped for a custom-domain fused attention operator.
+  * every attention goes through the single function `attention(q, k, v, grid)` so it can be
+    swapped for the custom-domain fused attention operator (custom_attention.py), optionally
+    with a 3D local window on the blocks' self-attention (grid = the video-token grid).
 
 Graph entry points (all take RoPE tables as inputs):
   DiT.forward(x, t, text, rope_cos, rope_sin)              -> velocity [B,3,F,H,W]
@@ -66,26 +67,44 @@ class DiTConfig:
 # --------------------------------------------------------------------------------------
 # "math": explicit softmax(QK^T/sqrt(d)) V, exportable to plain ONNX ops with a backward.
 # "sdpa": torch's fused kernel (training on GPU only; its backward does not export).
-ATTENTION_IMPL = {"mode": "math"}
+# "custom": torch.ops.fastvmt.attention, exported as a fastvmt.Attention node (custom_attention.py).
+# "local": None (dense) or (temporal_radius, spatial_radius): the self-attention of every block
+# over the video tokens sees only a 3D window (kernels/src/attention/mod.rs defines it).
+ATTENTION_IMPL = {"mode": "math", "local": None}
 
 
-def set_attention_impl(mode: str):
-    """"math" (plain ops), "sdpa" (torch fused kernel, training) or "custom" (torch.ops.fastvmt.attention,
-    exported as a fastvmt.Attention custom-domain node, see custom_attention.py)."""
+def set_attention_impl(mode: str, local=None):
+    """mode: "math" (plain ops), "sdpa" (torch fused kernel, training) or "custom"
+    (torch.ops.fastvmt.attention, exported as a fastvmt.Attention custom-domain node, see
+    custom_attention.py). local: None or (temporal_radius, spatial_radius) for the blocks'
+    self-attention ("custom" exports it; "math" computes it eagerly with an explicit mask)."""
     assert mode in ("math", "sdpa", "custom")
-    if mode == "custom":
+    if mode == "custom" or local is not None:
         from . import custom_attention  # noqa: F401  (registers the ops)
+    if local is not None:
+        assert mode != "sdpa", "the local window is not implemented for sdpa"
+        local = (int(local[0]), int(local[1]))
+        assert min(local) >= 0, local
     ATTENTION_IMPL["mode"] = mode
+    ATTENTION_IMPL["local"] = local
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """q [B,H,Nq,d], k/v [B,H,Nk,d] -> [B,H,Nq,d]. Scale 1/sqrt(d), no mask."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
+    """q [B,H,Nq,d], k/v [B,H,Nk,d] -> [B,H,Nq,d]. Scale 1/sqrt(d). grid = (frames, height,
+    width) of the video tokens marks a video self-attention: it becomes local when a window is
+    configured (set_attention_impl(..., local=...)); otherwise every key is visible."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    local = ATTENTION_IMPL["local"] if grid is not None else None
     if ATTENTION_IMPL["mode"] == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     if ATTENTION_IMPL["mode"] == "custom":
-        return torch.ops.fastvmt.attention(q.contiguous(), k.contiguous(), v.contiguous())[0]
-    scale = 1.0 / math.sqrt(q.shape[-1])
+        from .custom_attention import attention as custom
+        return custom(q, k, v, scale=scale, grid=grid, local=local)[0]
     logits = torch.matmul(q * scale, k.transpose(-1, -2))
+    if local is not None:
+        from .custom_attention import local_mask
+        m = local_mask(*(int(g) for g in grid), *local, kv_len=k.shape[-2], device=q.device)
+        logits = logits.masked_fill(~m, float("-inf"))
     return torch.matmul(torch.softmax(logits, dim=-1), v)
 
 
@@ -196,10 +215,10 @@ class Block(nn.Module):
         k = apply_rope(self._heads(self.norm_k(k)), cos, sin)
         return q, k, self._heads(v)
 
-    def forward(self, x, tproj, text, cos, sin):
+    def forward(self, x, tproj, text, cos, sin, grid=None):
         m = self.mods(tproj)
         q, k, v = self.self_qk(x, m, cos, sin)
-        a = attention(q, k, v).transpose(1, 2).flatten(-2)
+        a = attention(q, k, v, grid=grid).transpose(1, 2).flatten(-2)
         x = x + self.proj(a) * m[2][:, None]
         # cross-attention (no RoPE, no gate, as Wan)
         xn = self.norm3(x)
@@ -256,10 +275,16 @@ class DiT(nn.Module):
         tproj = self.t_proj(F.silu(temb)).unflatten(1, (6, -1))  # [B,6,W]
         return tok, temb, tproj
 
+    def token_grid(self, x):
+        """(frames, height, width) of the video-token grid of x [B,C,F,H,W] (SymInts when traced)."""
+        pt, ph, pw = self.cfg.patch_size
+        return (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+
     def forward(self, x, t, text, rope_cos, rope_sin):
         h, temb, tproj = self.embed(x, t, text)
+        grid = self.token_grid(x)
         for blk in self.blocks:
-            h = blk(h, tproj, text, rope_cos, rope_sin)
+            h = blk(h, tproj, text, rope_cos, rope_sin, grid)
         shift, scale = (self.out_table + temb[:, None]).unbind(1)
         h = self.norm_out(h) * (1 + scale[:, None]) + shift[:, None]
         return self.unpatchify(self.out(h), x.shape)
@@ -267,8 +292,9 @@ class DiT(nn.Module):
     def guidance_qk(self, x, t, text, rope_cos, rope_sin, block=None):
         L = self.cfg.motion_block if block is None else block
         h, temb, tproj = self.embed(x, t, text)
+        grid = self.token_grid(x)
         for blk in self.blocks[:L]:
-            h = blk(h, tproj, text, rope_cos, rope_sin)
+            h = blk(h, tproj, text, rope_cos, rope_sin, grid)
         blk = self.blocks[L]
         q, k, _ = blk.self_qk(h, blk.mods(tproj), rope_cos, rope_sin)
         return q, k

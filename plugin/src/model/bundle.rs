@@ -1,7 +1,9 @@
 //! The on-disk model bundle (`onnx/README.md` defines it): `manifest.json` plus ONNX files.
 //!
 //! Checks, each failing with the file and the problem: manifest format and version, every
-//! listed file present with the recorded SHA-256, and (once a session is opened, in
+//! listed file present with the recorded SHA-256, the custom-operator versions the manifest
+//! (`custom_ops`) and each graph (its opset imports) ask for against the ones this plugin
+//! registers (before ONNX Runtime sees the file), and (once a session is opened, in
 //! [`super::dit`]) the graph's input/output names and ranks equal to the manifest's and to
 //! what the plugin feeds.
 
@@ -11,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::runtime::attention_ops;
 
 pub const FORMAT: &str = "fastvmt-bundle";
 pub const FORMAT_VERSION: u32 = 1;
@@ -93,6 +97,20 @@ pub struct FileSpec {
     pub outputs: Vec<TensorSpec>,
 }
 
+/// The attention the bundle's graphs compute (`attention` in the manifest; dense when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AttentionKind {
+    #[default]
+    Dense,
+    /// Every block's self-attention sees a 3D window of the video tokens
+    /// (`fastvmt_kernels::attention::LocalWindow`).
+    Local {
+        temporal_radius: usize,
+        spatial_radius: usize,
+    },
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     pub format: String,
@@ -113,6 +131,11 @@ pub struct Manifest {
     #[serde(default)]
     pub defaults: serde_json::Map<String, serde_json::Value>,
     pub files: BTreeMap<String, FileSpec>,
+    /// Custom-operator domains the graphs need, with the version (`{"fastvmt": 1}`).
+    #[serde(default)]
+    pub custom_ops: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub attention: AttentionKind,
 }
 
 impl Manifest {
@@ -256,6 +279,13 @@ impl Bundle {
                 manifest.motion_block, manifest.blocks
             )));
         }
+        for (domain, &version) in &manifest.custom_ops {
+            check_custom_op_version(domain, i64::from(version)).map_err(|why| {
+                bad(format!(
+                    "custom_ops asks for {why} (refused before ONNX Runtime sees the graphs)"
+                ))
+            })?;
+        }
         for role in ROLES.iter() {
             let Some(spec) = manifest.files.get(role.key) else {
                 if role.required {
@@ -274,6 +304,16 @@ impl Bundle {
                 .map_err(|e| BundleError::file(&path, format!("cannot read: {e}")))?;
             if !actual.eq_ignore_ascii_case(&spec.sha256) {
                 return Err(BundleError::file(&path, format!("content hash mismatch: the manifest says {}, the file is {actual} (corrupt or replaced file)", spec.sha256)));
+            }
+            let imports = opset_imports(&path).map_err(|e| {
+                BundleError::file(&path, format!("cannot read the ONNX opset imports: {e}"))
+            })?;
+            for (domain, version) in imports {
+                if domain == attention_ops::DOMAIN {
+                    check_custom_op_version(&domain, version).map_err(|why| {
+                        BundleError::file(&path, format!("the graph asks for {why}"))
+                    })?;
+                }
             }
             for (name, _) in role.inputs {
                 if !spec.inputs.is_empty() && !spec.inputs.iter().any(|i| i.name == *name) {
@@ -297,6 +337,108 @@ impl Bundle {
     pub fn path(&self, key: &str) -> Option<PathBuf> {
         self.manifest.files.get(key).map(|f| self.dir.join(&f.path))
     }
+}
+
+/// Whether this plugin registers custom-op `domain` at `version`; the refusal names both the
+/// version asked for and the one available.
+fn check_custom_op_version(domain: &str, version: i64) -> Result<(), String> {
+    if domain != attention_ops::DOMAIN {
+        return Err(format!(
+            "custom operator domain '{domain}' version {version}, which this plugin does not have (it has '{}' version {})",
+            attention_ops::DOMAIN,
+            attention_ops::VERSION
+        ));
+    }
+    if version != i64::from(attention_ops::VERSION) {
+        return Err(format!(
+            "custom operator domain '{domain}' version {version}, but this plugin has version {}",
+            attention_ops::VERSION
+        ));
+    }
+    Ok(())
+}
+
+/// The `(domain, version)` opset imports of an ONNX model file (`ModelProto.opset_import`,
+/// field 8), read straight from the protobuf encoding: the graph itself is skipped, not read.
+pub fn opset_imports(path: &Path) -> std::io::Result<Vec<(String, i64)>> {
+    use std::io::{BufReader, ErrorKind};
+    let bad = |what: &str| std::io::Error::new(ErrorKind::InvalidData, what.to_string());
+    fn varint(r: &mut impl Read) -> std::io::Result<Option<u64>> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let mut b = [0u8; 1];
+            if r.read(&mut b)? == 0 {
+                return if shift == 0 {
+                    Ok(None)
+                } else {
+                    Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "truncated varint",
+                    ))
+                };
+            }
+            value |= u64::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                return Ok(Some(value));
+            }
+        }
+        Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "varint too long",
+        ))
+    }
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    let mut out = Vec::new();
+    while let Some(key) = varint(&mut r)? {
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                varint(&mut r)?.ok_or_else(|| bad("truncated field"))?;
+            }
+            1 => r.seek_relative(8)?,
+            5 => r.seek_relative(4)?,
+            2 => {
+                let len = varint(&mut r)?.ok_or_else(|| bad("truncated length"))?;
+                if field != 8 {
+                    r.seek_relative(i64::try_from(len).map_err(|_| bad("length too large"))?)?;
+                    continue;
+                }
+                let mut msg = vec![0u8; usize::try_from(len).map_err(|_| bad("bad length"))?];
+                r.read_exact(&mut msg)?;
+                let (mut domain, mut version) = (String::new(), 0i64);
+                let mut m = &msg[..];
+                while let Some(k) = varint(&mut m)? {
+                    match (k >> 3, k & 7) {
+                        (1, 2) => {
+                            let n =
+                                varint(&mut m)?.ok_or_else(|| bad("truncated domain"))? as usize;
+                            let s = m.get(..n).ok_or_else(|| bad("truncated domain"))?;
+                            domain = String::from_utf8_lossy(s).into_owned();
+                            m = &m[n..];
+                        }
+                        (2, 0) => {
+                            version =
+                                varint(&mut m)?.ok_or_else(|| bad("truncated version"))? as i64
+                        }
+                        (_, 0) => {
+                            varint(&mut m)?;
+                        }
+                        (_, 2) => {
+                            let n = varint(&mut m)?.ok_or_else(|| bad("truncated field"))? as usize;
+                            m = m.get(n..).ok_or_else(|| bad("truncated field"))?;
+                        }
+                        _ => return Err(bad("unexpected field in an opset import")),
+                    }
+                }
+                out.push((domain, version));
+            }
+            _ => return Err(bad("not an ONNX model (unexpected protobuf wire type)")),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("not an ONNX model (no opset import)"));
+    }
+    Ok(out)
 }
 
 /// The shipped small model (in the repository, next to the plugin's sources), unless

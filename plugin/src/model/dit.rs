@@ -13,7 +13,7 @@ use ort::value::TensorRef;
 
 use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
 use super::{rope, tokenizer};
-use crate::runtime::ort_env;
+use crate::runtime::{attention_ops, ort_env};
 
 /// Where the DiT runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,7 +93,9 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
         message,
     };
     let build = || -> ort::Result<Session> {
-        let mut builder = Session::builder(env)?;
+        // The fused attention operators (fastvmt.Attention / AttentionGrad, CPU and CUDA
+        // variants) on every session; graphs without them are unaffected.
+        let mut builder = Session::builder(env)?.with_operators(attention_ops::domain()?)?;
         if let Some(n) = intra_threads() {
             builder = builder.with_intra_threads(n)?;
         }
