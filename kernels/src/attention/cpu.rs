@@ -420,13 +420,20 @@ fn scaled<T: Element>(x: &[T], s: f32) -> Vec<f32> {
     x.iter().map(|v| v.to_f32() * s).collect()
 }
 
-/// `[blocks, n, c]` to `[blocks, c, n]`, f32.
+/// Row length of a transposed operand: `n` rounded up to 16 columns, so every chunk that is
+/// one piece can be read in place and rows start 64-byte apart.
+fn padded(n: usize) -> usize {
+    n.next_multiple_of(16)
+}
+
+/// `[blocks, n, c]` to `[blocks, c, padded(n)]` (zero padding), f32.
 fn transpose_blocks<T: Element>(x: &[T], blocks: usize, n: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0f32; blocks * n * c];
-    for (src, dst) in x.chunks_exact(n * c).zip(out.chunks_exact_mut(n * c)) {
+    let np = padded(n);
+    let mut out = vec![0f32; blocks * np * c];
+    for (src, dst) in x.chunks_exact(n * c).zip(out.chunks_exact_mut(np * c)) {
         for (i, row) in src.chunks_exact(c).enumerate() {
             for (j, v) in row.iter().enumerate() {
-                dst[j * n + i] = v.to_f32();
+                dst[j * np + i] = v.to_f32();
             }
         }
     }
@@ -489,12 +496,14 @@ struct Scratch {
     /// Chunk columns, transposed: `[c, CHUNK]` (two operands).
     b1: Vec<f32>,
     b2: Vec<f32>,
-    /// Tile rows, `[QT, c]` (two operands).
+    /// Tile rows transposed, `[c, QT]` (two operands).
     a1: Vec<f32>,
     a2: Vec<f32>,
     /// `[QT, CHUNK]` logits / probabilities and `dP` / `dS`.
     s: Vec<f32>,
     dp: Vec<f32>,
+    /// A `[CHUNK, QT]` transposed copy of `s` or `dp` for [`tile_axpy`].
+    pt: Vec<f32>,
     /// Column index of every chunk position.
     cols: Vec<usize>,
     pieces: Vec<Piece>,
@@ -510,6 +519,7 @@ impl Scratch {
             a2: vec![0.0; QT * c2],
             s: vec![0.0; QT * CHUNK],
             dp: vec![0.0; QT * CHUNK],
+            pt: vec![0.0; QT * CHUNK],
             cols: Vec::with_capacity(CHUNK),
             pieces: Vec::new(),
             tile: Tile {
@@ -522,24 +532,42 @@ impl Scratch {
     }
 }
 
-/// Copies `n` rows of width `c` from `src` (rows from `row`) into `dst` `[QT, c]`, zeroing
-/// the rest.
+/// The tile's `n` rows of width `c` from `src` (rows from `row`), transposed into `dst`
+/// `[c, QT]`; missing rows are zero.
 #[inline(always)]
 fn load_rows(dst: &mut [f32], src: &[f32], row: usize, n: usize, c: usize) {
-    dst[..n * c].copy_from_slice(&src[row * c..(row + n) * c]);
-    dst[n * c..].fill(0.0);
+    dst.fill(0.0);
+    for (t, r) in src[row * c..(row + n) * c].chunks_exact(c).enumerate() {
+        for (j, &x) in r.iter().enumerate() {
+            dst[j * QT + t] = x;
+        }
+    }
 }
 
-/// Gathers the chunk's columns of `mt` (`[c, ncols]`, one `(batch, head)`) into `b`
-/// (`[c, CHUNK]`), and their indices into `cols`.
+/// The chunk's columns of `mt` (`[c, ncols]`, one `(batch, head)`; `ncols` padded) as
+/// `(matrix, stride)`
+/// for [`tile_dots`]: read in place when they are one piece with room for the 16-column
+/// rounding, else gathered into `b` (`[c, CHUNK]`).
 #[inline(always)]
-fn pack_cols(b: &mut [f32], mt: &[f32], ncols: usize, c: usize, pieces: &[Piece]) {
+fn pack_cols<'a>(
+    b: &'a mut [f32],
+    mt: &'a [f32],
+    ncols: usize,
+    c: usize,
+    pieces: &[Piece],
+) -> (&'a [f32], usize) {
+    if let [p] = pieces {
+        if p.start + p.len.next_multiple_of(16) <= ncols {
+            return (&mt[p.start..], ncols);
+        }
+    }
     for p in pieces {
         for j in 0..c {
             b[j * CHUNK + p.off..j * CHUNK + p.off + p.len]
                 .copy_from_slice(&mt[j * ncols + p.start..j * ncols + p.start + p.len]);
         }
     }
+    (b, CHUNK)
 }
 
 fn chunk_cols(cols: &mut Vec<usize>, pieces: &[Piece]) {
@@ -549,18 +577,27 @@ fn chunk_cols(cols: &mut Vec<usize>, pieces: &[Piece]) {
     }
 }
 
-/// `s[t, i] = sum_j a[t, j] * b[j, i]` for all QT rows and `i < n` (rounded up to 16):
-/// a `QT x 16` register tile per step.
+/// `s[t, i] = sum_j at[j, t] * b[j * stride + i]` for all QT rows and `i < n` (rounded up
+/// to 16): a `QT x 16` register tile per step. `at` is the tile's rows transposed, `[c, QT]`.
 #[inline(always)]
-fn tile_dots(s: &mut [f32], a: &[f32], b: &[f32], c: usize, n: usize) {
+fn tile_dots<const F: bool>(
+    s: &mut [f32],
+    at: &[f32],
+    b: &[f32],
+    stride: usize,
+    c: usize,
+    n: usize,
+) {
+    let at = &at[..c * QT];
     for i0 in (0..n).step_by(16) {
         let mut acc = [[0f32; 16]; QT];
-        for j in 0..c {
-            let bj: &[f32; 16] = b[j * CHUNK + i0..j * CHUNK + i0 + 16].try_into().unwrap();
-            for (t, acc_t) in acc.iter_mut().enumerate() {
-                let at = a[t * c + j];
+        let b0 = &b[i0..];
+        for (j, aj) in at.chunks_exact(QT).enumerate() {
+            let aj: &[f32; QT] = aj.try_into().unwrap();
+            let bj: &[f32; 16] = b0[j * stride..j * stride + 16].try_into().unwrap();
+            for t in 0..QT {
                 for l in 0..16 {
-                    acc_t[l] += at * bj[l];
+                    acc[t][l] = fmadd::<F>(aj[t], bj[l], acc[t][l]);
                 }
             }
         }
@@ -570,22 +607,33 @@ fn tile_dots(s: &mut [f32], a: &[f32], b: &[f32], c: usize, n: usize) {
     }
 }
 
-/// `acc[t, :] += sum_i p[t, i] * src[cols[i], :]` (rows of width `c`): `QT x 16` register
-/// tiles over the columns, the `c % 16` tail scalar.
+/// `pt[i, t] = p[t, i]` for `i < n`: the tile's weights column-major for [`tile_axpy`].
 #[inline(always)]
-fn tile_axpy(acc: &mut [f32], p: &[f32], src: &[f32], cols: &[usize], c: usize) {
+fn transpose_tile(pt: &mut [f32], p: &[f32], n: usize) {
+    for (i, pi) in pt[..n * QT].chunks_exact_mut(QT).enumerate() {
+        for (t, x) in pi.iter_mut().enumerate() {
+            *x = p[t * CHUNK + i];
+        }
+    }
+}
+
+/// `acc[t, :] += sum_i pt[i, t] * src[cols[i], :]` (rows of width `c`): `QT x 16` register
+/// tiles over the columns, the `c % 16` tail scalar. `pt` is `[n, QT]`.
+#[inline(always)]
+fn tile_axpy<const F: bool>(acc: &mut [f32], pt: &[f32], src: &[f32], cols: &[usize], c: usize) {
+    let pt = &pt[..cols.len() * QT];
     let mut j0 = 0;
     while j0 + 16 <= c {
         let mut r = [[0f32; 16]; QT];
         for (t, r_t) in r.iter_mut().enumerate() {
             r_t.copy_from_slice(&acc[t * c + j0..t * c + j0 + 16]);
         }
-        for (i, &col) in cols.iter().enumerate() {
+        for (pi, &col) in pt.chunks_exact(QT).zip(cols) {
+            let pi: &[f32; QT] = pi.try_into().unwrap();
             let v: &[f32; 16] = src[col * c + j0..col * c + j0 + 16].try_into().unwrap();
-            for (t, r_t) in r.iter_mut().enumerate() {
-                let pt = p[t * CHUNK + i];
+            for t in 0..QT {
                 for l in 0..16 {
-                    r_t[l] += pt * v[l];
+                    r[t][l] = fmadd::<F>(pi[t], v[l], r[t][l]);
                 }
             }
         }
@@ -595,12 +643,11 @@ fn tile_axpy(acc: &mut [f32], p: &[f32], src: &[f32], cols: &[usize], c: usize) 
         j0 += 16;
     }
     if j0 < c {
-        for (i, &col) in cols.iter().enumerate() {
+        for (pi, &col) in pt.chunks_exact(QT).zip(cols) {
             let v = &src[col * c + j0..col * c + c];
-            for t in 0..QT {
-                let pt = p[t * CHUNK + i];
+            for (t, &p) in pi.iter().enumerate() {
                 for (a, x) in acc[t * c + j0..t * c + c].iter_mut().zip(v) {
-                    *a += pt * x;
+                    *a = fmadd::<F>(p, *x, *a);
                 }
             }
         }
@@ -617,6 +664,19 @@ fn mask_row(s: &mut [f32], pieces: &[Piece], win: (usize, usize), val: f32) {
         s[p.off + hi..p.off + p.len].fill(val);
     }
 }
+
+/// `a * b + c`, fused where the copy being compiled has FMA (`F`).
+#[inline(always)]
+fn fmadd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Whether the portable copy of the tile loops uses `mul_add` (a single instruction there).
+const GENERIC_FMA: bool = cfg!(target_arch = "aarch64");
 
 /// Max ignoring NaN (8 lanes so it vectorises); `-inf` for an empty or all-NaN slice.
 #[inline(always)]
@@ -651,19 +711,19 @@ fn sum_of(x: &[f32]) -> f32 {
 
 /// `exp(x)` (Cephes `expf` polynomial, relative error ~1e-7); 0 below -87, NaN stays NaN.
 #[inline(always)]
-fn exp_fast(x: f32) -> f32 {
+fn exp_fast<const F: bool>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = x.clamp(-87.0, 88.0); // NaN stays NaN
     let t = xc * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
-    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let r = fmadd::<F>(n, 2.121_944_4e-4, fmadd::<F>(n, -0.693_359_4, xc));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = fmadd::<F>(p, r, 1.398_199_9e-3);
+    p = fmadd::<F>(p, r, 8.333_452e-3);
+    p = fmadd::<F>(p, r, 4.166_579_6e-2);
+    p = fmadd::<F>(p, r, 1.666_666_5e-1);
+    p = fmadd::<F>(p, r, 0.5);
+    let y = fmadd::<F>(p * r, r, r + 1.0);
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let pow = f32::from_bits((ni.wrapping_add(127) as u32).wrapping_shl(23));
     if x < -87.0 {
@@ -712,12 +772,12 @@ macro_rules! dispatch {
                 // SAFETY: the CPU supports AVX2 and FMA (checked above).
                 return unsafe { $avx($($arg),*) };
             }
-            $imp($($arg),*)
+            $imp::<T, GENERIC_FMA>($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx<T: Element>($($arg: $ty),*) {
-            $imp($($arg),*)
+            $imp::<T, true>($($arg),*)
         }
     };
 }
@@ -732,7 +792,12 @@ dispatch!(dkv_rows, dkv_rows_avx2, dkv_rows_impl,
 /// Online softmax over the visible keys of the query rows in `rows` (flattened
 /// `bh * Nq + q`), a tile of up to QT queries at a time.
 #[inline(always)]
-fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse: &mut [f32]) {
+fn fwd_rows_impl<T: Element, const F: bool>(
+    c: &FwdCtx,
+    rows: Range<usize>,
+    out: &mut [T],
+    lse: &mut [f32],
+) {
     let g = c.g;
     let (nq, nk, d, dv) = (g.nq, g.nk, g.d, g.dv);
     let mut sc = Scratch::new(d, 0);
@@ -741,7 +806,8 @@ fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse:
     while row < rows.end {
         g.query_tile(row, rows.end, &mut sc.tile);
         let (tn, b) = (sc.tile.n, row / nq);
-        let kt = &c.kt[b * d * nk..(b + 1) * d * nk];
+        let nkp = padded(nk);
+        let kt = &c.kt[b * d * nkp..(b + 1) * d * nkp];
         let v = &c.v[b * nk * dv..(b + 1) * nk * dv];
         load_rows(&mut sc.a1, &c.qs, row, tn, d);
         let mut m = [f32::NEG_INFINITY; QT];
@@ -753,9 +819,9 @@ fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse:
             if n == 0 {
                 break;
             }
-            pack_cols(&mut sc.b1, kt, nk, d, &sc.pieces);
+            let (b1, st1) = pack_cols(&mut sc.b1, kt, nkp, d, &sc.pieces);
+            tile_dots::<F>(&mut sc.s, &sc.a1, b1, st1, d, n);
             chunk_cols(&mut sc.cols, &sc.pieces);
-            tile_dots(&mut sc.s, &sc.a1, &sc.b1, d, n);
             for t in 0..tn {
                 let s = &mut sc.s[t * CHUNK..t * CHUNK + n];
                 mask_row(s, &sc.pieces, sc.tile.win[t], f32::NEG_INFINITY);
@@ -769,7 +835,7 @@ fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse:
                     m[t] = bm;
                 }
                 for x in s.iter_mut() {
-                    *x = exp_fast(*x - m[t]);
+                    *x = exp_fast::<F>(*x - m[t]);
                 }
                 mask_row(s, &sc.pieces, sc.tile.win[t], 0.0);
                 l[t] += sum_of(s);
@@ -777,7 +843,8 @@ fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse:
             for t in tn..QT {
                 sc.s[t * CHUNK..t * CHUNK + n].fill(0.0);
             }
-            tile_axpy(&mut acc, &sc.s, v, &sc.cols, dv);
+            transpose_tile(&mut sc.pt, &sc.s, n);
+            tile_axpy::<F>(&mut acc, &sc.pt, v, &sc.cols, dv);
         }
         let i = row - rows.start;
         for t in 0..tn {
@@ -796,7 +863,7 @@ fn fwd_rows_impl<T: Element>(c: &FwdCtx, rows: Range<usize>, out: &mut [T], lse:
 
 /// `dQ[q] = scale * sum_k P (dP - delta) K[k]` for the query rows in `rows`.
 #[inline(always)]
-fn dq_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dq: &mut [T]) {
+fn dq_rows_impl<T: Element, const F: bool>(c: &BwdCtx, rows: Range<usize>, dq: &mut [T]) {
     let g = c.g;
     let (nq, nk, d, dv) = (g.nq, g.nk, g.d, g.dv);
     let mut sc = Scratch::new(d, dv);
@@ -805,8 +872,9 @@ fn dq_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dq: &mut [T]) {
     while row < rows.end {
         g.query_tile(row, rows.end, &mut sc.tile);
         let (tn, b) = (sc.tile.n, row / nq);
-        let kt = &c.kt[b * d * nk..(b + 1) * d * nk];
-        let vt = &c.vt[b * dv * nk..(b + 1) * dv * nk];
+        let nkp = padded(nk);
+        let kt = &c.kt[b * d * nkp..(b + 1) * d * nkp];
+        let vt = &c.vt[b * dv * nkp..(b + 1) * dv * nkp];
         let k = &c.k[b * nk * d..(b + 1) * nk * d];
         load_rows(&mut sc.a1, &c.qs, row, tn, d);
         load_rows(&mut sc.a2, &c.dout, row, tn, dv);
@@ -817,23 +885,24 @@ fn dq_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dq: &mut [T]) {
             if n == 0 {
                 break;
             }
-            pack_cols(&mut sc.b1, kt, nk, d, &sc.pieces);
-            pack_cols(&mut sc.b2, vt, nk, dv, &sc.pieces);
+            let (b1, st1) = pack_cols(&mut sc.b1, kt, nkp, d, &sc.pieces);
+            tile_dots::<F>(&mut sc.s, &sc.a1, b1, st1, d, n);
+            let (b2, st2) = pack_cols(&mut sc.b2, vt, nkp, dv, &sc.pieces);
+            tile_dots::<F>(&mut sc.dp, &sc.a2, b2, st2, dv, n);
             chunk_cols(&mut sc.cols, &sc.pieces);
-            tile_dots(&mut sc.s, &sc.a1, &sc.b1, d, n);
-            tile_dots(&mut sc.dp, &sc.a2, &sc.b2, dv, n);
             for t in 0..tn {
                 let (lse, delta) = (c.lse[row + t], c.delta[row + t]);
                 let s = &mut sc.s[t * CHUNK..t * CHUNK + n];
                 for (x, y) in s.iter_mut().zip(&sc.dp[t * CHUNK..t * CHUNK + n]) {
-                    *x = exp_fast(*x - lse) * (y - delta);
+                    *x = exp_fast::<F>(*x - lse) * (y - delta);
                 }
                 mask_row(s, &sc.pieces, sc.tile.win[t], 0.0);
             }
             for t in tn..QT {
                 sc.s[t * CHUNK..t * CHUNK + n].fill(0.0);
             }
-            tile_axpy(&mut acc, &sc.s, k, &sc.cols, d);
+            transpose_tile(&mut sc.pt, &sc.s, n);
+            tile_axpy::<F>(&mut acc, &sc.pt, k, &sc.cols, d);
         }
         let i = row - rows.start;
         for (o, a) in dq[i * d..(i + tn) * d].iter_mut().zip(&acc) {
@@ -846,7 +915,12 @@ fn dq_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dq: &mut [T]) {
 /// `dV[k] = sum_q P dO[q]`, `dK[k] = sum_q P (dP - delta) scale Q[q]` for the key rows in
 /// `rows` (flattened `bh * Nk + k`), over the queries that see each key.
 #[inline(always)]
-fn dkv_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dk: &mut [T], dv: &mut [T]) {
+fn dkv_rows_impl<T: Element, const F: bool>(
+    c: &BwdCtx,
+    rows: Range<usize>,
+    dk: &mut [T],
+    dv: &mut [T],
+) {
     let g = c.g;
     let (nq, nk, d, dvd) = (g.nq, g.nk, g.d, g.dv);
     let mut sc = Scratch::new(d, dvd);
@@ -858,8 +932,9 @@ fn dkv_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dk: &mut [T], dv: &
     while row < rows.end {
         g.key_tile(row, rows.end, &mut sc.tile);
         let (tn, b) = (sc.tile.n, row / nk);
-        let qst = &c.qst[b * d * nq..(b + 1) * d * nq];
-        let dot = &c.dot[b * dvd * nq..(b + 1) * dvd * nq];
+        let nqp = padded(nq);
+        let qst = &c.qst[b * d * nqp..(b + 1) * d * nqp];
+        let dot = &c.dot[b * dvd * nqp..(b + 1) * dvd * nqp];
         let qs = &c.qs[b * nq * d..(b + 1) * nq * d];
         let dout = &c.dout[b * nq * dvd..(b + 1) * nq * dvd];
         let lse = &c.lse[b * nq..(b + 1) * nq];
@@ -874,20 +949,20 @@ fn dkv_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dk: &mut [T], dv: &
             if n == 0 {
                 break;
             }
-            pack_cols(&mut sc.b1, qst, nq, d, &sc.pieces);
-            pack_cols(&mut sc.b2, dot, nq, dvd, &sc.pieces);
+            let (b1, st1) = pack_cols(&mut sc.b1, qst, nqp, d, &sc.pieces);
+            tile_dots::<F>(&mut sc.s, &sc.a1, b1, st1, d, n);
+            let (b2, st2) = pack_cols(&mut sc.b2, dot, nqp, dvd, &sc.pieces);
+            tile_dots::<F>(&mut sc.dp, &sc.a2, b2, st2, dvd, n);
             chunk_cols(&mut sc.cols, &sc.pieces);
             for (i, &q) in sc.cols.iter().enumerate() {
                 lse_c[i] = lse[q];
                 delta_c[i] = delta[q];
             }
-            tile_dots(&mut sc.s, &sc.a1, &sc.b1, d, n);
-            tile_dots(&mut sc.dp, &sc.a2, &sc.b2, dvd, n);
             for t in 0..tn {
                 let s = &mut sc.s[t * CHUNK..t * CHUNK + n];
                 let dp = &mut sc.dp[t * CHUNK..t * CHUNK + n];
                 for i in 0..n {
-                    let p = exp_fast(s[i] - lse_c[i]);
+                    let p = exp_fast::<F>(s[i] - lse_c[i]);
                     s[i] = p;
                     dp[i] = p * (dp[i] - delta_c[i]);
                 }
@@ -898,8 +973,10 @@ fn dkv_rows_impl<T: Element>(c: &BwdCtx, rows: Range<usize>, dk: &mut [T], dv: &
                 sc.s[t * CHUNK..t * CHUNK + n].fill(0.0);
                 sc.dp[t * CHUNK..t * CHUNK + n].fill(0.0);
             }
-            tile_axpy(&mut acc_v, &sc.s, dout, &sc.cols, dvd);
-            tile_axpy(&mut acc_k, &sc.dp, qs, &sc.cols, d);
+            transpose_tile(&mut sc.pt, &sc.s, n);
+            tile_axpy::<F>(&mut acc_v, &sc.pt, dout, &sc.cols, dvd);
+            transpose_tile(&mut sc.pt, &sc.dp, n);
+            tile_axpy::<F>(&mut acc_k, &sc.pt, qs, &sc.cols, d);
         }
         let i = row - rows.start;
         for (o, a) in dk[i * d..(i + tn) * d].iter_mut().zip(&acc_k) {
