@@ -261,7 +261,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
                 precision: AmfPrecision::F32,
                 backend: Backend::Cpu,
             },
-            min_gain: 0.0,
+            adaptive: fastvmt_plugin::sampler::ADAPTIVE_RULE,
             moving_threshold: None,
         },
     }

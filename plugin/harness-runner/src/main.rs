@@ -3,7 +3,7 @@
 //! `harness/run.sh` calls it between making the clips and scoring them.
 //!
 //! Usage: cargo run --release -p fastvmt-harness -- --clips DIR/clips.json --out RUN_DIR [--modes none,ditflow,fastvmt,adaptive]
-//!        [--bundle DIR] [--device cpu|cuda] [--steps N] [--seed S] [--limit N]
+//!        [--bundle DIR] [--device cpu|cuda] [--steps N] [--seed S] [--limit N] [--shard K/N] [--tag T]
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,8 @@ use clap::Parser;
 use fastvmt_kernels::Backend;
 use fastvmt_plugin::model::{bundle::default_bundle_dir, Device, DitModel};
 use fastvmt_plugin::sampler::{
-    self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings,
-    SampleSettings,
+    self, guidance::AmfPrecision, AdaptiveRule, AmfConfig, GuidanceMode, GuidanceSettings,
+    PromptEmbeddings, SampleSettings,
 };
 use fastvmt_video_io::{load_video, save_video, Frames, LoadOptions, VideoFormat};
 use serde_json::{json, Value};
@@ -54,10 +54,26 @@ struct Args {
     /// Centre key windows on FastVMT's coarse tile search instead of the query's position.
     #[arg(long)]
     coarse_tiles: bool,
-    /// Adaptive: relative loss decrease between successive real gradients that stretches the
-    /// reuse interval (default: the sampler node's).
-    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_MIN_GAIN)]
-    min_gain: f32,
+    /// Adaptive: loss-decrease rate per inner step at or above which it refreshes on the next
+    /// inner step (default: the sampler node's).
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.steep)]
+    steep: f32,
+    /// Adaptive: rate below which it stretches the gap to `--max-interval`.
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.flat)]
+    flat: f32,
+    /// Adaptive: the longest gap between real gradients.
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.max_interval)]
+    max_interval: usize,
+    /// fastvmt/adaptive: inner steps between real gradients (FastVMT's 3).
+    #[arg(long, default_value_t = 3)]
+    reuse_interval: usize,
+    /// Run only clip i of every N (`K/N`, K from 0): shards a clip set over processes.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Appended to each run's mode name in runs.json and its file names (to compare settings
+    /// of one mode in one table, e.g. `--modes adaptive --tag -s03`).
+    #[arg(long, default_value = "")]
+    tag: String,
     /// fastvmt/adaptive: loss only where the reference moves more than this many tokens
     /// (DiTFlow's mask); 0 = every entry. Default: the sampler node's.
     #[arg(long, default_value_t = fastvmt_plugin::sampler::FASTVMT_MOVING_THRESHOLD)]
@@ -65,6 +81,18 @@ struct Args {
     /// Guidance learning rate (default: the bundle's `guidance_lr`).
     #[arg(long)]
     lr: Option<f32>,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (k, n) = s.split_once('/').ok_or("use K/N, e.g. 0/4")?;
+    let (k, n): (usize, usize) = (
+        k.parse().map_err(|e| format!("K: {e}"))?,
+        n.parse().map_err(|e| format!("N: {e}"))?,
+    );
+    if n == 0 || k >= n {
+        return Err(format!("need 0 <= K < N, got {k}/{n}"));
+    }
+    Ok((k, n))
 }
 
 fn machine() -> String {
@@ -129,7 +157,14 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let never = || false;
     let mut runs = Vec::new();
-    for clip in clips.iter().take(args.limit.unwrap_or(usize::MAX)) {
+    let (shard_k, shard_n) = args.shard.unwrap_or((0, 1));
+    for clip in clips
+        .iter()
+        .take(args.limit.unwrap_or(usize::MAX))
+        .enumerate()
+        .filter(|(i, _)| i % shard_n == shard_k)
+        .map(|(_, c)| c)
+    {
         let name = clip["name"].as_str().context("clip without name")?;
         let gif = clip_dir.join(clip["gif"].as_str().context("clip without gif")?);
         let prompt = clip["prompt"].as_str().context("clip without prompt")?;
@@ -149,7 +184,7 @@ fn main() -> Result<()> {
                     mode,
                     fraction: args.guided_fraction,
                     inner_steps: args.inner_steps,
-                    reuse_interval: 3,
+                    reuse_interval: args.reuse_interval.max(1),
                     lr: args
                         .lr
                         .unwrap_or(m.default_f64("guidance_lr", 0.015) as f32),
@@ -157,7 +192,11 @@ fn main() -> Result<()> {
                     weight_decay: 0.01,
                     reference_noise_scale: 0.5,
                     amf: amf.clone(),
-                    min_gain: args.min_gain,
+                    adaptive: AdaptiveRule {
+                        steep: args.steep,
+                        flat: args.flat,
+                        max_interval: args.max_interval,
+                    },
                     moving_threshold: (args.moving_threshold > 0.0)
                         .then_some(args.moving_threshold),
                 },
@@ -184,7 +223,7 @@ fn main() -> Result<()> {
             let written = save_video(
                 &video,
                 &args.out,
-                &format!("{name}.{}", mode.name()),
+                &format!("{name}.{}{}", mode.name(), args.tag),
                 VideoFormat::Gif,
                 &never,
             )?;
@@ -200,7 +239,7 @@ fn main() -> Result<()> {
                 s.final_loss
             );
             runs.push(json!({
-                "clip": name, "mode": mode.name(),
+                "clip": name, "mode": format!("{}{}", mode.name(), args.tag),
                 "gif": written.file_name().map(|n| n.to_string_lossy().into_owned()),
                 "reference_gif": gif.canonicalize().unwrap_or(gif.clone()).display().to_string(),
                 "prompt": prompt, "wall_s": s.wall_s, "real_forward": s.real_forward, "real_backward": s.real_backward,

@@ -13,7 +13,7 @@ use super::NodeClass;
 use crate::model::ModelError;
 use crate::sampler::{
     self, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings,
-    ADAPTIVE_MIN_GAIN, FASTVMT_MOVING_THRESHOLD,
+    ADAPTIVE_RULE, FASTVMT_MOVING_THRESHOLD,
 };
 
 pub const CLASS: NodeClass = NodeClass {
@@ -22,7 +22,7 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    NodeDescriptor::new("GradientCachedSampler", "FastVMT/sampling", "Generates a video showing the prompt and moving like the reference: flow-matching sampling with classifier-free guidance, and attention-motion-flow guidance on the first steps (ditflow: dense, every gradient real; fastvmt: local AMF + gradient reuse; adaptive: the reuse interval stretches while the AMF loss keeps falling).")
+    NodeDescriptor::new("GradientCachedSampler", "FastVMT/sampling", "Generates a video showing the prompt and moving like the reference: flow-matching sampling with classifier-free guidance, and attention-motion-flow guidance on the first steps (ditflow: dense, every gradient real; fastvmt: local AMF + gradient reuse; adaptive: the reuse interval stretches to 5 once the AMF loss falls by less than 0.8 % per inner step).")
         .display_name("Gradient-Cached Motion Sampler")
         .version(1)
         .inputs(vec![
@@ -37,7 +37,7 @@ fn schema() -> NodeDescriptor {
             InputSpec::new("mode", ValueType::Choice).choices(&GuidanceMode::NAMES).default(Literal::String("fastvmt".into())).build(),
             InputSpec::new("guided_fraction", ValueType::Float).default(Literal::Float(0.2)).range(0.0, 1.0, 0.05).tooltip("fraction of the steps (the first ones) that are guided").build(),
             InputSpec::new("inner_steps", ValueType::Int).default(Literal::Int(10)).range(1.0, 100.0, 1.0).tooltip("optimisation steps on the latent per guided step").build(),
-            InputSpec::new("reuse_interval", ValueType::Int).default(Literal::Int(3)).range(1.0, 100.0, 1.0).tooltip("fastvmt: a real gradient every n inner steps (0, 3, 6, 9 for 3), the cached one otherwise; adaptive: the shortest interval (it stretches by one while the loss keeps falling by ≥ 1 %)").build(),
+            InputSpec::new("reuse_interval", ValueType::Int).default(Literal::Int(3)).range(1.0, 100.0, 1.0).tooltip("fastvmt: a real gradient every n inner steps (0, 3, 6, 9 for 3), the cached one otherwise; adaptive: the interval while the AMF loss falls by ≥ 0.8 % per inner step (then 5)").build(),
             InputSpec::new("learning_rate", ValueType::Float).default(Literal::Float(-1.0)).range(-1.0, 10.0, 0.0005).tooltip("AdamW learning rate at the first guided step (decays to 0.7x); -1 = the bundle's default").build(),
             InputSpec::new("motion_mask", ValueType::Float).default(Literal::Float(FASTVMT_MOVING_THRESHOLD as f64)).range(0.0, 100.0, 0.1).tooltip("fastvmt/adaptive: match the motion only where the reference moves more than this many tokens (DiTFlow's mask; ditflow always uses 0.5); 0 = everywhere, static background included").build(),
             InputSpec::new("reference_noise", ValueType::Float).default(Literal::Float(0.5)).range(0.0, 1.0, 0.05).tooltip("the reference AMF is read at this fraction of the current noise level (0.5 measured best on the shipped model; FastVMT uses 1)").build(),
@@ -143,7 +143,7 @@ impl Node for GradientCachedSampler {
                 weight_decay: 0.01,
                 reference_noise_scale: inputs.float("reference_noise")? as f32,
                 amf: handle.amf.clone(),
-                min_gain: ADAPTIVE_MIN_GAIN,
+                adaptive: ADAPTIVE_RULE,
                 moving_threshold: match inputs.float("motion_mask")? {
                     v if v > 0.0 => Some(v as f32),
                     _ => None,

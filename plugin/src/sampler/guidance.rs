@@ -7,19 +7,17 @@
 //! - `fastvmt`: the model's AMF setting (by default local: spatial key window, optional
 //!   temporal window, pair weights 1 → 0.8) and gradient skipping: a real gradient on inner
 //!   steps `0, r, 2r, …` (r = reuse interval), the cached one otherwise.
-//! - `adaptive`: like `fastvmt`, but the reuse interval follows the measured loss trend: when
-//!   the AMF loss at a real gradient is at least `min_gain` (relative) below the loss at the
-//!   previous real gradient of the same denoising step, the cached direction is still paying
-//!   off and the next refresh comes one inner step later (3 → 4 → 5 …); otherwise the interval
-//!   returns to `fastvmt`'s. It never refreshes more often than `fastvmt`, so it never makes
-//!   more passes. Each denoising step starts on a real gradient. Why not the gradient cosine
-//!   (what the previous `adaptive` read): on the harness's 4-clip set the cosine between a
-//!   step's last real gradient and the next step's first averaged 0.08 (ditflow) / 0.45
-//!   (fastvmt), from −0.46 to 0.82, and between real gradients 3 inner steps apart it averaged
-//!   0.08 (−0.73 to 0.85) — Adam moves the latent enough that gradients decorrelate within a
-//!   few inner steps, so a high cosine is rare and says little; it is still recorded
-//!   (`SampleStats::gradient_cosines`). The loss is the quantity the guidance minimises, so
-//!   its trend is what `adaptive` decides on (`harness/README.md`, "adaptive").
+//! - `adaptive`: like `fastvmt`, but the gap to the next real gradient follows the measured
+//!   loss trend ([`AdaptiveRule`]): the relative AMF-loss decrease per inner step since the
+//!   previous real gradient picks a gap of 1 (falling fast: a cached gradient goes stale
+//!   quickly), FastVMT's interval, or a stretched one (little left to gain). Each denoising
+//!   step starts on a real gradient; the last rate carries over into the next step. Why the
+//!   loss and not the gradient cosine: on the harness the cosine between real gradients 3 inner
+//!   steps apart averaged 0.08 (−0.73 to 0.85) — Adam moves the latent enough that gradients
+//!   decorrelate within a few inner steps, so a high cosine is rare and says little (it is
+//!   still recorded, `SampleStats::gradient_cosines`). What the harness found (64 clips,
+//!   `harness/README.md`, "adaptive"): at this scale motion fidelity follows the number of real
+//!   gradients, and no rule tried yet saves passes without losing fidelity.
 //!
 //! Per guided step the reference AMF is recomputed: the reference noised to
 //! `reference_noise_scale * t` with fixed noise, through the guidance head with the empty
@@ -103,12 +101,40 @@ pub struct GuidanceSettings {
     pub weight_decay: f32,
     pub reference_noise_scale: f32,
     pub amf: AmfConfig,
-    /// Adaptive: relative loss decrease between successive real gradients of one denoising
-    /// step that stretches the reuse interval by one inner step.
-    pub min_gain: f32,
+    /// `adaptive`'s refresh rule (see [`AdaptiveRule`]).
+    pub adaptive: AdaptiveRule,
     /// `fastvmt`/`adaptive`: restrict the loss to entries where the reference moves more than
     /// this many tokens (DiTFlow's mask; `ditflow` always uses 0.5). `None`: every entry.
     pub moving_threshold: Option<f32>,
+}
+
+/// How `adaptive` picks the gap to its next real gradient from the measured loss trend.
+///
+/// After each real gradient it computes `rate`, the relative AMF-loss decrease per inner step
+/// since the previous real gradient of the same denoising step (the first real gradient of a
+/// step reuses the last rate of the previous step; until a rate exists, FastVMT's interval).
+/// Then: `rate >= steep` — the loss is falling fast, so the landscape moves
+/// and a cached gradient goes stale quickly: refresh on the next inner step; `flat <= rate <
+/// steep` — FastVMT's reuse interval; `rate < flat` — little is left to gain here: stretch to
+/// `max_interval`. Measured on the harness (`harness/README.md`, "adaptive").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveRule {
+    pub steep: f32,
+    pub flat: f32,
+    pub max_interval: usize,
+}
+
+impl AdaptiveRule {
+    /// The gap to the next real gradient for a measured `rate` (`None`: nothing measured yet).
+    pub fn gap(&self, rate: Option<f32>, reuse_interval: usize) -> usize {
+        let base = reuse_interval.max(1);
+        match rate {
+            None => base,
+            Some(r) if r >= self.steep => 1,
+            Some(r) if r >= self.flat => base,
+            Some(_) => self.max_interval.max(base),
+        }
+    }
 }
 
 /// What one guided step needs to know.
@@ -130,6 +156,8 @@ pub struct Guide<'m> {
     spec: AmfSpec,
     loss: LossSpec,
     previous_real: Option<Vec<f32>>,
+    /// `adaptive`: the last measured loss-decrease rate, carried into the next denoising step.
+    last_rate: Option<f32>,
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -213,6 +241,7 @@ impl<'m> Guide<'m> {
             spec,
             loss,
             previous_real: None,
+            last_rate: None,
         })
     }
 
@@ -349,9 +378,8 @@ impl<'m> Guide<'m> {
         // Every denoising step starts on a real gradient (see the module notes).
         let mut cached: Option<Vec<f32>> = None;
         let base = s.reuse_interval.max(1);
-        let mut interval = base;
         let mut next_real = 0usize;
-        let mut previous_loss: Option<f32> = None;
+        let mut previous: Option<(usize, f32)> = None; // (inner step, loss) of the last real gradient
 
         for j in 0..inner {
             if cancel() {
@@ -386,15 +414,13 @@ impl<'m> Guide<'m> {
                     stats.gradient_cosines.push(cosine(prev, &dx));
                 }
                 if mode == GuidanceMode::Adaptive {
-                    if let Some(before) = previous_loss {
-                        interval = if loss <= before * (1.0 - self.settings.min_gain) {
-                            (interval + 1).min(inner.max(1))
-                        } else {
-                            base // no progress: back to FastVMT's interval, never denser
-                        };
+                    if let Some((pj, before)) = previous {
+                        if before > 0.0 && j > pj {
+                            self.last_rate = Some((before - loss) / (before * (j - pj) as f32));
+                        }
                     }
-                    previous_loss = Some(loss);
-                    next_real = j + interval;
+                    previous = Some((j, loss));
+                    next_real = j + self.settings.adaptive.gap(self.last_rate, base);
                 }
                 note = format!(", real gradient, loss {loss:.4}");
                 self.previous_real = Some(dx.clone());
@@ -440,5 +466,43 @@ impl HalfFrom for f16 {
 impl HalfFrom for bf16 {
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdaptiveRule;
+
+    #[test]
+    fn adaptive_gap_follows_the_loss_rate() {
+        let rule = AdaptiveRule {
+            steep: 0.02,
+            flat: 0.008,
+            max_interval: 5,
+        };
+        assert_eq!(
+            rule.gap(None, 3),
+            3,
+            "nothing measured yet: FastVMT's interval"
+        );
+        assert_eq!(
+            rule.gap(Some(0.05), 3),
+            1,
+            "falling fast: refresh next step"
+        );
+        assert_eq!(rule.gap(Some(0.02), 3), 1);
+        assert_eq!(rule.gap(Some(0.01), 3), 3);
+        assert_eq!(rule.gap(Some(0.001), 3), 5, "flat: stretch");
+        assert_eq!(rule.gap(Some(-0.1), 3), 5, "rising loss counts as flat");
+        assert_eq!(rule.gap(Some(f32::NAN), 3), 5);
+        let short = AdaptiveRule {
+            max_interval: 2,
+            ..rule
+        };
+        assert_eq!(
+            short.gap(Some(0.0), 3),
+            3,
+            "max_interval below the reuse interval: the reuse interval"
+        );
     }
 }
