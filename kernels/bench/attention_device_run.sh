@@ -31,6 +31,10 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   FASTVMT_ATTN_NO_TC=1 ATTN_TEST_SMALL=1 timeout 120 $B/attention_cuda --nocapture --test-threads=1 cuda_matches >> $OUT/tests.log 2>&1
   echo "tests (SIMT) rc=$? $(( $(date +%s) - t0 ))s"
   sed -n '/=== SIMT/,$p' $OUT/tests.log | grep -E "worst|test result|panicked" | head -6
+  echo "=== 4-warp dK/dV kernels (FASTVMT_ATTN_BWD_WARPS=4)" >> $OUT/tests.log
+  FASTVMT_ATTN_BWD_WARPS=4 ATTN_TEST_SMALL=1 timeout 120 $B/attention_cuda --nocapture --test-threads=1 cuda_matches >> $OUT/tests.log 2>&1
+  echo "tests (bwd 4 warps) rc=$? $(( $(date +%s) - t0 ))s"
+  sed -n '/=== 4-warp/,$p' $OUT/tests.log | grep -E "worst|test result|panicked" | head -6
 fi
 if [ -z "${SKIP_SAN:-}" ]; then
   ATTN_TEST_SMALL=1 timeout 240 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 \

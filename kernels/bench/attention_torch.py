@@ -63,6 +63,11 @@ def main():
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    import torch._dynamo
+    # One compiled graph per (dtype, mask, grad mode): raise dynamo's recompile limit.
+    torch._dynamo.config.cache_size_limit = 64
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 64
     flex = torch.compile(flex_attention, dynamic=False)
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}; torch {torch.__version__}")

@@ -131,29 +131,52 @@ fn run() -> Result<(), KernelError> {
         let lp = lse.device_ptr(&s).0;
         let raw = s.cu_stream();
         for (mname, mask, vis) in &masks {
-            // Variants (ATTN_BENCH_VARIANTS set, bf16): the forward with 4 and 8 warps per block.
+            // Variants (ATTN_BENCH_VARIANTS set, bf16): forward and backward with 4 and 8 warps per block.
             if std::env::var_os("ATTN_BENCH_VARIANTS").is_some() && bf {
                 let spec = AttentionSpec {
                     shape,
                     mask: *mask,
                     scale: 1.0 / (d as f32).sqrt(),
                 };
-                for nw in ["4", "8"] {
+                for (nw, mt) in [("4", "1"), ("8", "1"), ("4", "2")] {
                     // SAFETY (set_var): the benchmark is single-threaded.
                     std::env::set_var("FASTVMT_ATTN_FWD_WARPS", nw);
+                    std::env::set_var("FASTVMT_ATTN_FWD_MT", mt);
                     let tf = time(
                         &cu,
                         || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) },
                         reps,
                     )?;
                     std::env::remove_var("FASTVMT_ATTN_FWD_WARPS");
+                    std::env::remove_var("FASTVMT_ATTN_FWD_MT");
+                    if mt == "2" {
+                        println!(
+                            "{:<12} {:>5} {:>9.3} {:>9.1}   (forward, 4 warps x 32 rows)",
+                            mname,
+                            name,
+                            tf,
+                            4.0 * (heads * n) as f64 * *vis as f64 * d as f64 / tf / 1e9
+                        );
+                        continue;
+                    }
+                    std::env::set_var("FASTVMT_ATTN_BWD_WARPS", nw);
+                    unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) }?;
+                    let tb = time(
+                        &cu,
+                        || unsafe {
+                            cu.backward_raw(dt, &spec, dop, qp, kp, vp, op, lp, dqp, dkp, dvp, raw)
+                        },
+                        reps,
+                    )?;
+                    std::env::remove_var("FASTVMT_ATTN_BWD_WARPS");
                     let flops_f = 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
                     println!(
-                        "{:<12} {:>5} {:>9.3} {:>9.1}   (forward, {nw} warps per block)",
+                        "{:<12} {:>5} {:>9.3} {:>9.1}   (forward, {nw} warps x 16 rows); backward {tb:.3} ms, {:.1} TF/s ({nw} warps)",
                         mname,
                         name,
                         tf,
-                        flops_f / tf / 1e9
+                        flops_f / tf / 1e9,
+                        2.5 * flops_f / tb / 1e9
                     );
                 }
             }

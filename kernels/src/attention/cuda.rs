@@ -30,7 +30,7 @@ use crate::element::Element;
 use crate::error::KernelError;
 
 const SRC: &str = include_str!("../cuda/attention.cu");
-/// Keys per forward block / per backward key tile (`BN` in attention.cu).
+/// Keys per forward block (`BN` in attention.cu).
 const BN: usize = 64;
 /// Queries per backward query block (`BQ`).
 const BQ: usize = 32;
@@ -264,12 +264,52 @@ pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, KernelError> {
     })
 }
 
-fn fwd_smem(dp: usize, nw: usize) -> usize {
-    (16 * nw + 4 * BN) * (dp + 8) * 2 + 3 * BN * 8
+fn fwd_smem(dp: usize, nw: usize, mt: usize) -> usize {
+    (16 * mt * nw + 4 * BN) * (dp + 8) * 2 + 3 * BN * 8 + 64
 }
 
-fn dkdv_smem(dp: usize) -> usize {
-    (2 * BN + 4 * BQ) * (dp + 8) * 2 + BQ * (BN + 8) * 2 + 3 * BQ * 16
+/// Forward block: (warps, 16-row tiles per warp). Dense: 4 warps x 32 rows (each K/V fragment
+/// serves two row tiles) where the head dim is >= 64, else 8 x 16; Local: 4 x 32 for spatial
+/// radius >= 5, else 4 x 16 (64-query tiles keep the union of small windows small). H100 run 2:
+/// dense 25.9 / 30.4 / 32.8 ms (4x32 / 8x16 / 4x16), local 1/7 1.47 / 1.54, 2/10 3.29 / 3.53,
+/// 1/3 0.79 / 0.69 (4x32 / 4x16). `FASTVMT_ATTN_FWD_WARPS=4|8` and `FASTVMT_ATTN_FWD_MT=1|2`
+/// override (MT 2 only with 4 warps and head dim >= 64).
+fn fwd_config(dp: usize, local: bool, rs: usize) -> (usize, usize) {
+    let (mut nw, mut mt) = match (local, dp >= 64) {
+        (false, true) => (4, 2),
+        (false, false) => (8, 1),
+        (true, true) if rs >= 5 => (4, 2),
+        (true, _) => (4, 1),
+    };
+    if let Some(n) = env_usize("FASTVMT_ATTN_FWD_WARPS").filter(|&n| n == 4 || n == 8) {
+        nw = n;
+        mt = 1;
+    }
+    if let Some(m) = env_usize("FASTVMT_ATTN_FWD_MT").filter(|&m| m == 1 || m == 2) {
+        mt = m;
+    }
+    if mt == 2 && (nw != 4 || dp < 64) {
+        mt = 1;
+    }
+    (nw, mt)
+}
+
+fn dkdv_smem(dp: usize, nw: usize) -> usize {
+    let bk = 16 * nw;
+    (2 * bk + 4 * BQ) * (dp + 8) * 2 + BQ * (bk + 8) * 2 + 3 * BQ * 16 + 64
+}
+
+/// Warps of the dK/dV kernel (keys per tile = 16 x warps): Dense 8 (half the dQ atomics and
+/// Q/dO re-reads per key; H100 run 2: 134 vs 160 ms) where the dQ product can be split 4 ways
+/// (head dim >= 64); Local 4 (smaller query boxes; run 2: 6.8 vs 7.4 ms at 1/7);
+/// `FASTVMT_ATTN_BWD_WARPS=4|8` overrides.
+fn dkdv_warps(dp: usize, local: bool) -> usize {
+    if dp < 64 {
+        return 4;
+    }
+    env_usize("FASTVMT_ATTN_BWD_WARPS")
+        .filter(|&n| n == 4 || n == 8)
+        .unwrap_or(if local { 4 } else { 8 })
 }
 
 fn function_names() -> Vec<(String, usize)> {
@@ -288,9 +328,19 @@ fn function_names() -> Vec<(String, usize)> {
     for t in ["f16", "bf16"] {
         for dp in [32, 64, 128] {
             for nw in [4, 8] {
-                v.push((format!("attn_fwd_tc_{t}_d{dp}_w{nw}"), fwd_smem(dp, nw)));
+                v.push((
+                    format!("attn_fwd_tc_{t}_d{dp}_w{nw}_m1"),
+                    fwd_smem(dp, nw, 1),
+                ));
             }
-            v.push((format!("attn_dkdv_tc_{t}_d{dp}"), dkdv_smem(dp)));
+            if dp >= 64 {
+                v.push((format!("attn_fwd_tc_{t}_d{dp}_w4_m2"), fwd_smem(dp, 4, 2)));
+            }
+            for nw in [4, 8] {
+                if dp >= 64 || nw == 4 {
+                    v.push((format!("attn_dkdv_tc_{t}_d{dp}_w{nw}"), dkdv_smem(dp, nw)));
+                }
+            }
         }
     }
     v
@@ -442,10 +492,8 @@ impl CudaAttention {
             }
             Some(dp) => {
                 let local = matches!(spec.mask, AttentionMask::Local(_));
-                let nw = env_usize("FASTVMT_ATTN_FWD_WARPS")
-                    .filter(|&n| n == 4 || n == 8)
-                    .unwrap_or(if local { 4 } else { 8 });
-                let bm = 16 * nw;
+                let (nw, mt) = fwd_config(dp, local, g.rs as usize);
+                let bm = 16 * nw * mt;
                 let (tf, ty, tx, grid) = if local {
                     let (f, h, w) = (g.f as usize, g.h as usize, g.w as usize);
                     let text = (spec.shape.kv_len - g.video as usize).div_ceil(BN);
@@ -463,7 +511,7 @@ impl CudaAttention {
                     i32of(grid.1, "tiles")?,
                     i32of(grid.2, "tiles")?,
                 );
-                let func = self.f(&format!("attn_fwd_tc_{t}_d{dp}_w{nw}"))?;
+                let func = self.f(&format!("attn_fwd_tc_{t}_d{dp}_w{nw}_m{mt}"))?;
                 unsafe {
                     st.launch_builder(func)
                         .arg(&q)
@@ -477,7 +525,7 @@ impl CudaAttention {
                         .arg(&tx)
                         .arg(&nty)
                         .arg(&ntx)
-                        .launch(cfg((ntiles, p.bh), 32 * nw, fwd_smem(dp, nw)))
+                        .launch(cfg((ntiles, p.bh), 32 * nw, fwd_smem(dp, nw, mt)))
                 }
                 .map_err(drv)?;
             }
@@ -575,17 +623,19 @@ impl CudaAttention {
                 }
                 .map_err(drv)?;
                 let local = matches!(spec.mask, AttentionMask::Local(_));
+                let nwk = dkdv_warps(dp, local);
+                let bk = 16 * nwk;
                 let (kt, grid, nvt) = if local {
                     let (f, h, w) = (g.f as usize, g.h as usize, g.w as usize);
-                    let kt = tile_shape(BN, (f, h, w), (g.rt as usize, g.rs as usize), BQ, 0);
+                    let kt = tile_shape(bk, (f, h, w), (g.rt as usize, g.rs as usize), BQ, 0);
                     let grid = (f.div_ceil(kt.0), h.div_ceil(kt.1), w.div_ceil(kt.2));
                     (kt, grid, grid.0 * grid.1 * grid.2)
                 } else {
-                    let n = spec.shape.kv_len.div_ceil(BN);
-                    ((1, 1, BN), (1, 1, n), n)
+                    let n = spec.shape.kv_len.div_ceil(bk);
+                    ((1, 1, bk), (1, 1, n), n)
                 };
                 let text = if local {
-                    (spec.shape.kv_len - g.video as usize).div_ceil(BN)
+                    (spec.shape.kv_len - g.video as usize).div_ceil(bk)
                 } else {
                     0
                 };
@@ -597,7 +647,7 @@ impl CudaAttention {
                     i32of(nvt, "tiles")?,
                 );
                 unsafe {
-                    st.launch_builder(self.f(&format!("attn_dkdv_tc_{t}_d{dp}"))?)
+                    st.launch_builder(self.f(&format!("attn_dkdv_tc_{t}_d{dp}_w{nwk}"))?)
                         .arg(&q)
                         .arg(&k)
                         .arg(&v)
@@ -614,7 +664,7 @@ impl CudaAttention {
                         .arg(&nty)
                         .arg(&ntx)
                         .arg(&nvti)
-                        .launch(cfg((ntiles, p.bh), 128, dkdv_smem(dp)))
+                        .launch(cfg((ntiles, p.bh), 32 * nwk, dkdv_smem(dp, nwk)))
                 }
                 .map_err(drv)?;
                 let n = nq_el as i64;

@@ -349,6 +349,10 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int byt
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes)
                  : "memory");
 }
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -402,14 +406,14 @@ __device__ __forceinline__ unsigned range_bits(int lo, int hi, int n) {
 // it is visible to, per axis; the pair is visible iff (code & M) == M.
 
 // ---------------------------------------------------------------------------------------------
-// Forward, tensor cores. grid (ntiles, BH), block 32*NW, dynamic smem
-// (16*NW + 4*BN) * (DP+8) * 2 + 3*BN*8 bytes. Tile t = (tf, ty, tx) with tile dims (TF, TY, TX),
-// TF*TY*TX <= 16*NW; grid of tiles (ntf, nty, ntx) over (F, h, w) (Dense: 1 x 1 x nq).
-template <bool BF16, int DP, int NW>
+// Forward, tensor cores. grid (ntiles, BH), block 32*NW, MT 16-row tiles per warp, dynamic smem
+// (16*MT*NW + 4*BN) * (DP+8) * 2 + 3*BN*8 + 64 bytes. Tile t = (tf, ty, tx) with tile dims
+// (TF, TY, TX), TF*TY*TX <= 16*MT*NW; grid of tiles (ntf, nty, ntx) over (F, h, w) (Dense: 1 x 1 x nq).
+template <bool BF16, int DP, int NW, int MT>
 __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                        u16* __restrict__ o, float* __restrict__ lse, Geo g, int TF, int TY, int TX, int nty,
                        int ntx) {
-    constexpr int BM = 16 * NW;
+    constexpr int BM = 16 * MT * NW;
     constexpr int LD = DP + 8;
     constexpr int NT = 32 * NW;
     constexpr int CH = DP / 8;  // 16-byte chunks per row
@@ -419,6 +423,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     u16* Vs = Ks + 2 * BN * LD;     // [2][BN][LD]
     int* ktok = (int*)(Vs + 2 * BN * LD);  // [3][BN]
     unsigned* kinf = (unsigned*)(ktok + 3 * BN);  // [3][BN] visibility codes
+    unsigned* kor = kinf + 3 * BN;                  // [3][2] OR of the codes per half block
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int gq = lane >> 2, tq = lane & 3;
@@ -481,6 +486,8 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
             }
             ktok[slot * BN + tid] = tok;
             kinf[slot * BN + tid] = code;
+            unsigned o = __reduce_or_sync(0xffffffffu, code);
+            if ((tid & 31) == 0) kor[slot * 2 + (tid >> 5)] = o;
         }
     };
     auto load_kv = [&](int buf, int slot) {
@@ -513,24 +520,35 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     load_kv(0, 0);
     cp_async_commit();
 
-    // Per-thread rows: r0 = warp*16 + gq, r1 = r0 + 8; their window starts.
-    unsigned msel[2] = {1u, 1u};
-    int tokq[2] = {-1, -1};
+    // Per-thread rows: warp*16*MT + mt*16 + gq (+8); their selectors and tokens.
+    unsigned msel[MT][2];
+    int tokq[MT][2];
 #pragma unroll
-    for (int h2 = 0; h2 < 2; h2++) {
-        int r = warp * 16 + gq + 8 * h2;
-        if (r < nqb) {
-            int f, y, x;
-            tokq[h2] = qb.decode(r, gg, f, y, x);
-            if (g.local) msel[h2] = (1u << (f - qb.f0)) | (1u << (TF + y - qb.y0)) | (1u << (TF + TY + x - qb.x0));
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; h2++) {
+            int r = warp * 16 * MT + mt * 16 + gq + 8 * h2;
+            msel[mt][h2] = 1u;
+            tokq[mt][h2] = -1;
+            if (r < nqb) {
+                int f, y, x;
+                tokq[mt][h2] = qb.decode(r, gg, f, y, x);
+                if (g.local) msel[mt][h2] = (1u << (f - qb.f0)) | (1u << (TF + y - qb.y0)) | (1u << (TF + TY + x - qb.x0));
+            }
         }
-    }
 
-    float acc[DP / 8][4];
+    float acc[MT][DP / 8][4];
+    float mrow[MT][2], lrow[MT][2];
 #pragma unroll
-    for (int i = 0; i < DP / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
-    unsigned qf[DP / 16][4];
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < DP / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+        mrow[mt][0] = mrow[mt][1] = NEG_INF;
+        lrow[mt][0] = lrow[mt][1] = 0.f;
+    }
+    // MT == 1: Q fragments stay in registers; MT == 2: reloaded from shared memory per k-step
+    // (each K/V fragment then serves two 16-row tiles).
+    unsigned qf[MT == 1 ? DP / 16 : 1][4];
 
     for (int j = 0; j < nb; j++) {
         const int buf = j & 1, slot = j % 3;
@@ -542,143 +560,182 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (j == 0) {
+        if (MT == 1 && j == 0) {
 #pragma unroll
-            for (int ks = 0; ks < DP / 16; ks++)
+            for (int ks = 0; ks < (MT == 1 ? DP / 16 : 1); ks++)
                 ldsm_x4(qf[ks], Qs + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
         }
         const u16* Kb = Ks + buf * BN * LD;
         const u16* Vb = Vs + buf * BN * LD;
-        float s[BN / 8][4];
-#pragma unroll
-        for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < DP / 16; ks++) {
-#pragma unroll
-            for (int nj = 0; nj < BN / 16; nj++) {
-                unsigned b[4];
-                ldsm_x4(b, Kb + (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
-                mma16816<BF16>(s[2 * nj], qf[ks], b[0], b[1]);
-                mma16816<BF16>(s[2 * nj + 1], qf[ks], b[2], b[3]);
-            }
-        }
-        // Mask (local video blocks and partial blocks), scale to log2 units.
         const bool full = (j >= nkb || !g.local) &&
                           ((j < nkb) ? (j + 1) * BN <= nbox : g.video + (j - nkb + 1) * BN <= g.nk);
-        const unsigned* inf = kinf + slot * BN;
-        if (full) {
+        // A warp none of whose rows sees any key of the block skips it (warp-uniform).
+        bool active = true;
+        if (!full) {
+            unsigned o = kor[slot * 2] | kor[slot * 2 + 1];
+            bool mine = false;
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) s[nt][e] *= g.scale_log2;
-        } else {
+                for (int h2 = 0; h2 < 2; h2++)
+                    mine = mine || (tokq[mt][h2] >= 0 && (o & msel[mt][h2]) == msel[mt][h2]);
+            active = __any_sync(0xffffffffu, mine);
+        }
+        if (active) {
+            float s[MT][BN / 8][4];
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
-                uint2 cc = *(const uint2*)(inf + nt * 8 + 2 * tq);
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    unsigned code = (e & 1) ? cc.y : cc.x, m = msel[e >> 1];
-                    s[nt][e] = (code & m) == m ? s[nt][e] * g.scale_log2 : NEG_INF;
+                for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < DP / 16; ks++) {
+                unsigned a[MT][4];
+                if (MT == 1) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) a[0][i] = qf[MT == 1 ? ks : 0][i];
+                } else {
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+                        ldsm_x4(a[mt], Qs + (warp * 16 * MT + mt * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+                }
+#pragma unroll
+                for (int nj = 0; nj < BN / 16; nj++) {
+                    unsigned b[4];
+                    ldsm_x4(b, Kb + (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
+                        mma16816<BF16>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+                    }
                 }
             }
-        }
-        float mx0 = NEG_INF, mx1 = NEG_INF;
+            // Mask (local video blocks and partial blocks). Raw logits stay unscaled (scale > 0
+            // keeps the max); exp2 takes s * scale_log2 - m by FMA.
+            const unsigned* inf = kinf + slot * BN;
+            if (!full) {
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        float mu0 = mn0 == NEG_INF ? 0.f : mn0, mu1 = mn1 == NEG_INF ? 0.f : mn1;
-        float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
-        float rs0 = 0.f, rs1 = 0.f;
+                for (int nt = 0; nt < BN / 8; nt++) {
+                    uint2 cc = *(const uint2*)(inf + nt * 8 + 2 * tq);
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - mu0);
-            s[nt][1] = exp2f(s[nt][1] - mu0);
-            s[nt][2] = exp2f(s[nt][2] - mu1);
-            s[nt][3] = exp2f(s[nt][3] - mu1);
-            rs0 += s[nt][0] + s[nt][1];
-            rs1 += s[nt][2] + s[nt][3];
-        }
-        l0 = l0 * a0 + rs0;
-        l1 = l1 * a1 + rs1;
+                    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int i = 0; i < DP / 8; i++) {
-            acc[i][0] *= a0; acc[i][1] *= a0;
-            acc[i][2] *= a1; acc[i][3] *= a1;
-        }
-        // O += P V.
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            unsigned a[4];
-            a[0] = pack2<BF16>(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack2<BF16>(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int fj = 0; fj < DP / 16; fj++) {
-                unsigned b[4];
-                ldsm_x4_t(b, Vb + (kk * 16 + (lane & 15)) * LD + fj * 16 + (lane >> 4) * 8);
-                mma16816<BF16>(acc[2 * fj], a, b[0], b[1]);
-                mma16816<BF16>(acc[2 * fj + 1], a, b[2], b[3]);
+                        for (int e = 0; e < 4; e++) {
+                            unsigned code = (e & 1) ? cc.y : cc.x, m = msel[mt][e >> 1];
+                            if ((code & m) != m) s[mt][nt][e] = NEG_INF;
+                        }
+                }
             }
-        }
+            const float sl2 = g.scale_log2;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; nt++) {
+                    mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                    mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+                }
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                float mn0 = fmaxf(mrow[mt][0], mx0 * sl2), mn1 = fmaxf(mrow[mt][1], mx1 * sl2);
+                float mu0 = mn0 == NEG_INF ? 0.f : mn0, mu1 = mn1 == NEG_INF ? 0.f : mn1;
+                float a0 = exp2f(mrow[mt][0] - mu0), a1 = exp2f(mrow[mt][1] - mu1);
+                mrow[mt][0] = mn0;
+                mrow[mt][1] = mn1;
+                float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; nt++) {
+                    s[mt][nt][0] = exp2f(fmaf(s[mt][nt][0], sl2, -mu0));
+                    s[mt][nt][1] = exp2f(fmaf(s[mt][nt][1], sl2, -mu0));
+                    s[mt][nt][2] = exp2f(fmaf(s[mt][nt][2], sl2, -mu1));
+                    s[mt][nt][3] = exp2f(fmaf(s[mt][nt][3], sl2, -mu1));
+                    rs0 += s[mt][nt][0] + s[mt][nt][1];
+                    rs1 += s[mt][nt][2] + s[mt][nt][3];
+                }
+                lrow[mt][0] = lrow[mt][0] * a0 + rs0;
+                lrow[mt][1] = lrow[mt][1] * a1 + rs1;
+#pragma unroll
+                for (int i = 0; i < DP / 8; i++) {
+                    acc[mt][i][0] *= a0; acc[mt][i][1] *= a0;
+                    acc[mt][i][2] *= a1; acc[mt][i][3] *= a1;
+                }
+            }
+            // O += P V.
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                unsigned a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    a[mt][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    a[mt][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    a[mt][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    a[mt][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int fj = 0; fj < DP / 16; fj++) {
+                    unsigned b[4];
+                    ldsm_x4_t(b, Vb + (kk * 16 + (lane & 15)) * LD + fj * 16 + (lane >> 4) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
+                        mma16816<BF16>(acc[mt][2 * fj + 1], a[mt], b[2], b[3]);
+                    }
+                }
+            }
+        }  // active
         if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
         __syncthreads();
     }
     // Epilogue.
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    float inv[2] = {1.f / l0, 1.f / l1};
-    float lsev[2] = {(m0 + log2f(l0)) / LOG2E, (m1 + log2f(l1)) / LOG2E};
 #pragma unroll
-    for (int h2 = 0; h2 < 2; h2++) {
-        if (tokq[h2] < 0) continue;
-        long long row = bh * g.nq + tokq[h2];
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int nt = 0; nt < DP / 8; nt++) {
-            int f = nt * 8 + 2 * tq;
-            if (f < g.dv) {
-                unsigned pr = pack2<BF16>(acc[nt][2 * h2] * inv[h2], acc[nt][2 * h2 + 1] * inv[h2]);
-                *(unsigned*)(o + row * g.dv + f) = pr;
+        for (int h2 = 0; h2 < 2; h2++) {
+            float l = lrow[mt][h2];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            if (tokq[mt][h2] < 0) continue;
+            float inv = 1.f / l;
+            long long row = bh * g.nq + tokq[mt][h2];
+#pragma unroll
+            for (int nt = 0; nt < DP / 8; nt++) {
+                int f = nt * 8 + 2 * tq;
+                if (f < g.dv) {
+                    unsigned pr = pack2<BF16>(acc[mt][nt][2 * h2] * inv, acc[mt][nt][2 * h2 + 1] * inv);
+                    *(unsigned*)(o + row * g.dv + f) = pr;
+                }
             }
+            if (tq == 0) lse[row] = (mrow[mt][h2] + log2f(l)) / LOG2E;
         }
-        if (tq == 0) lse[row] = lsev[h2];
-    }
 }
 
-#define FWD_TC_ENTRY(T, B, DP, NW)                                                                        \
-    extern "C" __global__ void __launch_bounds__(32 * NW) attn_fwd_tc_##T##_d##DP##_w##NW(                \
+#define FWD_TC_ENTRY(T, B, DP, NW, MT)                                                                    \
+    extern "C" __global__ void __launch_bounds__(32 * NW) attn_fwd_tc_##T##_d##DP##_w##NW##_m##MT(        \
         const u16* q, const u16* k, const u16* v, u16* o, float* lse, Geo g, int TF, int TY, int TX,      \
         int nty, int ntx) {                                                                               \
-        fwd_tc<B, DP, NW>(q, k, v, o, lse, g, TF, TY, TX, nty, ntx);                                      \
+        fwd_tc<B, DP, NW, MT>(q, k, v, o, lse, g, TF, TY, TX, nty, ntx);                                  \
     }
-#define FWD_TC_DT(T, B)          \
-    FWD_TC_ENTRY(T, B, 32, 4)    \
-    FWD_TC_ENTRY(T, B, 64, 4)    \
-    FWD_TC_ENTRY(T, B, 128, 4)   \
-    FWD_TC_ENTRY(T, B, 32, 8)    \
-    FWD_TC_ENTRY(T, B, 64, 8)    \
-    FWD_TC_ENTRY(T, B, 128, 8)
+#define FWD_TC_DT(T, B)             \
+    FWD_TC_ENTRY(T, B, 32, 4, 1)    \
+    FWD_TC_ENTRY(T, B, 64, 4, 1)    \
+    FWD_TC_ENTRY(T, B, 128, 4, 1)   \
+    FWD_TC_ENTRY(T, B, 32, 8, 1)    \
+    FWD_TC_ENTRY(T, B, 64, 8, 1)    \
+    FWD_TC_ENTRY(T, B, 128, 8, 1)   \
+    FWD_TC_ENTRY(T, B, 64, 4, 2)    \
+    FWD_TC_ENTRY(T, B, 128, 4, 2)
 FWD_TC_DT(f16, false)
 FWD_TC_DT(bf16, true)
 
+
 // ---------------------------------------------------------------------------------------------
-// Backward dK/dV (+ dQ atomics), tensor cores. grid (nktiles, BH), block 128, dynamic smem
-// (2*BN + 4*BQ) * (DP+8) * 2 + BQ*(BN+8)*2 + 3*BQ*16 bytes. Key tiles 0..nvt-1: 3D boxes
-// (KTF, KTY, KTX) over the video grid (Dense: 1 x 1 x nk); tiles nvt..: text keys in raster order.
+// Backward dK/dV (+ dQ atomics), tensor cores. grid (nktiles, BH), block 32*NWK, BK = 16*NWK keys
+// per tile, dynamic smem (2*BK + 4*BQ) * (DP+8) * 2 + BQ*(BK+8)*2 + 3*BQ*16 + 64 bytes. Key tiles
+// 0..nvt-1: 3D boxes (KTF, KTY, KTX) over the video grid (Dense: raster); tiles nvt..: text keys.
 #define BQ 32
 
-template <bool BF16, int DP>
+template <bool BF16, int DP, int NWK>
 __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                         const u16* __restrict__ dout, const float* __restrict__ lse,
                         const float* __restrict__ delta, u16* __restrict__ dk, u16* __restrict__ dv,
@@ -686,18 +743,22 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                         int nvt) {
     constexpr int LD = DP + 8;
     constexpr int CH = DP / 8;
-    constexpr int NT = 128;
-    constexpr int LDS = BN + 8;
+    constexpr int BK = 16 * NWK;  // keys per tile
+    constexpr int NT = 32 * NWK;
+    constexpr int LDS = BK + 8;
+    constexpr int NFP = NWK / 2;  // feature parts of the dQ product
+    static_assert(DP / NFP >= 16, "dQ feature part must hold an mma tile");
     extern __shared__ __align__(16) unsigned char smem[];
-    u16* Ks = (u16*)smem;             // [BN][LD]
-    u16* Vs = Ks + BN * LD;           // [BN][LD]
-    u16* Qs = Vs + BN * LD;           // [2][BQ][LD]
+    u16* Ks = (u16*)smem;             // [BK][LD]
+    u16* Vs = Ks + BK * LD;           // [BK][LD]
+    u16* Qs = Vs + BK * LD;           // [2][BQ][LD]
     u16* Ds = Qs + 2 * BQ * LD;       // [2][BQ][LD] (dO)
     u16* Ss = Ds + 2 * BQ * LD;       // [BQ][LDS] (dS, query-major)
     int* qtok = (int*)(Ss + BQ * LDS);  // [3][BQ]
     unsigned* qinf = (unsigned*)(qtok + 3 * BQ);  // [3][BQ] visibility codes
-    float* qlse = (float*)(qinf + 3 * BQ);  // [3][BQ] lse * log2e
+    float* qlse = (float*)(qinf + 3 * BQ);  // [3][BQ] lse
     float* qdel = qlse + 3 * BQ;            // [3][BQ]
+    unsigned* qor = (unsigned*)(qdel + 3 * BQ);  // [3] OR of the codes of a query block
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int gq = lane >> 2, tq = lane & 3;
@@ -722,12 +783,12 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             qs.nx = qhi(ktb.x0 + ktb.nx - 1, g.rs, g.w, g.xsz) + 1 - qs.x0;
             key_local = true;
         } else {
-            kbase = tile * BN;
+            kbase = tile * BK;
             qs.f0 = 0; qs.y0 = 0; qs.x0 = 0; qs.nf = 1; qs.ny = 1; qs.nx = g.nq;
             key_local = false;
         }
     } else {
-        kbase = g.video + (tile - nvt) * BN;
+        kbase = g.video + (tile - nvt) * BK;
         qs.f0 = 0; qs.y0 = 0; qs.x0 = 0; qs.nf = 1; qs.ny = 1; qs.nx = g.nq;
         key_local = false;
     }
@@ -747,7 +808,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
         return t < g.nk ? t : -1;
     };
     // Load K, V tile.
-    for (int u = tid; u < BN * CH; u += NT) {
+    for (int u = tid; u < BK * CH; u += NT) {
         int r = u / CH, c = u % CH;
         int f, y, x;
         int tok = key_tok(r, f, y, x);
@@ -762,7 +823,6 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             int i = jj * BQ + tid;
             int tok = -1;
             unsigned info = 0u;
-            float ls = 0.f, de = 0.f;
             if (i < nqs) {
                 int f, y, x;
                 tok = qs.decode(i, gq_, f, y, x);
@@ -774,13 +834,11 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 } else {
                     info = 0xffffffffu;
                 }
-                ls = lse[bh * g.nq + tok] * LOG2E;
-                de = delta[bh * g.nq + tok];
             }
             qtok[slot * BQ + tid] = tok;
             qinf[slot * BQ + tid] = info;
-            qlse[slot * BQ + tid] = ls;
-            qdel[slot * BQ + tid] = de;
+            unsigned o = __reduce_or_sync(0xffffffffu, info);
+            if (tid == 0) qor[slot] = o;
         }
     };
     auto load_q = [&](int buf, int slot) {
@@ -793,6 +851,13 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             bool okq = tok >= 0 && c * 8 < g.d, okd = tok >= 0 && c * 8 < g.dv;
             cp_async16(Qd + r * LD + c * 8, okq ? q + row * g.d + c * 8 : q, okq ? 16 : 0);
             cp_async16(Dd + r * LD + c * 8, okd ? dout + row * g.dv + c * 8 : dout, okd ? 16 : 0);
+        }
+        // lse and delta of the block ride the same cp.async group (no global latency in decode).
+        if (tid < BQ) {
+            int tok = qtok[slot * BQ + tid];
+            long long row = bh * g.nq + (tok < 0 ? 0 : tok);
+            cp_async4(qlse + slot * BQ + tid, lse + row, tok >= 0 ? 4 : 0);
+            cp_async4(qdel + slot * BQ + tid, delta + row, tok >= 0 ? 4 : 0);
         }
     };
     decode(0, 0);
@@ -833,13 +898,18 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
         __syncthreads();
         const u16* Qb = Qs + buf * BQ * LD;
         const u16* Db = Ds + buf * BQ * LD;
-        // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQ queries per warp.
+        // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQ queries per warp. A warp whose keys no
+        // query of the block sees skips the products (its dS^T rows are written as zeros).
+        const unsigned qo = qor[slot];
+        const bool active = __any_sync(0xffffffffu, (kok[0] && (qo & msel[0]) == msel[0]) ||
+                                                        (kok[1] && (qo & msel[1]) == msel[1]));
         float st[BQ / 8][4], dp[BQ / 8][4];
 #pragma unroll
         for (int i = 0; i < BQ / 8; i++) {
             st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.f;
             dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
         }
+        if (active) {
 #pragma unroll
         for (int ks = 0; ks < DP / 16; ks++) {
             unsigned ka[4], va[4];
@@ -857,6 +927,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 mma16816<BF16>(dp[2 * nj + 1], va, c[2], c[3]);
             }
         }
+        }  // active
         // P^T and dS^T (element e: key row gq + 8*(e>>1), query col nt*8 + 2*tq + (e&1)).
         const unsigned* inf = qinf + slot * BQ;
         const float* ql = qlse + slot * BQ;
@@ -868,8 +939,8 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 int c = nt * 8 + 2 * tq + (e & 1);
                 int h2 = e >> 1;
                 unsigned m = msel[h2];
-                bool ok = kok[h2] && (inf[c] & m) == m;
-                float p = ok ? exp2f(st[nt][e] * g.scale_log2 - ql[c]) : 0.f;
+                bool ok = active && kok[h2] && (inf[c] & m) == m;
+                float p = ok ? exp2f(fmaf(st[nt][e], g.scale_log2, -LOG2E * ql[c])) : 0.f;
                 st[nt][e] = p;
                 dp[nt][e] = p * (dp[nt][e] - qd[c]);
             }
@@ -899,6 +970,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 Ss[qc1 * LDS + kr + 8] = (u16)(sa[3] & 0xffff);
                 Ss[(qc1 + 1) * LDS + kr + 8] = (u16)(sa[3] >> 16);
             }
+            if (active) {
 #pragma unroll
             for (int fj = 0; fj < DP / 16; fj++) {
                 unsigned b[4], c[4];
@@ -910,17 +982,18 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
                 mma16816<BF16>(adk[2 * fj + 1], sa, c[2], c[3]);
             }
+            }  // active
         }
         __syncthreads();
-        // dQ[q, :] += dS[q, keys] K[keys, :]: warp w takes queries (w&1)*16.., features (w>>1)*DP/2..
+        // dQ[q, :] += dS[q, keys] K[keys, :]: warp w takes queries (w&1)*16.., features (w>>1)*HF..
         {
-            constexpr int HF = DP / 2;
+            constexpr int HF = DP / NFP;
             float aq[HF / 8][4];
 #pragma unroll
             for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
             const int qr0 = (warp & 1) * 16, f0 = (warp >> 1) * HF;
 #pragma unroll
-            for (int ks = 0; ks < BN / 16; ks++) {
+            for (int ks = 0; ks < BK / 16; ks++) {
                 unsigned a[4];
                 ldsm_x4(a, Ss + (qr0 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
 #pragma unroll
@@ -968,15 +1041,19 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
     }
 }
 
-#define DKDV_TC_ENTRY(T, B, DP)                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) attn_dkdv_tc_##T##_d##DP(                           \
+#define DKDV_TC_ENTRY(T, B, DP, NW)                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * NW) attn_dkdv_tc_##T##_d##DP##_w##NW(               \
         const u16* q, const u16* k, const u16* v, const u16* dout, const float* lse, const float* delta, \
         u16* dk, u16* dv, float* dqacc, Geo g, int KTF, int KTY, int KTX, int nty, int ntx, int nvt) {    \
-        dkdv_tc<B, DP>(q, k, v, dout, lse, delta, dk, dv, dqacc, g, KTF, KTY, KTX, nty, ntx, nvt);        \
+        dkdv_tc<B, DP, NW>(q, k, v, dout, lse, delta, dk, dv, dqacc, g, KTF, KTY, KTX, nty, ntx, nvt);    \
     }
-DKDV_TC_ENTRY(f16, false, 32)
-DKDV_TC_ENTRY(f16, false, 64)
-DKDV_TC_ENTRY(f16, false, 128)
-DKDV_TC_ENTRY(bf16, true, 32)
-DKDV_TC_ENTRY(bf16, true, 64)
-DKDV_TC_ENTRY(bf16, true, 128)
+DKDV_TC_ENTRY(f16, false, 32, 4)
+DKDV_TC_ENTRY(f16, false, 64, 4)
+DKDV_TC_ENTRY(f16, false, 128, 4)
+DKDV_TC_ENTRY(f16, false, 64, 8)
+DKDV_TC_ENTRY(f16, false, 128, 8)
+DKDV_TC_ENTRY(bf16, true, 32, 4)
+DKDV_TC_ENTRY(bf16, true, 64, 4)
+DKDV_TC_ENTRY(bf16, true, 128, 4)
+DKDV_TC_ENTRY(bf16, true, 64, 8)
+DKDV_TC_ENTRY(bf16, true, 128, 8)
