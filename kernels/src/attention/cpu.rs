@@ -31,6 +31,8 @@ use crate::error::KernelError;
 const QT: usize = 4;
 /// Columns per online-softmax step (a multiple of 16).
 const CHUNK: usize = 256;
+/// Row length of a packed chunk operand: 16 columns of slack for whole-vector copies.
+const PACK_STRIDE: usize = CHUNK + 16;
 /// Below this many multiply-adds a call runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
 /// Upper bound on the worker threads of one call.
@@ -426,10 +428,10 @@ fn padded(n: usize) -> usize {
     n.next_multiple_of(16)
 }
 
-/// `[blocks, n, c]` to `[blocks, c, padded(n)]` (zero padding), f32.
+/// `[blocks, n, c]` to `[blocks, c, padded(n)]` (zero padding) plus 16 zeros of slack, f32.
 fn transpose_blocks<T: Element>(x: &[T], blocks: usize, n: usize, c: usize) -> Vec<f32> {
     let np = padded(n);
-    let mut out = vec![0f32; blocks * np * c];
+    let mut out = vec![0f32; blocks * np * c + 16];
     for (src, dst) in x.chunks_exact(n * c).zip(out.chunks_exact_mut(np * c)) {
         for (i, row) in src.chunks_exact(c).enumerate() {
             for (j, v) in row.iter().enumerate() {
@@ -493,7 +495,7 @@ fn has_avx2_fma() -> bool {
 
 /// Per-thread buffers of one tile loop.
 struct Scratch {
-    /// Chunk columns, transposed: `[c, CHUNK]` (two operands).
+    /// Chunk columns, transposed: `[c, PACK_STRIDE]` (two operands).
     b1: Vec<f32>,
     b2: Vec<f32>,
     /// Tile rows transposed, `[c, QT]` (two operands).
@@ -513,8 +515,8 @@ struct Scratch {
 impl Scratch {
     fn new(c1: usize, c2: usize) -> Self {
         Scratch {
-            b1: vec![0.0; c1 * CHUNK],
-            b2: vec![0.0; c2 * CHUNK],
+            b1: vec![0.0; c1 * PACK_STRIDE],
+            b2: vec![0.0; c2 * PACK_STRIDE],
             a1: vec![0.0; QT * c1],
             a2: vec![0.0; QT * c2],
             s: vec![0.0; QT * CHUNK],
@@ -547,7 +549,11 @@ fn load_rows(dst: &mut [f32], src: &[f32], row: usize, n: usize, c: usize) {
 /// The chunk's columns of `mt` (`[c, ncols]`, one `(batch, head)`; `ncols` padded) as
 /// `(matrix, stride)`
 /// for [`tile_dots`]: read in place when they are one piece with room for the 16-column
-/// rounding, else gathered into `b` (`[c, CHUNK]`).
+/// rounding, else gathered into `b` (`[c, PACK_STRIDE]`) 16 columns at a time (pieces of a
+/// local window are short: whole-vector copies instead of a `memcpy` call per piece and
+/// feature). Reads up to 15 columns past a piece (`mt` carries 16 columns of slack at its
+/// end) and writes up to 15 past it, which the next piece or the chunk's end overwrites or
+/// ignores.
 #[inline(always)]
 fn pack_cols<'a>(
     b: &'a mut [f32],
@@ -563,11 +569,15 @@ fn pack_cols<'a>(
     }
     for p in pieces {
         for j in 0..c {
-            b[j * CHUNK + p.off..j * CHUNK + p.off + p.len]
-                .copy_from_slice(&mt[j * ncols + p.start..j * ncols + p.start + p.len]);
+            let dst = &mut b[j * PACK_STRIDE + p.off..];
+            let src = &mt[j * ncols + p.start..];
+            for u in (0..p.len).step_by(16) {
+                let block: &[f32; 16] = src[u..u + 16].try_into().unwrap();
+                dst[u..u + 16].copy_from_slice(block);
+            }
         }
     }
-    (b, CHUNK)
+    (b, PACK_STRIDE)
 }
 
 fn chunk_cols(cols: &mut Vec<usize>, pieces: &[Piece]) {
@@ -807,7 +817,7 @@ fn fwd_rows_impl<T: Element, const F: bool>(
         g.query_tile(row, rows.end, &mut sc.tile);
         let (tn, b) = (sc.tile.n, row / nq);
         let nkp = padded(nk);
-        let kt = &c.kt[b * d * nkp..(b + 1) * d * nkp];
+        let kt = &c.kt[b * d * nkp..];
         let v = &c.v[b * nk * dv..(b + 1) * nk * dv];
         load_rows(&mut sc.a1, &c.qs, row, tn, d);
         let mut m = [f32::NEG_INFINITY; QT];
@@ -873,8 +883,8 @@ fn dq_rows_impl<T: Element, const F: bool>(c: &BwdCtx, rows: Range<usize>, dq: &
         g.query_tile(row, rows.end, &mut sc.tile);
         let (tn, b) = (sc.tile.n, row / nq);
         let nkp = padded(nk);
-        let kt = &c.kt[b * d * nkp..(b + 1) * d * nkp];
-        let vt = &c.vt[b * dv * nkp..(b + 1) * dv * nkp];
+        let kt = &c.kt[b * d * nkp..];
+        let vt = &c.vt[b * dv * nkp..];
         let k = &c.k[b * nk * d..(b + 1) * nk * d];
         load_rows(&mut sc.a1, &c.qs, row, tn, d);
         load_rows(&mut sc.a2, &c.dout, row, tn, dv);
@@ -933,8 +943,8 @@ fn dkv_rows_impl<T: Element, const F: bool>(
         g.key_tile(row, rows.end, &mut sc.tile);
         let (tn, b) = (sc.tile.n, row / nk);
         let nqp = padded(nq);
-        let qst = &c.qst[b * d * nqp..(b + 1) * d * nqp];
-        let dot = &c.dot[b * dvd * nqp..(b + 1) * dvd * nqp];
+        let qst = &c.qst[b * d * nqp..];
+        let dot = &c.dot[b * dvd * nqp..];
         let qs = &c.qs[b * nq * d..(b + 1) * nq * d];
         let dout = &c.dout[b * nq * dvd..(b + 1) * nq * dvd];
         let lse = &c.lse[b * nq..(b + 1) * nq];
