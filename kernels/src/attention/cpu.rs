@@ -487,10 +487,16 @@ fn run_parts<P: Send, I: Iterator<Item = P>>(
 // ---------------------------------------------------------------------------------------------
 // Kernels (inlined into the AVX2 and the generic copies of the tile loops).
 
+/// Whether the AVX2+FMA copy runs (checked once; `FASTVMT_ATTN_CPU_PORTABLE=1` forces the
+/// portable copy, to test it on machines that have AVX2).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *HAS.get_or_init(|| {
+        std::env::var_os("FASTVMT_ATTN_CPU_PORTABLE").is_none_or(|v| v != "1")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
 }
 
 /// Per-thread buffers of one tile loop.
