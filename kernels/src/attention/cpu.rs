@@ -128,9 +128,15 @@ pub fn backward<T: Element>(
     run_parts(parts.into_iter(), &bounds, |range, part| {
         dq_rows(&ctx, range, part)
     });
-    // dK, dV: one row per key.
+    // dK, dV: one row per key, split by the number of queries each key has (a text key is
+    // seen by every query, a video key only by those of its window).
     let rows = bh * nkl;
-    let bounds = split_bounds(rows, g.threads(work, rows));
+    let nt = g.threads(work, rows);
+    let bounds = if nt > 1 && g.local.is_some() {
+        split_weighted(rows, nt, |r| g.key_cost(r % nkl))
+    } else {
+        split_bounds(rows, nt)
+    };
     let dks = split_rows(dk, d, &bounds);
     let dvs = split_rows(dv, dvd, &bounds);
     run_parts(dks.into_iter().zip(dvs), &bounds, |range, (a, b)| {
@@ -277,6 +283,20 @@ impl Geometry {
             .min(MAX_THREADS)
             .min(rows)
             .max(1)
+    }
+
+    /// Queries that see key `k` (local masks; `nq` for dense).
+    fn key_cost(&self, k: usize) -> usize {
+        match &self.local {
+            Some(l) if k < l.video => {
+                let hw = l.h * l.w;
+                let len = |(a, b): (usize, usize)| b - a;
+                len(l.f_axis.seen_by[k / hw])
+                    * len(l.y_axis.seen_by[(k % hw) / l.w])
+                    * len(l.x_axis.seen_by[k % l.w])
+            }
+            _ => self.nq,
+        }
     }
 
     /// The query tile starting at flattened row `row` (< `end`): consecutive queries of one
@@ -448,6 +468,23 @@ fn transpose_blocks<T: Element>(x: &[T], blocks: usize, n: usize, c: usize) -> V
 /// `nt + 1` row boundaries splitting `rows` evenly.
 fn split_bounds(rows: usize, nt: usize) -> Vec<usize> {
     (0..=nt).map(|t| rows * t / nt).collect()
+}
+
+/// `nt + 1` row boundaries splitting `rows` so that the parts have about equal total `cost`.
+fn split_weighted(rows: usize, nt: usize, cost: impl Fn(usize) -> usize) -> Vec<usize> {
+    let total: usize = (0..rows).map(&cost).fold(0, usize::saturating_add);
+    let mut bounds = vec![0];
+    let mut acc = 0usize;
+    for r in 0..rows {
+        // Cut before row r once the rows so far reach the next part's share.
+        let part = bounds.len();
+        if part < nt && acc >= total / nt * part {
+            bounds.push(r);
+        }
+        acc = acc.saturating_add(cost(r));
+    }
+    bounds.resize(nt + 1, rows);
+    bounds
 }
 
 /// `x` (rows of `width`) cut at `bounds`.
@@ -1002,5 +1039,28 @@ fn dkv_rows_impl<T: Element, const F: bool>(
             *o = T::from_f32(*a);
         }
         row += tn;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_split_covers_rows_and_balances_cost() {
+        // 100 cheap rows then 10 rows 10x as expensive (text keys after video keys).
+        let cost = |r: usize| if r < 100 { 1 } else { 10 };
+        for nt in 1..=5 {
+            let b = split_weighted(110, nt, cost);
+            assert_eq!(b.len(), nt + 1);
+            assert_eq!((b[0], b[nt]), (0, 110));
+            assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
+            let parts: Vec<usize> = b.windows(2).map(|w| (w[0]..w[1]).map(cost).sum()).collect();
+            let max = *parts.iter().max().unwrap();
+            assert!(max <= 200 / nt + 10, "nt {nt}: {parts:?}");
+        }
+        // Fewer cost units than threads: empty parts are fine.
+        let b = split_weighted(2, 4, |_| 0);
+        assert_eq!((b.len(), b[0], b[4]), (5, 0, 2));
     }
 }
