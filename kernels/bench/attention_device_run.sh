@@ -6,7 +6,7 @@
 #   CARGO_TARGET_DIR=/work/target-attn-cuda cargo build -p fastvmt-kernels --example attention_bench --release
 #   mkdir -p .kbin && cp <test binary> .kbin/attention_cuda && cp .../examples/attention_bench .kbin/
 # then: run(command="bash kernels/bench/attention_device_run.sh", carry=[".kbin"]).
-# Stages can be skipped: SKIP_TESTS, SKIP_SAN, SKIP_BENCH, SKIP_TORCH.
+# Stages can be skipped: SKIP_NVCC, SKIP_TESTS, SKIP_SAN, SKIP_BENCH, SKIP_TORCH.
 set -u
 B=${B:-.kbin}
 OUT=${OUT:-/tmp/attn_out}
@@ -14,7 +14,7 @@ mkdir -p $OUT
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 # Resource report and SASS of the same source (nvcc here, NVRTC at run time; same ptxas).
-if command -v nvcc >/dev/null; then
+if [ -z "${SKIP_NVCC:-}" ] && command -v nvcc >/dev/null; then
   timeout 240 nvcc -cubin -arch=sm_90 -std=c++17 -Xptxas -v -o $OUT/attn.cubin kernels/src/cuda/attention.cu > $OUT/ptxas.log 2>&1
   echo "nvcc rc=$? $(( $(date +%s) - t0 ))s"
   grep -A1 -E "Compiling entry function '(attn_fwd_tc_bf16_d(32|128)_w(4|8)|attn_dkdv_tc_bf16_d(32|128))'" $OUT/ptxas.log | grep -E "entry|registers|spill" | head -24

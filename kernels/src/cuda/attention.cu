@@ -353,6 +353,15 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int byte
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes)
                  : "memory");
 }
+// dst[0] += a, dst[1] += b (8-byte aligned): one vector reduction on sm_90, two before.
+__device__ __forceinline__ void red_add2(float* dst, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(dst, a);
+    atomicAdd(dst + 1, b);
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -1013,10 +1022,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
 #pragma unroll
                 for (int nt = 0; nt < HF / 8; nt++) {
                     int f = f0 + nt * 8 + 2 * tq;
-                    if (f < g.d) {
-                        atomicAdd(dst + f, aq[nt][2 * h2]);
-                        atomicAdd(dst + f + 1, aq[nt][2 * h2 + 1]);
-                    }
+                    if (f < g.d) red_add2(dst + f, aq[nt][2 * h2], aq[nt][2 * h2 + 1]);
                 }
             }
         }
