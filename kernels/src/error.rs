@@ -8,8 +8,9 @@ pub enum KernelError {
     /// A size in [`crate::AmfSpec`] is zero.
     #[error("spec field `{field}` must be > 0")]
     ZeroDimension { field: &'static str },
-    /// The tensor does not have `heads * frames * grid_h * grid_w * head_dim` elements.
-    #[error("tensor `{tensor}` has {actual} elements, the spec needs {expected} ([heads, frames, grid_h*grid_w, head_dim])")]
+    /// A tensor has the wrong number of elements for the spec (AMF: `[heads, frames,
+    /// grid_h*grid_w, head_dim]`; attention: see `attention::AttentionSpec::numel`).
+    #[error("tensor `{tensor}` has {actual} elements, the spec needs {expected}")]
     ShapeMismatch {
         tensor: &'static str,
         expected: usize,

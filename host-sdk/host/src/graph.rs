@@ -5,7 +5,76 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json};
+
+/// JSON with duplicate object keys refused. serde_json keeps the last of two equal keys
+/// silently, so a hand-edited or merged graph with two nodes of one id (or an input given
+/// twice) would lose one without a word; this names the key and its line instead.
+struct UniqueKeys(Json);
+
+/// Parses JSON like `serde_json::from_slice`, but refuses an object with two equal keys
+/// (anywhere in the document): what graph documents and API bodies are read with.
+pub fn json_from_slice_unique(bytes: &[u8]) -> Result<Json, serde_json::Error> {
+    serde_json::from_slice::<UniqueKeys>(bytes).map(|u| u.0)
+}
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key \"{key}\" (a node id or input name may appear only once)"
+                )));
+            }
+            let UniqueKeys(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Json::Object(out))
+    }
+}
 
 /// The graph document version this host writes.
 pub const GRAPH_FORMAT_VERSION: u64 = 1;
@@ -97,10 +166,12 @@ impl Graph {
 
     /// Parses graph JSON; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Graph, GraphError> {
-        let json: Json = serde_json::from_str(text).map_err(|source| GraphError::Json {
-            path: origin.into(),
-            source,
-        })?;
+        let json = serde_json::from_str::<UniqueKeys>(text)
+            .map_err(|source| GraphError::Json {
+                path: origin.into(),
+                source,
+            })?
+            .0;
         Self::from_json(json, origin)
     }
 

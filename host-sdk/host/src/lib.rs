@@ -16,7 +16,7 @@ pub mod schema_json;
 pub mod validate;
 
 pub use executor::{CancelToken, Event, ExecError, Executor, RunReport};
-pub use graph::{Graph, GraphError, InputValue, NodeEntry};
+pub use graph::{json_from_slice_unique, Graph, GraphError, InputValue, NodeEntry};
 pub use loader::{LoadError, LoadedPlugin};
 pub use registry::Registry;
 pub use validate::{Problem, ProblemKind};

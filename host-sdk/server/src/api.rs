@@ -155,7 +155,7 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Json, ApiError> {
             "send the body as Content-Type: application/json",
         ));
     }
-    serde_json::from_slice(body)
+    node_host::json_from_slice_unique(body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))
 }
 

@@ -427,3 +427,33 @@ fn a_newer_graph_format_is_refused_naming_both_versions() {
         "{message}"
     );
 }
+
+#[test]
+fn duplicate_node_ids_and_input_names_are_refused_with_the_line() {
+    for (text, key, line) in [
+        (
+            "{\"1\": {\"class_type\": \"A\"},\n \"2\": {\"class_type\": \"B\"},\n \"1\": {\"class_type\": \"C\"}}",
+            "\"1\"",
+            3,
+        ),
+        (
+            "{\"1\": {\"class_type\": \"A\",\n  \"inputs\": {\"value\": 1,\n             \"value\": 2}}}",
+            "\"value\"",
+            3,
+        ),
+    ] {
+        let err = Graph::parse(text, origin()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, GraphError::Json { .. }), "{msg}");
+        assert!(msg.contains(&format!("duplicate key {key}")), "{msg}");
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        assert!(msg.contains(&origin().display().to_string()), "{msg}");
+    }
+    // Equal keys in different objects are fine.
+    let g = Graph::parse(
+        r#"{"1": {"class_type": "A", "inputs": {"x": 1}}, "2": {"class_type": "A", "inputs": {"x": 2}}}"#,
+        origin(),
+    )
+    .unwrap();
+    assert_eq!(g.nodes.len(), 2);
+}
