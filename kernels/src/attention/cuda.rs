@@ -1,14 +1,18 @@
 //! CUDA back end of the fused attention (see the parent module for the definition).
 //!
 //! `src/cuda/attention.cu` is compiled with NVRTC once per device; [`CudaAttention::get`] caches
-//! the state (the device's primary context — the one ONNX Runtime uses —, a stream, the module).
+//! the state (the device's primary context — the one ONNX Runtime uses —, a stream, the module)
+//! and never panics (`CudaUnavailable(reason)` without a driver or device).
 //!
-//! Paths: f16/bf16 with `d % 8 == 0`, `dv % 8 == 0`, `max(d, dv) <= 128` run the tensor-core
-//! kernels (mma.sync m16n8k16, f32
-//! accumulation; head dims padded to 32/64/128 in shared memory). Everything else — f32 always,
-//! and f16/bf16 of other head sizes up to 256 — runs simple SIMT kernels (one warp per query or
-//! key, exactly the visible set; correct, not tuned). Larger head dims are an error.
-//! `FASTVMT_ATTN_NO_TC` set forces the SIMT path (tests, comparisons).
+//! Paths: f16/bf16 with `d % 8 == 0`, `dv % 8 == 0`, `max(d, dv) <= 128` run tensor-core kernels
+//! (FlashAttention-2 style, mma.sync m16n8k16, f32 accumulation, head dims zero-padded to
+//! 32/64/128). `Local` query blocks are 3D tiles of the token grid that iterate the union box of
+//! their windows (and dK/dV key tiles the box of queries that see them) with an exact per-pair
+//! mask; dQ is accumulated in f32 scratch by vector reductions. Everything else — f32 always,
+//! and f16/bf16 of other head dims up to 256 — runs SIMT kernels (a warp per query or key over
+//! exactly the visible set: correct, not tuned). Larger head dims are an error.
+//! `FASTVMT_ATTN_NO_TC` forces the SIMT path; `FASTVMT_ATTN_FWD_WARPS`, `FASTVMT_ATTN_FWD_MT`,
+//! `FASTVMT_ATTN_BWD_WARPS` override block shapes (benchmarks). Timings: `BENCHMARKS.md`.
 //!
 //! Backward scratch (delta `[BH, Nq]` f32, and on the tensor-core path the f32 dQ accumulator
 //! `[BH, Nq, d]`) is taken with stream-ordered allocations (`cuMemAllocAsync` /
