@@ -21,11 +21,17 @@ use fastvmt_plugin::model::{Bundle, Device, DitModel};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
 
+/// The fixtures beside this file, or (a test binary copied to another machine and run from
+/// the repository root) `plugin/tests/fixtures/custom-attention` under the working directory.
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
+    let built = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/custom-attention"
-    ))
+    ));
+    if built.is_dir() {
+        return built;
+    }
+    PathBuf::from("plugin/tests/fixtures/custom-attention")
 }
 
 fn load(name: &str, device: Device) -> std::sync::Arc<DitModel> {
@@ -348,6 +354,12 @@ fn cuda_unavailable() -> Option<String> {
 
 /// The three bundles on the CUDA provider (custom ops' CUDA variants, `error_on_failure`)
 /// against the CPU. `FASTVMT_TEST_CUDA=1` makes a missing GPU a failure instead of a skip.
+///
+/// ONNX Runtime's own CUDA kernels are not bit-faithful to its CPU ones: on the H100 the plain
+/// bundle (no custom ops) differs from the CPU by ~7e-4 (max-abs relative; run 1,
+/// `fixtures/custom-attention/cuda_run_1.log`). So the custom-op bundles are held to a loose
+/// absolute bound (5e-3) and, to isolate the custom operators, the dense one (the same
+/// function as the plain one) to at most 1.5x the plain bundle's CUDA-vs-CPU error.
 #[test]
 fn custom_attention_bundles_on_cuda_match_cpu() {
     let required = std::env::var("FASTVMT_TEST_CUDA").is_ok_and(|v| v == "1");
@@ -356,22 +368,37 @@ fn custom_attention_bundles_on_cuda_match_cpu() {
         println!("SKIPPED custom_attention_bundles_on_cuda_match_cpu: {why}");
         return;
     }
-    for name in ["plain", "dense", "local"] {
+    let errors = |name: &str| -> [f64; 4] {
         let cpu = load(name, Device::Cpu);
         let gpu = load(name, Device::Cuda);
         let inputs = random_inputs(&cpu, 3);
-        compare(
-            &format!("{name} bundle, CUDA vs CPU"),
-            &run(&gpu, &inputs),
-            &run(&cpu, &inputs),
-            1e-3,
+        let (g, c) = (run(&gpu, &inputs), run(&cpu, &inputs));
+        compare(&format!("{name} bundle, CUDA vs CPU"), &g, &c, 5e-3);
+        [
+            rel_err(&g.velocity, &c.velocity),
+            rel_err(&g.q, &c.q),
+            rel_err(&g.k, &c.k),
+            rel_err(&g.dx, &c.dx),
+        ]
+    };
+    // dense computes the same function as plain, so their CUDA errors are comparable; local
+    // computes another one and is held to the absolute bound only.
+    let plain = errors("plain");
+    let dense = errors("dense");
+    for (i, what) in ["velocity", "q", "k", "dx"].iter().enumerate() {
+        assert!(
+            dense[i] <= 1.5 * plain[i] + 1e-5,
+            "dense bundle on CUDA: {what} error {:.2e} well above the plain bundle's {:.2e}",
+            dense[i],
+            plain[i]
         );
     }
+    errors("local");
     let (inputs, want) = local_inputs();
     compare(
         "local bundle on CUDA vs torch (masked)",
         &run(&load("local", Device::Cuda), &inputs),
         &want,
-        1e-3,
+        5e-3,
     );
 }
