@@ -8,6 +8,11 @@ as complete bundles, plus torch expectations for the local-window bundle.
   local/   --custom-attention --local-window 1,2: the blocks' self-attention is a 3D window
   local/test_vectors/  inputs and the torch model's outputs with the exact masked attention
                        (grid 4 x 6 x 7 tokens, so the window is local on all three axes)
+  ops/attention_{float,float16,bfloat16}.onnx  one Attention + one AttentionGrad node (local 1,1,
+                       scale 0.3, grid input) per element type, for the operator-level tests
+  ops/missing_grid.onnx  a local Attention node without its grid input (must fail with a clear error)
+
+  --ops-only regenerates ops/ alone (onnx.helper only: no export, seconds).
 
 plugin/tests/custom_attention.rs runs them through ONNX Runtime with the plugin's custom operators.
 Node metadata (source locations) is stripped to keep the files small; the bundles are fp32.
@@ -115,11 +120,44 @@ def test_vectors(dit, te, out, seed=7):
         json.dump(index, f, indent=1)
 
 
+def op_models(out):
+    """Single-node graphs for the operator tests (built with onnx.helper, no export involved)."""
+    import onnx
+    from onnx import TensorProto as TP, helper as H
+    os.makedirs(out, exist_ok=True)
+    dims = ["B", "H", "N", "d"]
+    for name, et in (("float", TP.FLOAT), ("float16", TP.FLOAT16), ("bfloat16", TP.BFLOAT16)):
+        t = lambda n, shape=dims: H.make_tensor_value_info(n, et, shape)  # noqa: E731
+        attrs = dict(scale=0.3, temporal_radius=1, spatial_radius=1)
+        nodes = [H.make_node("Attention", ["q", "k", "v", "grid"], ["out", "lse"], "attn", domain="fastvmt", **attrs),
+                 H.make_node("AttentionGrad", ["dout", "q", "k", "v", "out", "lse", "grid"], ["dq", "dk", "dv"],
+                             "attn_grad", domain="fastvmt", **attrs)]
+        g = H.make_graph(nodes, f"attention_{name}",
+                         [t("q"), t("k", ["B", "H", "M", "d"]), t("v", ["B", "H", "M", "d"]), t("dout"),
+                          H.make_tensor_value_info("grid", TP.INT64, [3])],
+                         [t("out"), H.make_tensor_value_info("lse", TP.FLOAT, ["B", "H", "N"]),
+                          t("dq"), t("dk", ["B", "H", "M", "d"]), t("dv", ["B", "H", "M", "d"])])
+        m = H.make_model(g, opset_imports=[H.make_opsetid("", 18), H.make_opsetid("fastvmt", 1)], ir_version=9)
+        onnx.save(m, os.path.join(out, f"attention_{name}.onnx"))
+    t = lambda n: H.make_tensor_value_info(n, TP.FLOAT, dims)  # noqa: E731
+    node = H.make_node("Attention", ["q", "k", "v"], ["out", "lse"], "local_without_grid", domain="fastvmt",
+                       scale=0.3, temporal_radius=1, spatial_radius=1)
+    g = H.make_graph([node], "missing_grid", [t("q"), t("k"), t("v")],
+                     [t("out"), H.make_tensor_value_info("lse", TP.FLOAT, ["B", "H", "N"])])
+    m = H.make_model(g, opset_imports=[H.make_opsetid("", 18), H.make_opsetid("fastvmt", 1)], ir_version=9)
+    onnx.save(m, os.path.join(out, "missing_grid.onnx"))
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(here, "..", "..", "plugin", "tests", "fixtures", "custom-attention"))
+    ap.add_argument("--ops-only", action="store_true", help="only the single-node operator graphs (ops/)")
     a = ap.parse_args()
+    op_models(os.path.join(a.out, "ops"))
+    if a.ops_only:
+        print("wrote", os.path.abspath(os.path.join(a.out, "ops")))
+        return
     dit, te = model()
     bundle(dit, te, os.path.join(a.out, "plain"), "plain", False, None)
     bundle(dit, te, os.path.join(a.out, "dense"), "custom-dense", True, None)

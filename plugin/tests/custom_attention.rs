@@ -402,3 +402,198 @@ fn custom_attention_bundles_on_cuda_match_cpu() {
         5e-3,
     );
 }
+
+// ---- operator level: one Attention + one AttentionGrad node per element type --------------
+
+/// A session on one of the single-node graphs in `ops/`, with the plugin's operators.
+fn op_session(file: &str, device: Device) -> ort::session::Session {
+    let (env, _) = fastvmt_plugin::runtime::ort_env::environment().expect("ONNX Runtime");
+    let path = fixtures().join("ops").join(file);
+    let build = || -> ort::Result<ort::session::Session> {
+        let mut b = ort::session::Session::builder(env)?
+            .with_operators(fastvmt_plugin::runtime::attention_ops::domain()?)?;
+        if device == Device::Cuda {
+            b =
+                b.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
+        }
+        b.commit_from_file(&path)
+    };
+    build().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The op graphs' sizes: batch 2, 2 heads, a 3 x 4 x 5 grid, 3 extra keys, d = 8.
+const OP_GRID: [usize; 3] = [3, 4, 5];
+const OP_EXTRA: usize = 3;
+const OP_D: usize = 8;
+const OP_SCALE: f32 = 0.3;
+
+fn op_spec() -> fastvmt_kernels::attention::AttentionSpec {
+    use fastvmt_kernels::attention::*;
+    let n = OP_GRID.iter().product::<usize>();
+    AttentionSpec {
+        shape: AttentionShape {
+            batch: 2,
+            heads: 2,
+            q_len: n,
+            kv_len: n + OP_EXTRA,
+            head_dim: OP_D,
+            v_dim: OP_D,
+        },
+        mask: AttentionMask::Local(LocalWindow {
+            frames: OP_GRID[0],
+            height: OP_GRID[1],
+            width: OP_GRID[2],
+            temporal_radius: 1,
+            spatial_radius: 1,
+        }),
+        scale: OP_SCALE,
+    }
+}
+
+/// Naive f64 reference from the definition (`AttentionSpec::visible`): out, lse, dq, dk, dv.
+fn naive(q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> [Vec<f32>; 5] {
+    let spec = op_spec();
+    let s = spec.shape;
+    let (n, m, d) = (s.q_len, s.kv_len, s.head_dim);
+    let mut r = [
+        vec![0.0; q.len()],
+        vec![0.0; s.batch * s.heads * n],
+        vec![0.0; q.len()],
+        vec![0.0; k.len()],
+        vec![0.0; v.len()],
+    ];
+    for bh in 0..s.batch * s.heads {
+        let (qo, ko) = (bh * n * d, bh * m * d);
+        for i in 0..n {
+            let logit = |j: usize| -> f64 {
+                (0..d)
+                    .map(|c| q[qo + i * d + c] as f64 * k[ko + j * d + c] as f64)
+                    .sum::<f64>()
+                    * spec.scale as f64
+            };
+            let vis: Vec<usize> = (0..m).filter(|&j| spec.visible(i, j)).collect();
+            let l: Vec<f64> = vis.iter().map(|&j| logit(j)).collect();
+            let mx = l.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = mx + l.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+            r[1][bh * n + i] = lse as f32;
+            let p: Vec<f64> = l.iter().map(|x| (x - lse).exp()).collect();
+            let mut o = vec![0.0f64; d];
+            for (&j, &pj) in vis.iter().zip(&p) {
+                for c in 0..d {
+                    o[c] += pj * v[ko + j * d + c] as f64;
+                }
+            }
+            let dy = &dout[qo + i * d..qo + (i + 1) * d];
+            let delta: f64 = (0..d).map(|c| dy[c] as f64 * o[c]).sum();
+            for (&j, &pj) in vis.iter().zip(&p) {
+                let dp: f64 = (0..d)
+                    .map(|c| dy[c] as f64 * v[ko + j * d + c] as f64)
+                    .sum();
+                let ds = pj * (dp - delta) * spec.scale as f64;
+                for c in 0..d {
+                    r[2][qo + i * d + c] += (ds * k[ko + j * d + c] as f64) as f32;
+                    r[3][ko + j * d + c] += (ds * q[qo + i * d + c] as f64) as f32;
+                    r[4][ko + j * d + c] += (pj * dy[c] as f64) as f32;
+                }
+            }
+            for c in 0..d {
+                r[0][qo + i * d + c] = o[c] as f32;
+            }
+        }
+    }
+    r
+}
+
+/// Runs `attention_<ty>.onnx` on `device` with inputs rounded to the element type `T`;
+/// returns the five outputs in f32 and the naive reference on the rounded inputs.
+fn run_op<T>(ty: &str, device: Device, seed: u64) -> ([Vec<f32>; 5], [Vec<f32>; 5])
+where
+    T: ort::value::PrimitiveTensorElementType + fastvmt_kernels::Element + Copy + std::fmt::Debug,
+{
+    use ort::value::TensorRef;
+    let s = op_spec().shape;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let round = |x: Vec<f32>| -> Vec<T> { x.into_iter().map(T::from_f32).collect() };
+    let nq = s.batch * s.heads * s.q_len * s.head_dim;
+    let nk = s.batch * s.heads * s.kv_len * s.head_dim;
+    let (q, k, v, dout) = (
+        round(randn(&mut rng, nq)),
+        round(randn(&mut rng, nk)),
+        round(randn(&mut rng, nk)),
+        round(randn(&mut rng, nq)),
+    );
+    let f = |x: &[T]| -> Vec<f32> { x.iter().map(|e| e.to_f32()).collect() };
+    let want = naive(&f(&q), &f(&k), &f(&v), &f(&dout));
+    let qs = [s.batch, s.heads, s.q_len, s.head_dim];
+    let ks = [s.batch, s.heads, s.kv_len, s.head_dim];
+    let grid: Vec<i64> = OP_GRID.iter().map(|&g| g as i64).collect();
+    let mut session = op_session(&format!("attention_{ty}.onnx"), device);
+    let outs = session
+        .run(ort::inputs![
+            "q" => TensorRef::from_array_view((qs, &q[..])).unwrap(),
+            "k" => TensorRef::from_array_view((ks, &k[..])).unwrap(),
+            "v" => TensorRef::from_array_view((ks, &v[..])).unwrap(),
+            "dout" => TensorRef::from_array_view((qs, &dout[..])).unwrap(),
+            "grid" => TensorRef::from_array_view(([3usize], &grid[..])).unwrap(),
+        ])
+        .unwrap_or_else(|e| panic!("attention_{ty}.onnx on {device:?}: {e}"));
+    let get = |name: &str| -> Vec<f32> { f(outs[name].try_extract_tensor::<T>().unwrap().1) };
+    let lse = outs["lse"].try_extract_tensor::<f32>().unwrap().1.to_vec();
+    ([get("out"), lse, get("dq"), get("dk"), get("dv")], want)
+}
+
+fn check_op(what: &str, got: &[Vec<f32>; 5], want: &[Vec<f32>; 5], tol: f64) {
+    for (i, name) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+        let e = rel_err(&got[i], &want[i]);
+        println!("{what}: {name} rel. err {e:.2e}");
+        assert!(e < tol, "{what}: {name} rel. err {e:.3e} >= {tol:.0e}");
+    }
+}
+
+#[test]
+fn operators_match_the_definition_for_every_element_type() {
+    let (got, want) = run_op::<f32>("float", Device::Cpu, 5);
+    check_op("float32 on CPU", &got, &want, 1e-5);
+    let (got, want) = run_op::<half::f16>("float16", Device::Cpu, 6);
+    check_op("float16 on CPU", &got, &want, 5e-3);
+    let (got, want) = run_op::<half::bf16>("bfloat16", Device::Cpu, 7);
+    check_op("bfloat16 on CPU", &got, &want, 3e-2);
+}
+
+#[test]
+fn a_local_node_without_its_grid_fails_with_a_clear_error() {
+    use ort::value::TensorRef;
+    let mut session = op_session("missing_grid.onnx", Device::Cpu);
+    let n = OP_GRID.iter().product::<usize>();
+    let x = vec![0.5f32; 2 * 2 * n * OP_D];
+    let shape = [2usize, 2, n, OP_D];
+    let e = session
+        .run(ort::inputs![
+            "q" => TensorRef::from_array_view((shape, &x[..])).unwrap(),
+            "k" => TensorRef::from_array_view((shape, &x[..])).unwrap(),
+            "v" => TensorRef::from_array_view((shape, &x[..])).unwrap(),
+        ])
+        .err()
+        .expect("refused")
+        .to_string();
+    println!("{e}");
+    for part in ["fastvmt.Attention", "local_without_grid", "grid input"] {
+        assert!(e.contains(part), "'{part}' not in: {e}");
+    }
+}
+
+#[test]
+fn operators_on_cuda_match_the_definition() {
+    let required = std::env::var("FASTVMT_TEST_CUDA").is_ok_and(|v| v == "1");
+    if let Some(why) = cuda_unavailable() {
+        assert!(!required, "FASTVMT_TEST_CUDA=1 but {why}");
+        println!("SKIPPED operators_on_cuda_match_the_definition: {why}");
+        return;
+    }
+    let (got, want) = run_op::<f32>("float", Device::Cuda, 5);
+    check_op("float32 on CUDA", &got, &want, 1e-4);
+    let (got, want) = run_op::<half::f16>("float16", Device::Cuda, 6);
+    check_op("float16 on CUDA", &got, &want, 5e-3);
+    let (got, want) = run_op::<half::bf16>("bfloat16", Device::Cuda, 7);
+    check_op("bfloat16 on CUDA", &got, &want, 3e-2);
+}
