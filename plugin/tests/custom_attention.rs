@@ -357,9 +357,10 @@ fn cuda_unavailable() -> Option<String> {
 ///
 /// ONNX Runtime's own CUDA kernels are not bit-faithful to its CPU ones: on the H100 the plain
 /// bundle (no custom ops) differs from the CPU by ~7e-4 (max-abs relative; run 1,
-/// `fixtures/custom-attention/cuda_run_1.log`; latest run: `cuda_run.log`). So the custom-op bundles are held to a loose
-/// absolute bound (5e-3) and, to isolate the custom operators, the dense one (the same
-/// function as the plain one) to at most 1.5x the plain bundle's CUDA-vs-CPU error.
+/// `fixtures/custom-attention/cuda_run_1.log`; latest run: `cuda_run.log`). So the custom-op
+/// bundles are held to a loose absolute bound (5e-3) and, to isolate the custom operators,
+/// the dense one (the same function as the plain one) to at most 1.5x the plain bundle's
+/// CUDA-vs-CPU error.
 #[test]
 fn custom_attention_bundles_on_cuda_match_cpu() {
     let required = std::env::var("FASTVMT_TEST_CUDA").is_ok_and(|v| v == "1");
