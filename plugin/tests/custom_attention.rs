@@ -411,6 +411,7 @@ fn op_session(file: &str, device: Device) -> ort::session::Session {
     let (env, _) = fastvmt_plugin::runtime::ort_env::environment().expect("ONNX Runtime");
     let path = fixtures().join("ops").join(file);
     let build = || -> ort::Result<ort::session::Session> {
+        let _registering = fastvmt_plugin::runtime::attention_ops::registration_lock();
         let mut b = ort::session::Session::builder(env)?
             .with_operators(fastvmt_plugin::runtime::attention_ops::domain()?)?;
         if device == Device::Cuda {

@@ -94,7 +94,9 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
     };
     let build = || -> ort::Result<Session> {
         // The fused attention operators (fastvmt.Attention / AttentionGrad, CPU and CUDA
-        // variants) on every session; graphs without them are unaffected.
+        // variants) on every session; graphs without them are unaffected. Sessions with the
+        // domain are created one at a time (see `attention_ops::registration_lock`).
+        let _registering = attention_ops::registration_lock();
         let mut builder = Session::builder(env)?.with_operators(attention_ops::domain()?)?;
         if let Some(n) = intra_threads() {
             builder = builder.with_intra_threads(n)?;

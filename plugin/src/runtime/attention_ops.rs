@@ -20,6 +20,9 @@
 //! Inputs `dout`, `q`, `k`, `v`, `out` (T), `lse` (float32), optional `grid`; the same
 //! attributes; outputs `dq`, `dk`, `dv` (T, shaped like q, k, v).
 //!
+//! Create sessions with the domain under [`registration_lock`] (ONNX Runtime's domain map is
+//! not safe against concurrent registration).
+//!
 //! ## Variants
 //! One [`ort::operator::Operator`] per (op, element type, execution provider): 2 × 3 × 2. The
 //! CPU variants call `attention::cpu::{forward, backward}` on ONNX Runtime's host buffers; the
@@ -90,6 +93,17 @@ struct AttentionOperator {
     op: Op,
     dt: Dt,
     ep: Ep,
+}
+
+/// Hold this while creating (committing) a session that registers [`domain`].
+///
+/// ONNX Runtime records a custom domain's version range in a process-wide map when a session
+/// with that domain is created, with an unguarded check-then-insert: two sessions created at
+/// once on different threads can both insert and one fails with "Trying to add a domain to
+/// DomainToVersion map, but the domain is already exist" (seen with `cargo test`'s threads).
+pub fn registration_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The `fastvmt` domain with every variant (both ops × f32/f16/bf16 × CPU/CUDA).
