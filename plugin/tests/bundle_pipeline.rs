@@ -348,18 +348,21 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
         fast.stats.real_backward
     );
     // With 10 inner steps the interval can stretch: replay adaptive's rule on the losses it
-    // recorded (a real gradient whose loss is below the previous one's stretches the next gap
-    // by one; otherwise the gap is fastvmt's 3) and check the inner steps it refreshed on.
+    // recorded (the relative loss decrease per inner step since the previous real gradient,
+    // carried across denoising steps, picks the next gap) and check the inner steps it
+    // refreshed on.
     let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 10)).unwrap();
     let reals = &adaptive.stats.real_losses;
     assert_eq!(adaptive.stats.real_backward, reals.len());
+    let rule = fastvmt_plugin::sampler::ADAPTIVE_RULE;
+    let mut rate: Option<f32> = None;
     for step in 0..2 {
         let got: Vec<(usize, f32)> = reals
             .iter()
             .filter(|(s, _, _)| *s == step)
             .map(|&(_, j, l)| (j, l))
             .collect();
-        let (mut expected, mut next, mut gap, mut before) = (vec![], 0usize, 3usize, None);
+        let (mut expected, mut next, mut previous) = (vec![], 0usize, None::<(usize, f32)>);
         while next < 10 {
             expected.push(next);
             let loss = got
@@ -367,11 +370,13 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
                 .find(|(j, _)| *j == next)
                 .unwrap_or_else(|| panic!("no real gradient at step {step}, inner {next}: {got:?}"))
                 .1;
-            if let Some(b) = before {
-                gap = if loss <= b { (gap + 1).min(10) } else { 3 };
+            if let Some((pj, before)) = previous {
+                if before > 0.0 {
+                    rate = Some((before - loss) / (before * (next - pj) as f32));
+                }
             }
-            before = Some(loss);
-            next += gap;
+            previous = Some((next, loss));
+            next += rule.gap(rate, 3);
         }
         let inner: Vec<usize> = got.iter().map(|(j, _)| *j).collect();
         assert_eq!(inner, expected, "guided step {step}: losses {got:?}");
