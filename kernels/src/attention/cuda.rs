@@ -29,7 +29,7 @@ use cudarc::driver::{
 };
 
 use super::{AttentionMask, AttentionSpec};
-use crate::cuda::cuda_available;
+use crate::cuda::cached_device_state;
 use crate::element::Element;
 use crate::error::KernelError;
 
@@ -362,23 +362,7 @@ impl CudaAttention {
     /// The cached state of `device` (compiled on first use). `CudaUnavailable(reason)` without
     /// a driver or device; never panics.
     pub fn get(device: usize) -> Result<Arc<CudaAttention>, KernelError> {
-        cuda_available().map_err(KernelError::CudaUnavailable)?;
-        let count = CudaContext::device_count().map_err(drv)? as usize;
-        if device >= count {
-            return Err(KernelError::CudaUnavailable(format!(
-                "device {device} requested, {count} present"
-            )));
-        }
-        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut map = cache
-            .lock()
-            .map_err(|_| KernelError::CudaDriver("device cache poisoned".into()))?;
-        if let Some(s) = map.get(&device) {
-            return Ok(s.clone());
-        }
-        let state = Arc::new(Self::create(device)?);
-        map.insert(device, state.clone());
-        Ok(state)
+        cached_device_state(&CACHE, device, Self::create)
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {

@@ -193,6 +193,33 @@ fn profiling() -> bool {
     std::env::var_os("FASTVMT_AMF_PROFILE").is_some()
 }
 
+/// A back end's per-device state, created on first use and kept for the process (one per
+/// device: the module is compiled once). Checks the driver and the device index first, so a
+/// machine without CUDA gets `CudaUnavailable(reason)`, never a panic.
+pub(crate) fn cached_device_state<S>(
+    cache: &'static OnceLock<Mutex<HashMap<usize, Arc<S>>>>,
+    device: usize,
+    create: impl FnOnce(usize) -> Result<S, KernelError>,
+) -> Result<Arc<S>, KernelError> {
+    cuda_available().map_err(KernelError::CudaUnavailable)?;
+    let count = CudaContext::device_count().map_err(drv)? as usize;
+    if device >= count {
+        return Err(KernelError::CudaUnavailable(format!(
+            "device {device} requested, {count} present"
+        )));
+    }
+    let mut map = cache
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .map_err(|_| KernelError::CudaDriver("device cache poisoned".into()))?;
+    if let Some(s) = map.get(&device) {
+        return Ok(s.clone());
+    }
+    let state = Arc::new(create(device)?);
+    map.insert(device, state.clone());
+    Ok(state)
+}
+
 static CACHE: OnceLock<Mutex<HashMap<usize, Arc<CudaAmf>>>> = OnceLock::new();
 
 impl std::fmt::Debug for CudaAmf {
@@ -294,23 +321,7 @@ impl CudaAmf {
     /// The cached state of `device` (compiled on first use). Errors: CUDA unavailable (with the
     /// reason), device out of range, NVRTC or driver failure.
     pub fn get(device: usize) -> Result<Arc<CudaAmf>, KernelError> {
-        cuda_available().map_err(KernelError::CudaUnavailable)?;
-        let count = CudaContext::device_count().map_err(drv)? as usize;
-        if device >= count {
-            return Err(KernelError::CudaUnavailable(format!(
-                "device {device} requested, {count} present"
-            )));
-        }
-        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut map = cache
-            .lock()
-            .map_err(|_| KernelError::CudaDriver("device cache poisoned".into()))?;
-        if let Some(s) = map.get(&device) {
-            return Ok(s.clone());
-        }
-        let state = Arc::new(Self::create(device)?);
-        map.insert(device, state.clone());
-        Ok(state)
+        cached_device_state(&CACHE, device, Self::create)
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {
