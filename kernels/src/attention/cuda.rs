@@ -29,7 +29,7 @@ use cudarc::driver::{
 };
 
 use super::{AttentionMask, AttentionSpec};
-use crate::cuda::cached_device_state;
+use crate::cuda::{cached_device_state, compile_source};
 use crate::element::Element;
 use crate::error::KernelError;
 
@@ -249,23 +249,7 @@ static CACHE: OnceLock<Mutex<HashMap<usize, Arc<CudaAttention>>>> = OnceLock::ne
 
 /// Compile attention.cu for a virtual architecture (e.g. `"compute_90"`); needs only NVRTC.
 pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, KernelError> {
-    // SAFETY: only tries to dlopen the library.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(KernelError::CudaUnavailable(
-            "the NVRTC library (libnvrtc) was not found".into(),
-        ));
-    }
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(arch),
-        options: vec!["--std=c++17".into()],
-        ..Default::default()
-    };
-    cudarc::nvrtc::compile_ptx_with_opts(SRC, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-            KernelError::Nvrtc(log.to_string_lossy().into_owned())
-        }
-        other => KernelError::Nvrtc(format!("{other:?}")),
-    })
+    compile_source(SRC, arch)
 }
 
 fn fwd_smem(dp: usize, nw: usize, mt: usize) -> usize {

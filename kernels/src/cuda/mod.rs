@@ -139,6 +139,15 @@ pub fn cuda_available() -> Result<(), String> {
 /// Compile `amf.cu` with NVRTC for a virtual architecture (e.g. `"compute_90"`). Needs only
 /// the NVRTC library (no driver, no GPU): the tests use it to check the source everywhere.
 pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, KernelError> {
+    compile_source(SRC, arch)
+}
+
+/// Compile one of the crate's CUDA sources with NVRTC (C++17) for `arch`; shared by the AMF
+/// and attention back ends.
+pub(crate) fn compile_source(
+    src: &str,
+    arch: &'static str,
+) -> Result<cudarc::nvrtc::Ptx, KernelError> {
     // SAFETY: only tries to dlopen the library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(KernelError::CudaUnavailable(
@@ -150,7 +159,7 @@ pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, KernelError> {
         options: vec!["--std=c++17".into()],
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(SRC, opts).map_err(|e| match e {
+    cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { log, .. } => {
             KernelError::Nvrtc(log.to_string_lossy().into_owned())
         }
