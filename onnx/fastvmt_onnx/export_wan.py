@@ -41,6 +41,9 @@ class WanGraph(nn.Module):
 
     def __init__(self, wan, mode="denoiser", motion_block=None):
         super().__init__()
+        # Graph inputs and outputs stay float32 whatever the weights' dtype: the casts are inside
+        # the graph, so one plugin feeds fp32, fp16 and bf16 bundles alike.
+        self.dtype = wan.patch_embedding.weight.dtype
         self.wan = wan
         self.mode = mode
         cfg = wan.config
@@ -52,6 +55,7 @@ class WanGraph(nn.Module):
         with torch.no_grad():
             self.patch.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
             self.patch.bias.copy_(conv.bias)
+        self.patch.to(self.dtype)
 
     def patchify(self, x):
         B, C, Fr, H, W = x.shape
@@ -66,15 +70,17 @@ class WanGraph(nn.Module):
         shift, scale = mods[0], mods[1]
         xn = (blk.norm1(h.float()) * (1 + scale) + shift).type_as(h)
         a = blk.attn1
-        q = apply_rope(self._heads(a.norm_q(a.to_q(xn))), cos, sin)
-        k = apply_rope(self._heads(a.norm_k(a.to_k(xn))), cos, sin)
+        # RoPE in float32 (as diffusers' Wan does), back to the weights' dtype after.
+        q = apply_rope(self._heads(a.norm_q(a.to_q(xn))).float(), cos, sin).type_as(xn)
+        k = apply_rope(self._heads(a.norm_k(a.to_k(xn))).float(), cos, sin).type_as(xn)
         v = self._heads(a.to_v(xn))
         return q, k, v
 
-    def block(self, blk, h, text, tproj, cos, sin):
+    def block(self, blk, h, text, tproj, cos, sin, grid):
         mods = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
         q, k, v = self.self_qk(blk, h, mods, cos, sin)
-        o = attention(q, k, v).transpose(1, 2).flatten(2)
+        # grid marks the video self-attention: a local window applies here when configured
+        o = attention(q, k, v, grid=grid).transpose(1, 2).flatten(2)
         o = blk.attn1.to_out[1](blk.attn1.to_out[0](o))
         h = (h.float() + o * mods[2]).type_as(h)
         a = blk.attn2
@@ -88,6 +94,10 @@ class WanGraph(nn.Module):
         h = (h.float() + blk.ffn(xn).float() * mods[5]).type_as(h)
         return h
 
+    def grid(self, x):
+        pt, ph, pw = self.patch_size
+        return (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+
     def embed(self, x, t, text):
         h = self.patch(self.patchify(x))
         temb, tproj, text, _ = self.wan.condition_embedder(t * 1000.0, text, None)
@@ -95,9 +105,10 @@ class WanGraph(nn.Module):
 
     def forward_all(self, x, t, text, cos, sin):
         h, temb, tproj, text = self.embed(x, t, text)
+        grid = self.grid(x)
         for blk in self.wan.blocks:
-            h = self.block(blk, h, text, tproj, cos, sin)
-        shift, scale = (self.wan.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+            h = self.block(blk, h, text, tproj, cos, sin, grid)
+        shift, scale = (self.wan.scale_shift_table + temb.unsqueeze(1).float()).chunk(2, dim=1)
         h = (self.wan.norm_out(h.float()) * (1 + scale) + shift).type_as(h)
         h = self.wan.proj_out(h)
         B, C, Fr, H, W = x.shape
@@ -107,23 +118,38 @@ class WanGraph(nn.Module):
 
     def qk(self, x, t, text, cos, sin):
         h, temb, tproj, text = self.embed(x, t, text)
+        grid = self.grid(x)
         for blk in self.wan.blocks[:self.motion_block]:
-            h = self.block(blk, h, text, tproj, cos, sin)
+            h = self.block(blk, h, text, tproj, cos, sin, grid)
         blk = self.wan.blocks[self.motion_block]
         mods = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
         q, k, _ = self.self_qk(blk, h, mods, cos, sin)
         return q, k
 
     def forward(self, x, t, text, rope_cos, rope_sin, dq=None, dk=None):
+        dt = self.dtype
         if self.mode == "denoiser":
-            return self.forward_all(x, t, text, rope_cos, rope_sin)
+            return self.forward_all(x.to(dt), t, text.to(dt), rope_cos, rope_sin).float()
         if self.mode == "guidance_head":
-            return self.qk(x, t, text, rope_cos, rope_sin)
+            q, k = self.qk(x.to(dt), t, text.to(dt), rope_cos, rope_sin)
+            return q.float(), k.float()
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            q, k = self.qk(x, t, text, rope_cos, rope_sin)
-            (dx,) = torch.autograd.grad((q, k), (x,), (dq, dk))
+            q, k = self.qk(x.to(dt), t, text.to(dt), rope_cos, rope_sin)
+            (dx,) = torch.autograd.grad((q, k), (x,), (dq.to(dt), dk.to(dt)))
         return dx
+
+
+def to_dtype(wan, dtype):
+    """Casts the model to dtype but keeps in float32 the modules diffusers keeps there
+    (`_keep_in_fp32_modules`: norms, modulation tables, time embedder), as from_pretrained
+    with torch_dtype does."""
+    wan = wan.to(dtype)
+    keep = set(getattr(wan, "_keep_in_fp32_modules", None) or ())
+    for name, p in wan.named_parameters():
+        if keep & set(name.split(".")):
+            p.data = p.data.float()
+    return wan
 
 
 def tiny_wan():
@@ -164,10 +190,17 @@ def example(wan, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, grad=False, heads_n=None):
     return tuple(ins)
 
 
-def export_wan(wan, out_dir, motion_block=None, custom_attention=False):
+WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad")
+
+
+def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS):
+    """local_window=(T, S) (needs custom_attention): every block's self-attention sees only the 3D
+    window of temporal radius T and spatial radius S tokens; cross-attention stays dense."""
     from .export import export_graph, SYM
     from .model import DiTConfig
-    set_attention_impl("custom" if custom_attention else "math")
+    if local_window is not None and not custom_attention:
+        raise ValueError("local_window needs custom_attention (plain ONNX attention is dense only)")
+    set_attention_impl("custom" if custom_attention else "math", local=local_window)
     os.makedirs(out_dir, exist_ok=True)
     cfg = wan.config
     # a DiTConfig-shaped stand-in so export.py's dim fixer knows the static sizes
@@ -178,19 +211,91 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False):
     base = ["x", "t", "text", "rope_cos", "rope_sin"]
     paths = {}
     t0 = time.time()
-    paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
-                                     os.path.join(out_dir, "denoiser.onnx"), stand,
-                                     custom_attention=custom_attention)
-    paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base, ["q", "k"],
-                                          os.path.join(out_dir, "guidance_head.onnx"), stand,
-                                          custom_attention=custom_attention)
-    paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
-                                          base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
-                                          stand, grad=True, custom_attention=custom_attention)
+    if "denoiser" in graphs:
+        paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
+                                         os.path.join(out_dir, "denoiser.onnx"), stand,
+                                         custom_attention=custom_attention)
+    if "guidance_head" in graphs:
+        paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base,
+                                              ["q", "k"], os.path.join(out_dir, "guidance_head.onnx"), stand,
+                                              custom_attention=custom_attention)
+    if "guidance_grad" in graphs:
+        paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
+                                              base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
+                                              stand, grad=True, custom_attention=custom_attention)
     SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = 3
     set_attention_impl("math")
     print(f"exported in {time.time() - t0:.0f}s")
     return paths
+
+
+BENCH_VOCAB = ["<pad>", "<unk>", "a", "the", "of", "and", "on", "in", "with", "dog", "cat", "car", "person",
+               "runs", "walks", "flies", "street", "beach", "forest", "sky", "red", "blue", "small", "large"]
+
+
+def random_text_encoder(path, dim, vocab=BENCH_VOCAB, seed=0):
+    """tokens int64 [B, L] -> text float32 [B, L, dim]: a random embedding table (one row per
+    word). Stands in for umT5-XXL where timing is what matters: the issue's benchmark asks for
+    random text embeddings of the real width."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    table = np.random.default_rng(seed).standard_normal((len(vocab), dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "tokens"], ["text"], axis=0)], "random_text_encoder",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B", "L"])],
+        [helper.make_tensor_value_info("text", TensorProto.FLOAT, ["B", "L", dim])],
+        [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, dtype, custom_attention,
+                       local_window, defaults=None):
+    """manifest.json for an exported Wan bundle. The latent is Wan's VAE latent (16 channels, 4x
+    temporal and 8x spatial compression), but the VAE and umT5 are not in the bundle: such a bundle
+    is sampled from a latent by the library (bench/wan), not by the VIDEO nodes."""
+    from .export import attention_manifest, io_spec, sha256
+    cfg = wan.config
+    hd = cfg.attention_head_dim
+    dt, dh, dw = rope_axes_dim(hd)
+    files = {}
+    for key in ("text_encoder", "denoiser", "guidance_head", "guidance_grad"):
+        p = os.path.join(out_dir, key + ".onnx")
+        ins, outs = io_spec(p)
+        files[key] = {"path": key + ".onnx", "sha256": sha256(p), "bytes": os.path.getsize(p),
+                      "inputs": ins, "outputs": outs}
+        data = p + ".data"
+        if os.path.exists(data):  # weights above 2 GB live beside the graph
+            files[key]["external_data_bytes"] = os.path.getsize(data)
+    man = {
+        "format": "fastvmt-bundle",
+        "format_version": 1,
+        "name": name,
+        "description": description,
+        "latent": {"kind": "vae", "channels": cfg.in_channels, "temporal_compression": 4,
+                   "spatial_compression": 8, "vae": "not included (Wan2.1 VAE)"},
+        "patch_size": list(cfg.patch_size),
+        "width": cfg.num_attention_heads * hd,
+        "blocks": cfg.num_layers,
+        "heads": cfg.num_attention_heads,
+        "head_dim": hd,
+        "motion_block": cfg.num_layers // 2 if motion_block is None else motion_block,
+        "token_layout": "frames_h_w",
+        "weights_dtype": dtype,
+        "scheduler": {"kind": "flow_matching", "prediction": "velocity", "shift": 3.0, "t_range": [0, 1]},
+        "text": {"tokenizer": "words", "lowercase": True, "split": "[^a-z0-9]+", "vocab": list(BENCH_VOCAB),
+                 "pad_id": 0, "unk_id": 1, "max_len": text_len, "dim": cfg.text_dim,
+                 "encoder": "random embedding table (benchmark stand-in for umT5-XXL)"},
+        "rope": {"theta": 10000.0, "axes_dim": [dt, dh, dw], "axes": ["frames", "rows", "cols"]},
+        **attention_manifest(custom_attention, local_window),
+        "defaults": defaults or {},
+        "files": files,
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    return man
 
 
 def rel(a, b):
@@ -238,7 +343,24 @@ def main():
     ap.add_argument("--check", action="store_true", help="parity check with onnxruntime (not with --custom-attention)")
     ap.add_argument("--custom-attention", action="store_true",
                     help="emit attention as fastvmt.Attention / AttentionGrad nodes (see custom_attention.py)")
+    ap.add_argument("--local-window", default=None, metavar="T,S",
+                    help="with --custom-attention: the blocks' self-attention sees only a 3D window of "
+                         "temporal radius T and spatial radius S tokens")
+    ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                    help="weights and activations inside the graphs (inputs and outputs stay float32)")
+    ap.add_argument("--bundle-name", default=None,
+                    help="also write a random text encoder and manifest.json: a bundle the plugin loads")
+    ap.add_argument("--text-len", type=int, default=512, help="text tokens of the bundle (Wan: 512)")
+    ap.add_argument("--graphs", default=",".join(WAN_GRAPHS),
+                    help="export only these graphs (run one process per graph to export in parallel)")
+    ap.add_argument("--manifest-only", action="store_true",
+                    help="with --bundle-name: write the text encoder and manifest for graphs already exported")
     a = ap.parse_args()
+    local = None
+    if a.local_window:
+        if not a.custom_attention:
+            ap.error("--local-window needs --custom-attention")
+        local = tuple(int(v) for v in a.local_window.split(","))
     if a.tiny:
         wan = tiny_wan()
     elif a.wan13_dims:
@@ -246,7 +368,18 @@ def main():
     else:
         from diffusers import WanTransformer3DModel
         wan = WanTransformer3DModel.from_pretrained(a.model, subfolder=a.subfolder, torch_dtype=torch.float32).eval()
-    paths = export_wan(wan, a.out, a.motion_block, a.custom_attention)
+    wan = to_dtype(wan, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype])
+    graphs = [g for g in a.graphs.split(",") if g]
+    if any(g not in WAN_GRAPHS for g in graphs):
+        ap.error(f"--graphs: choose from {','.join(WAN_GRAPHS)}")
+    paths = {} if a.manifest_only else export_wan(wan, a.out, a.motion_block, a.custom_attention, local, graphs)
+    if a.bundle_name and (a.manifest_only or len(graphs) == len(WAN_GRAPHS)):
+        random_text_encoder(os.path.join(a.out, "text_encoder.onnx"), wan.config.text_dim)
+        desc = (f"Random-initialised WanTransformer3DModel, {wan.config.num_layers} blocks, "
+                f"{a.dtype} weights, for timing only (bench/wan); text: a random embedding table.")
+        write_wan_manifest(wan, a.out, a.bundle_name, desc, a.motion_block, a.text_len, a.dtype,
+                           a.custom_attention, local)
+        print("wrote bundle", a.out)
     if a.custom_attention:
         import onnx
         for k, p in paths.items():

@@ -139,6 +139,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether the latent is the video itself (what the VIDEO nodes need).
+    pub fn is_pixel_space(&self) -> bool {
+        self.latent.kind == "pixels"
+    }
+
     /// A number from `defaults`, or `fallback`.
     pub fn default_f64(&self, key: &str, fallback: f64) -> f64 {
         self.defaults
@@ -249,9 +254,11 @@ impl Bundle {
                 manifest.format_version
             )));
         }
-        if manifest.latent.kind != "pixels" {
+        // "vae": a VAE latent whose VAE is not in the bundle (exported Wan bundles): the
+        // library samples it from a latent; the VIDEO nodes refuse it (see `is_pixel_space`).
+        if manifest.latent.kind != "pixels" && manifest.latent.kind != "vae" {
             return Err(bad(format!(
-                "latent kind '{}' is not supported (this plugin runs pixel-space bundles)",
+                "latent kind '{}' is not supported ('pixels', or 'vae' for latent-only bundles)",
                 manifest.latent.kind
             )));
         }

@@ -55,6 +55,10 @@ pub type CancelCheck<'a> = &'a (dyn Fn() -> bool + Sync);
 struct Graph {
     file: PathBuf,
     session: Mutex<Session>,
+    /// Give the device memory the run's arena grew by back at the end of each run: every graph
+    /// has its own arena, and at Wan scale the gradient graph's activations (tens of GB) left
+    /// in its arena starve the denoiser's.
+    shrink_arena: bool,
 }
 
 /// A model bundle with its sessions.
@@ -102,8 +106,11 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
             builder = builder.with_intra_threads(n)?;
         }
         if device == Device::Cuda {
-            builder = builder
-                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
+            // Arena blocks sized as requested: the default doubles each extension, which at
+            // Wan scale (multi-GB activations) wastes tens of GB and runs out of memory.
+            let cuda = ort::ep::CUDA::default()
+                .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+            builder = builder.with_execution_providers([cuda.build().error_on_failure()])?;
         }
         builder.commit_from_file(path)
     };
@@ -168,6 +175,7 @@ impl DitModel {
                     Graph {
                         file: path,
                         session: Mutex::new(session),
+                        shrink_arena: device == Device::Cuda,
                     },
                 );
             }
@@ -213,7 +221,12 @@ impl DitModel {
         if cancel() {
             return Err(ModelError::Cancelled);
         }
-        let options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
+        let mut options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
+        if graph.shrink_arena {
+            options
+                .set("memory.enable_memory_arena_shrinkage", "gpu:0")
+                .map_err(|e| onnx(e.to_string()))?;
+        }
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(inputs.len());
         for (name, input) in &inputs {

@@ -67,6 +67,16 @@ impl Node for GradientCachedSampler {
         }
         let model = &handle.model;
         let m = model.manifest();
+        if !m.is_pixel_space() {
+            // The node's VIDEO output (and a VIDEO reference) need the bundle's VAE.
+            return Err(NodeError::input(
+                "model",
+                format!(
+                    "bundle '{}' has a '{}' latent and ships no VAE, so this node cannot make its video; such bundles run through the library (bench/wan)",
+                    m.name, m.latent.kind
+                ),
+            ));
+        }
         let (shape, latent, fps) = match (inputs.has("reference"), inputs.has("reference_latent")) {
             (true, false) => {
                 let v = inputs.video("reference")?;

@@ -65,6 +65,8 @@ pub struct SampleStats {
     /// Set when guidance was stopped because a loss or gradient was not finite.
     pub stopped_on_nan: Option<String>,
     pub wall_s: f64,
+    /// Of `wall_s`, the seconds spent in guidance (reference AMF, real gradients, optimiser).
+    pub guidance_s: f64,
 }
 
 /// A progress report: `step` of `total` units (denoising steps plus inner steps).
@@ -223,7 +225,9 @@ pub fn sample(
                     message: msg,
                 });
             };
+            let guiding = std::time::Instant::now();
             guide.optimise(&mut x, &ctx, &mut stats, &mut inner_progress, cancel)?;
+            stats.guidance_s += guiding.elapsed().as_secs_f64();
             done_units += inner as u64;
         }
         // Classifier-free guidance: conditional and unconditional in one batch.

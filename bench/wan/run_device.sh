@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The Wan2.1-1.3B-scale benchmark on the GPU test host (bench/wan/README.md).
+#
+#   bench/wan/run_device.sh all                 # everything below, in order (one command)
+#   bench/wan/run_device.sh exports             # the dense and the local (1,7) bundle, in parallel
+#   bench/wan/run_device.sh export NAME [T,S]   # random Wan-1.3B-dims bundle -> $WORK/NAME
+#                                               # (T,S: local-window attention inside the DiT)
+#   bench/wan/run_device.sh ours NAME MODES [TAG]
+#   bench/wan/run_device.sh torch MODES
+#   bench/wan/run_device.sh peak | table
+#
+# Needs, in the checkout: the bench binary in .bbin/ (cargo build --release -p fastvmt-wan-bench),
+# ONNX Runtime's CUDA provider unpacked in /opt/ortgpu (../shared/device/stage-ort-gpu.sh), and
+# the diffusers wheel in .whl/ (the host has torch but not diffusers).
+# Settings: PRESET=small (default: 10 steps, guidance on the first 2 with 10 inner steps) or
+# full (FastVMT's 50 steps, guidance on the first 10); FRAMES/HEIGHT/WIDTH of the latent
+# (default 21 x 60 x 104: 81 frames of 480x832, 32,760 tokens); LAYERS (30); DTYPE (fp16);
+# MOTION, the motion block (14, FastVMT's).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${WORK:-/tmp/wanbench}
+RES=$WORK/results   # kept across calls while the host stays warm; copied to $OUT after each
+LOGS=$WORK/logs
+PRESET=${PRESET:-small}
+FRAMES=${FRAMES:-21} HEIGHT=${HEIGHT:-60} WIDTH=${WIDTH:-104}
+LAYERS=${LAYERS:-30} DTYPE=${DTYPE:-fp16} MOTION=${MOTION:-14}
+case $PRESET in
+  small) STEPS=10 ;;
+  full) STEPS=50 ;;
+  *) echo "PRESET=$PRESET: use small or full" >&2; exit 2 ;;
+esac
+COMMON=(--frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps "$STEPS"
+        --guided-fraction 0.2 --inner-steps 10 --reuse-interval 3)
+mkdir -p "$WORK" "$RES" "$LOGS"
+export PYTHONUNBUFFERED=1
+trap '[ -n "${OUT:-}" ] && cp "$RES"/* "$OUT"/ 2>/dev/null; true' EXIT
+
+python_env() {
+  if [ -d "$ROOT/.whl" ] && [ ! -d /tmp/site/diffusers ] && ! python3 -c 'import diffusers' 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$ROOT"/.whl/*.whl
+  fi
+  export PYTHONPATH=/tmp/site:$ROOT/onnx${PYTHONPATH:+:$PYTHONPATH}
+}
+
+ort_env() {
+  local lib
+  lib=$(ls /opt/ortgpu/libonnxruntime.so.* 2>/dev/null | head -1) || true
+  [ -n "$lib" ] || { echo "ONNX Runtime's CUDA provider is not in /opt/ortgpu (see this script's header)" >&2; exit 1; }
+  export ORT_DYLIB_PATH=$lib LD_LIBRARY_PATH=/opt/ortgpu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+}
+
+do_export() {
+  local name=$1 window=${2:-}
+  python_env
+  local args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-attention
+              --bundle-name "$name" --out "$WORK/$name")
+  [ -n "$window" ] && args+=(--local-window "$window")
+  local t0=$SECONDS pids=() g
+  # One process per graph: the exporter is single-threaded and the host has cores to spare.
+  for g in denoiser guidance_head guidance_grad; do
+    (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.export_wan "${args[@]}" --graphs $g > "$LOGS/export-$name-$g.log" 2>&1) &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || { tail -20 "$LOGS"/export-"$name"-*.log; exit 1; }; done
+  (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.export_wan "${args[@]}" --manifest-only)
+  echo "export $name: $((SECONDS - t0)) s"; du -sh "$WORK/$name"
+}
+
+do_ours() {
+  local name=$1 modes=$2 tag=${3:-}
+  ort_env
+  "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda --modes "$modes" \
+    --tag="$tag" "${COMMON[@]}" --out "$RES/ours-$name$tag.json"
+}
+
+do_torch() {
+  python_env
+  python3 "$ROOT/bench/wan/torch_reference.py" --modes "$1" --layers "$LAYERS" --dtype bf16 --motion-block "$MOTION" \
+    --device cuda --text-len 512 "${COMMON[@]}" --out "$RES/torch.json"
+}
+
+do_peak() {  # the card's bf16 matrix-product rate, for the floor
+  python3 - "$RES/peak.json" <<'PY'
+import json, sys, torch
+a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+for _ in range(3): a @ b
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20): a @ b
+e.record(); torch.cuda.synchronize()
+tf = 2 * 8192 ** 3 * 20 / (s.elapsed_time(e) / 1e3) / 1e12
+json.dump({"bf16_tflops": round(tf, 1)}, open(sys.argv[1], "w")); print(f"bf16 matmul: {tf:.0f} TFLOP/s")
+PY
+}
+
+do_table() {
+  python3 "$ROOT/bench/wan/table.py" "$RES" | tee "$RES/table.md"
+}
+
+case ${1:-} in
+  export) do_export "$2" "${3:-}" ;;
+  exports)  # the dense and the local-window bundle side by side
+    python_env
+    do_export wan13-dense & a=$!
+    do_export wan13-local 1,7 & b=$!
+    wait $a && wait $b ;;
+  ours) do_ours "$2" "$3" "${4:-}" ;;
+  torch) do_torch "$2" ;;
+  table) do_table ;;
+  peak) do_peak ;;
+  all)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/card.txt"
+    do_peak
+    python_env
+    do_export wan13-dense & a=$!
+    do_export wan13-local 1,7 & b=$!
+    wait $a && wait $b
+    do_ours wan13-dense none,ditflow,fastvmt,adaptive
+    do_ours wan13-local none,fastvmt,adaptive -local
+    do_torch none,ditflow,fastvmt
+    do_table ;;
+  *) sed -n 2,17p "$0"; exit 2 ;;
+esac
