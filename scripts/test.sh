@@ -12,7 +12,7 @@ echo "== cargo test (workspace)"
 cargo test --workspace --all-targets
 
 echo "== pytest (harness, onnx tools)"
-python3 -m pytest -q harness/tests onnx/tests
+python3 -m pytest -q harness/tests onnx/tests bench/wan/tests
 
 # ---- Graph editor: page build check and end-to-end test in headless Chromium ------------
 # Installs what it needs when missing: Debian's chromium and Node.js, and the page's npm

@@ -8,6 +8,8 @@
 #   bench/wan/run_device.sh ours NAME MODES [TAG]
 #   bench/wan/run_device.sh torch MODES
 #   bench/wan/run_device.sh peak | table
+#   bench/wan/run_device.sh arenas NAME MODES   # FASTVMT_CUDA_ARENA=shrink|shared|keep side by side
+#   bench/wan/run_device.sh profile NAME        # ONNX Runtime's per-node trace, summed
 #
 # Needs, in the checkout: the bench binary in .bbin/ (cargo build --release -p fastvmt-wan-bench),
 # ONNX Runtime's CUDA provider unpacked in /opt/ortgpu (../shared/device/stage-ort-gpu.sh), and
@@ -94,6 +96,24 @@ json.dump({"bf16_tflops": round(tf, 1)}, open(sys.argv[1], "w")); print(f"bf16 m
 PY
 }
 
+do_arenas() {  # the CUDA arena policies side by side (plugin/src/runtime/cuda_arena.rs)
+  local name=$1 modes=$2 policy
+  for policy in shrink shared keep; do
+    FASTVMT_CUDA_ARENA=$policy do_ours "$name" "$modes" "-$policy" || echo "arena $policy failed (above)"
+  done
+}
+
+do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op and provider
+  local name=$1
+  ort_env
+  rm -f "$LOGS"/prof_*
+  FASTVMT_ORT_PROFILE="$LOGS/prof_" "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda \
+    --modes fastvmt --frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps 2 --guided-fraction 0.5 \
+    --no-warmup --out "$LOGS/profile-run.json"
+  python3 "$ROOT/bench/wan/profile_summary.py" "$LOGS"/prof_denoiser_*.json "$LOGS"/prof_guidance_*.json \
+    | tee "$RES/profile-$name.txt"
+}
+
 do_table() {
   python3 "$ROOT/bench/wan/table.py" "$RES" | tee "$RES/table.md"
 }
@@ -108,6 +128,8 @@ case ${1:-} in
   ours) do_ours "$2" "$3" "${4:-}" ;;
   torch) do_torch "$2" ;;
   table) do_table ;;
+  arenas) do_arenas "$2" "$3" ;;
+  profile) do_profile "$2" ;;
   peak) do_peak ;;
   all)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/card.txt"

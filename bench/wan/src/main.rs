@@ -288,12 +288,21 @@ fn main() -> Result<()> {
             st.cached_steps,
             peak.map_or("-".into(), |p| format!("{p:.1} GiB"))
         );
+        if st.guidance_s > 0.0 {
+            eprintln!(
+                "  guidance: {:.2} s in the guidance graphs, {:.2} s in the AMF kernels, {:.2} s other host work",
+                st.guidance_model_s,
+                st.guidance_amf_s,
+                st.guidance_s - st.guidance_model_s - st.guidance_amf_s
+            );
+        }
         if let Some(why) = &st.stopped_on_nan {
             eprintln!("  warning: {why}");
         }
         rows.push(json!({
             "pipeline": "ours", "mode": format!("{}{}", mode.name(), args.tag),
             "wall_s": st.wall_s, "guidance_s": st.guidance_s, "denoise_s": st.wall_s - st.guidance_s,
+            "guidance_model_s": st.guidance_model_s, "guidance_amf_s": st.guidance_amf_s,
             "denoiser_passes": st.denoiser_passes, "real_forward": st.real_forward,
             "real_backward": st.real_backward, "cached_steps": st.cached_steps,
             "guided_steps": st.guided_steps, "peak_mem_gib": peak,
@@ -307,7 +316,16 @@ fn main() -> Result<()> {
             spatial_radius,
         } => Some([temporal_radius, spatial_radius]),
     };
+    if std::env::var_os("FASTVMT_ORT_PROFILE").is_some() {
+        for file in model.end_profiling()? {
+            eprintln!("ONNX Runtime profile: {}", file.display());
+        }
+    }
+    let arena = fastvmt_plugin::runtime::cuda_arena::ArenaPolicy::from_env()
+        .map_err(anyhow::Error::msg)?
+        .name();
     let doc = json!({
+        "cuda_arena": arena,
         "bundle": args.bundle.display().to_string(), "model": m.name, "blocks": m.blocks,
         "attention": format!("{:?}", m.attention), "device": device.name(), "load_s": load_s,
         "latent": shape, "tokens": rope.tokens, "steps": args.steps,

@@ -13,6 +13,7 @@ use ort::value::TensorRef;
 
 use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
 use super::{rope, tokenizer};
+use crate::runtime::cuda_arena::{self, ArenaPolicy};
 use crate::runtime::{attention_ops, ort_env};
 
 /// Where the DiT runs.
@@ -55,9 +56,8 @@ pub type CancelCheck<'a> = &'a (dyn Fn() -> bool + Sync);
 struct Graph {
     file: PathBuf,
     session: Mutex<Session>,
-    /// Give the device memory the run's arena grew by back at the end of each run: every graph
-    /// has its own arena, and at Wan scale the gradient graph's activations (tens of GB) left
-    /// in its arena starve the denoiser's.
+    /// Give the device memory the run's arena grew by back at the end of each run
+    /// (`FASTVMT_CUDA_ARENA=shrink`, see [`cuda_arena`]).
     shrink_arena: bool,
 }
 
@@ -90,12 +90,30 @@ fn intra_threads() -> Option<usize> {
         .filter(|&n| n > 0)
 }
 
-fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session, ModelError> {
+/// A session and whether its runs shrink their arena (see [`cuda_arena`]).
+fn open_session(
+    path: &Path,
+    role: &GraphRole,
+    device: Device,
+) -> Result<(Session, bool), ModelError> {
     let (env, _) = ort_env::environment().map_err(|e| ModelError::Runtime(e.to_string()))?;
     let onnx = |message: String| ModelError::Onnx {
         file: path.to_path_buf(),
         message,
     };
+    let policy = match device {
+        Device::Cuda => ArenaPolicy::from_env().map_err(ModelError::Runtime)?,
+        Device::Cpu => ArenaPolicy::Keep,
+    };
+    let shared = policy == ArenaPolicy::Shared
+        && match cuda_arena::register_shared(env) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!("fastvmt: FASTVMT_CUDA_ARENA=shared unavailable ({why}); shrinking each session's arena instead");
+                false
+            }
+        };
+    let shrink = policy == ArenaPolicy::Shrink || (policy == ArenaPolicy::Shared && !shared);
     let build = || -> ort::Result<Session> {
         // The fused attention operators (fastvmt.Attention / AttentionGrad, CPU and CUDA
         // variants) on every session; graphs without them are unaffected. Sessions with the
@@ -105,12 +123,22 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
         if let Some(n) = intra_threads() {
             builder = builder.with_intra_threads(n)?;
         }
+        // `FASTVMT_ORT_PROFILE=PREFIX`: ONNX Runtime's per-node trace (op, provider, time) to
+        // PREFIX<graph>_<date>.json; `bench/wan/profile_summary.py` sums it.
+        if let Some(prefix) = std::env::var_os("FASTVMT_ORT_PROFILE") {
+            let mut file = prefix;
+            file.push(role.key);
+            builder = builder.with_profiling(file)?;
+        }
         if device == Device::Cuda {
             // Arena blocks sized as requested: the default doubles each extension, which at
             // Wan scale (multi-GB activations) wastes tens of GB and runs out of memory.
             let cuda = ort::ep::CUDA::default()
                 .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
             builder = builder.with_execution_providers([cuda.build().error_on_failure()])?;
+            if shared {
+                builder = builder.with_env_allocators()?;
+            }
         }
         builder.commit_from_file(path)
     };
@@ -118,7 +146,7 @@ fn open_session(path: &Path, role: &GraphRole, device: Device) -> Result<Session
     // The graph must take and give what the plugin feeds and reads, with the right ranks.
     check_outlets("input", session.inputs(), role.inputs).map_err(onnx)?;
     check_outlets("output", session.outputs(), role.outputs).map_err(onnx)?;
-    Ok(session)
+    Ok((session, shrink))
 }
 
 /// Loaded models by (bundle folder, device): one set of sessions per process.
@@ -169,13 +197,13 @@ impl DitModel {
         let mut graphs: HashMap<&str, Graph> = HashMap::new();
         for role in ROLES.iter() {
             if let Some(path) = bundle.path(role.key) {
-                let session = open_session(&path, role, device)?;
+                let (session, shrink_arena) = open_session(&path, role, device)?;
                 graphs.insert(
                     role.key,
                     Graph {
                         file: path,
                         session: Mutex::new(session),
-                        shrink_arena: device == Device::Cuda,
+                        shrink_arena,
                     },
                 );
             }
@@ -201,6 +229,31 @@ impl DitModel {
 
     pub fn manifest(&self) -> &super::Manifest {
         &self.bundle.manifest
+    }
+
+    /// Ends ONNX Runtime's profiling (`FASTVMT_ORT_PROFILE`) on every session, writing the
+    /// traces now (the sessions live for the whole process); returns the files written.
+    pub fn end_profiling(&self) -> Result<Vec<PathBuf>, ModelError> {
+        let mut files = Vec::new();
+        for graph in [
+            Some(&self.text_encoder),
+            Some(&self.denoiser),
+            self.guidance_head.as_ref(),
+            self.guidance_grad.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
+            let file = session.end_profiling().map_err(|e| ModelError::Onnx {
+                file: graph.file.clone(),
+                message: format!("ending the profile: {e}"),
+            })?;
+            if !file.is_empty() {
+                files.push(PathBuf::from(file));
+            }
+        }
+        Ok(files)
     }
 
     pub fn has_guidance(&self) -> bool {

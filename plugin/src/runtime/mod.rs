@@ -1,6 +1,7 @@
 //! What the nodes run on: ONNX Runtime set-up and the machine report.
 
 pub mod attention_ops;
+pub mod cuda_arena;
 pub mod diagnostics;
 pub mod ort_env;
 

@@ -27,6 +27,8 @@ use fastvmt_kernels::{
     amf_loss_and_grad, compute_amf, AmfField, AmfSpec, Backend, KeyWindow, LossAndGrad, LossSpec,
     PairSet, PairWeights, Readout, WindowCentre,
 };
+use std::time::Instant;
+
 use half::{bf16, f16};
 
 use super::adamw::AdamW;
@@ -308,6 +310,7 @@ impl<'m> Guide<'m> {
             .zip(ctx.ref_noise)
             .map(|(r, e)| (1.0 - rt) * r + rt * e)
             .collect();
+        let timer = Instant::now();
         let (q, k) = self.model.guidance_qk(
             &Latent {
                 shape: *ctx.shape,
@@ -319,7 +322,11 @@ impl<'m> Guide<'m> {
             cancel,
         )?;
         stats.real_forward += 1;
-        Ok(self.amf(&q, &k)?)
+        stats.guidance_model_s += timer.elapsed().as_secs_f64();
+        let timer = Instant::now();
+        let field = self.amf(&q, &k)?;
+        stats.guidance_amf_s += timer.elapsed().as_secs_f64();
+        Ok(field)
     }
 
     /// A real gradient: guidance-head forward, AMF loss and its gradient, VJP to the latent.
@@ -335,11 +342,16 @@ impl<'m> Guide<'m> {
             shape: *ctx.shape,
             data: x,
         };
+        let timer = Instant::now();
         let (q, k) = self
             .model
             .guidance_qk(&latent, &[ctx.t], ctx.text, self.rope, cancel)?;
         stats.real_forward += 1;
+        stats.guidance_model_s += timer.elapsed().as_secs_f64();
+        let timer = Instant::now();
         let lg = self.loss_grad(&q, &k, reference)?;
+        stats.guidance_amf_s += timer.elapsed().as_secs_f64();
+        let timer = Instant::now();
         let dx = self.model.guidance_grad(
             &latent,
             &[ctx.t],
@@ -350,6 +362,7 @@ impl<'m> Guide<'m> {
             cancel,
         )?;
         stats.real_backward += 1;
+        stats.guidance_model_s += timer.elapsed().as_secs_f64();
         Ok((lg.loss, dx))
     }
 

@@ -67,6 +67,11 @@ pub struct SampleStats {
     pub wall_s: f64,
     /// Of `wall_s`, the seconds spent in guidance (reference AMF, real gradients, optimiser).
     pub guidance_s: f64,
+    /// Of `guidance_s`: inside the guidance graphs (head and gradient runs, with their
+    /// host/device copies) and inside the AMF kernels (with the Q/K conversion and copies);
+    /// the rest is host work between them (optimiser, checks).
+    pub guidance_model_s: f64,
+    pub guidance_amf_s: f64,
 }
 
 /// A progress report: `step` of `total` units (denoising steps plus inner steps).

@@ -1,0 +1,133 @@
+//! The benchmark's Wan route at test size, on CPU: the tiny Wan bundle exported exactly as the
+//! benchmark exports Wan2.1-1.3B (fp16 weights, local-window custom attention, random text
+//! encoder, 'vae' latent; `onnx/scripts/make_wan_tiny_fixture.py`) matches the PyTorch model
+//! it came from, and the benchmark binary runs every mode with the schedule's pass counts.
+
+use std::path::{Path, PathBuf};
+
+use fastvmt_plugin::model::dit::Latent;
+use fastvmt_plugin::model::{Device, DitModel};
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan-tiny")
+}
+
+fn vector(name: &str) -> (Vec<usize>, Vec<f32>) {
+    let dir = fixture().join("vectors");
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
+    let shape: Vec<usize> = index[name]
+        .as_array()
+        .unwrap_or_else(|| panic!("no vector {name}"))
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let bytes = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>(), "{name}");
+    (shape, data)
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (g, w) in got.iter().zip(want) {
+        num += (*g as f64 - *w as f64).powi(2);
+        den += (*w as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn tiny_wan_bundle_matches_pytorch_on_cpu() {
+    let model = DitModel::load(&fixture(), Device::Cpu).expect("the fixture bundle loads");
+    let m = model.manifest();
+    assert!(!m.is_pixel_space(), "a Wan bundle's latent is a VAE latent");
+    let never = || false;
+    let (xs, x) = vector("x");
+    let (_, t) = vector("t");
+    let (_, text) = vector("text");
+    let latent = Latent {
+        shape: [xs[0], xs[1], xs[2], xs[3], xs[4]],
+        data: &x,
+    };
+    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
+    let v = model.velocity(&latent, &t, &text, &rope, &never).unwrap();
+    let (q, k) = model
+        .guidance_qk(&latent, &t, &text, &rope, &never)
+        .unwrap();
+    let (_, dq) = vector("dq");
+    let (_, dk) = vector("dk");
+    let dx = model
+        .guidance_grad(&latent, &t, &text, &rope, &dq, &dk, &never)
+        .unwrap();
+    // fp16 weights and activations on both sides, different kernels: measured 7e-4 to 8e-4.
+    for (name, got) in [("velocity", &v), ("q", &q), ("k", &k), ("dx", &dx)] {
+        let err = rel_err(got, &vector(name).1);
+        eprintln!("{name}: relative error {err:.2e}");
+        assert!(err < 5e-3, "{name}: relative error {err:.3e} vs PyTorch");
+    }
+}
+
+#[test]
+fn bench_binary_runs_every_mode_with_the_schedule_pass_counts() {
+    let out = std::env::temp_dir().join(format!("fastvmt-wan-bench-{}.json", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fastvmt-wan-bench"))
+        .args(["--bundle", fixture().to_str().unwrap(), "--device", "cpu"])
+        .args([
+            "--frames", "4", "--height", "8", "--width", "10", "--steps", "5",
+        ])
+        .args([
+            "--radius",
+            "2",
+            "--temporal-window",
+            "3",
+            "--amf-precision",
+            "f32",
+        ])
+        .args(["--modes", "none,ditflow,fastvmt,adaptive", "--out"])
+        .arg(&out)
+        .status()
+        .expect("the bench binary starts");
+    assert!(status.success());
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out);
+    let row = |mode: &str| {
+        doc["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no row {mode}"))
+            .clone()
+    };
+    let counts = |mode: &str| {
+        let r = row(mode);
+        assert!(r["nonfinite"].is_null(), "{mode}: {}", r["nonfinite"]);
+        assert!(r["wall_s"].as_f64().unwrap() > 0.0);
+        [
+            "denoiser_passes",
+            "real_forward",
+            "real_backward",
+            "cached_steps",
+        ]
+        .map(|k| r[k].as_u64().unwrap())
+    };
+    // 5 steps, 20 % guided = 1 guided step of 10 inner steps; each guided step adds one
+    // reference-AMF forward.
+    assert_eq!(counts("none"), [5, 0, 0, 0]);
+    assert_eq!(counts("ditflow"), [5, 11, 10, 0]);
+    assert_eq!(counts("fastvmt"), [5, 5, 4, 6]);
+    let adaptive = counts("adaptive");
+    assert!(
+        adaptive[2] <= 4 && adaptive[2] >= 1,
+        "adaptive: {adaptive:?}"
+    );
+    assert_eq!(adaptive[2] as usize + adaptive[3] as usize, 10);
+    assert_eq!(doc["tokens"], 80);
+    assert_eq!(doc["window"], serde_json::json!([1, 1]));
+}
