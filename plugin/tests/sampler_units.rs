@@ -82,3 +82,31 @@ fn video_and_latent_layouts_round_trip() {
         assert!((a - b).abs() < 1e-6);
     }
 }
+
+#[test]
+fn out_of_memory_messages_are_recognised_and_named() {
+    use fastvmt_plugin::sampler::{is_out_of_memory, SampleError};
+    // The message the H100 run produced when the denoiser's arena could not grow.
+    assert!(is_out_of_memory("/tmp/wanbench/wan13-dense/denoiser.onnx: Non-zero status code returned while running Add node. Name:'node_linear_14' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate memory for requested buffer of size 1174118400"));
+    assert!(is_out_of_memory("CUDA failure 2: out of memory ; GPU=0"));
+    assert!(is_out_of_memory("driver error: CUDA_ERROR_OUT_OF_MEMORY"));
+    assert!(!is_out_of_memory("input 'x' has rank 4, expected 5"));
+    assert!(!is_out_of_memory("cancelled"));
+    let e = SampleError::OutOfMemory {
+        device: "cuda",
+        mode: "ditflow",
+        shape: "1x16x21x60x104".into(),
+        tokens: 32760,
+        detail: "denoiser.onnx: Failed to allocate memory".into(),
+    };
+    let text = e.to_string();
+    for part in [
+        "cuda",
+        "'ditflow'",
+        "1x16x21x60x104",
+        "32760 tokens",
+        "denoiser.onnx",
+    ] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+}

@@ -266,15 +266,23 @@ fn main() -> Result<()> {
         if let Some(w) = &watch {
             w.take_peak_gib();
         }
-        let out = sampler::sample(
+        let out = match sampler::sample(
             &model,
             (&shape, &reference),
             &prompts,
             &s,
             &mut |_| {},
             &never,
-        )
-        .with_context(|| format!("mode {}", mode.name()))?;
+        ) {
+            Ok(out) => out,
+            // A mode that does not fit is a row of the table, not the end of the run.
+            Err(e @ sampler::SampleError::OutOfMemory { .. }) => {
+                eprintln!("{}{}: {e}", mode.name(), args.tag);
+                rows.push(json!({"pipeline": "ours", "mode": format!("{}{}", mode.name(), args.tag), "failed": e.to_string()}));
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("mode {}", mode.name())),
+        };
         let st = &out.stats;
         let peak = watch.as_ref().map(|w| w.take_peak_gib());
         eprintln!(

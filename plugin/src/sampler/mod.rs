@@ -104,6 +104,57 @@ pub enum SampleError {
     },
     #[error("AMF kernel: {0}")]
     Kernel(#[from] fastvmt_kernels::KernelError),
+    /// The job does not fit the device's memory (the model and host go on; a smaller job can
+    /// run next).
+    #[error("out of {device} memory in mode '{mode}' with a latent of {shape} ({tokens} tokens): {detail}. Use fewer frames or a smaller size (or FASTVMT_CUDA_ARENA=shrink if it was changed)")]
+    OutOfMemory {
+        device: &'static str,
+        mode: &'static str,
+        shape: String,
+        tokens: usize,
+        detail: String,
+    },
+}
+
+/// Whether an ONNX Runtime or CUDA error message reports exhausted memory (the BFC arena's
+/// "Failed to allocate memory", CUDA's "out of memory", the driver's `CUDA_ERROR_OUT_OF_MEMORY`,
+/// a C++ `bad_alloc`).
+pub fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("failed to allocate memory")
+        || m.contains("out of memory")
+        || m.contains("out_of_memory")
+        || m.contains("bad_alloc")
+}
+
+/// Turns an out-of-memory failure into [`SampleError::OutOfMemory`] naming the job.
+fn name_out_of_memory(
+    e: SampleError,
+    model: &DitModel,
+    settings: &SampleSettings,
+    shape: &[usize; 5],
+) -> SampleError {
+    let detail = match &e {
+        SampleError::Model(m @ ModelError::Onnx { .. }) => m.to_string(),
+        SampleError::Kernel(k) => format!("AMF kernel: {k}"),
+        _ => return e,
+    };
+    if !is_out_of_memory(&detail) {
+        return e;
+    }
+    let [pt, ph, pw] = model.manifest().patch_size;
+    let tokens = shape[2] / pt.max(1) * (shape[3] / ph.max(1)) * (shape[4] / pw.max(1));
+    SampleError::OutOfMemory {
+        device: model.device.name(),
+        mode: settings.guidance.mode.name(),
+        shape: shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x"),
+        tokens,
+        detail: detail.lines().next().unwrap_or_default().trim().to_string(),
+    }
 }
 
 fn gaussian(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -115,6 +166,18 @@ fn gaussian(rng: &mut StdRng, n: usize) -> Vec<f32> {
 /// `reference` is `[1, C, F, H, W]` in the model's space (-1..1). Guidance needs it; plain
 /// sampling uses it only for the shape (and as the start when `denoise < 1`).
 pub fn sample(
+    model: &DitModel,
+    reference: (&[usize; 5], &[f32]),
+    prompts: &PromptEmbeddings<'_>,
+    settings: &SampleSettings,
+    progress: &mut dyn FnMut(Progress<'_>),
+    cancel: CancelCheck<'_>,
+) -> Result<SampleOutput, SampleError> {
+    sample_job(model, reference, prompts, settings, progress, cancel)
+        .map_err(|e| name_out_of_memory(e, model, settings, reference.0))
+}
+
+fn sample_job(
     model: &DitModel,
     reference: (&[usize; 5], &[f32]),
     prompts: &PromptEmbeddings<'_>,
