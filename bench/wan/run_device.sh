@@ -10,6 +10,7 @@
 #   bench/wan/run_device.sh peak | table
 #   bench/wan/run_device.sh arenas NAME MODES   # FASTVMT_CUDA_ARENA=shrink|shared|keep side by side
 #   bench/wan/run_device.sh profile NAME        # ONNX Runtime's per-node trace, summed
+#   bench/wan/run_device.sh routes NAME MODES   # guidance_step (one run) vs the two-graph route
 #
 # Needs, in the checkout: the bench binary in .bbin/ (cargo build --release -p fastvmt-wan-bench),
 # ONNX Runtime's CUDA provider unpacked in /opt/ortgpu (../shared/device/stage-ort-gpu.sh), and
@@ -60,7 +61,7 @@ do_export() {
   [ -n "$window" ] && args+=(--local-window "$window")
   local t0=$SECONDS pids=() g
   # One process per graph: the exporter is single-threaded and the host has cores to spare.
-  for g in denoiser guidance_head guidance_grad; do
+  for g in denoiser guidance_head guidance_grad guidance_step; do
     (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.export_wan "${args[@]}" --graphs $g > "$LOGS/export-$name-$g.log" 2>&1) &
     pids+=($!)
   done
@@ -103,6 +104,14 @@ do_arenas() {  # the CUDA arena policies side by side (plugin/src/runtime/cuda_a
   done
 }
 
+do_routes() {  # a real gradient in one guidance_step run vs guidance_head + guidance_grad
+  local name=$1 modes=$2
+  do_ours "$name" "$modes" -step
+  ort_env
+  "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda --modes "$modes" --two-graph \
+    --tag=-twograph "${COMMON[@]}" --out "$RES/ours-$name-twograph.json"
+}
+
 do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op and provider
   local name=$1
   ort_env
@@ -130,6 +139,7 @@ case ${1:-} in
   table) do_table ;;
   arenas) do_arenas "$2" "$3" ;;
   profile) do_profile "$2" ;;
+  routes) do_routes "$2" "$3" ;;
   peak) do_peak ;;
   all)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/card.txt"

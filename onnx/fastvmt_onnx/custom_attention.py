@@ -171,6 +171,19 @@ def schemas():
     return fwd, bwd
 
 
+def grid_input(frames, height, width):
+    """The int64 [3] `grid` input from (frames, height, width): ints become constants, SymInts
+    (int64 scalar tensors inside the translation) are cast and concatenated."""
+    from onnxscript import opset18 as op
+    parts = []
+    for v in (frames, height, width):
+        if isinstance(v, int):
+            parts.append(op.Constant(value_ints=[v]))
+        else:
+            parts.append(op.Reshape(op.Cast(v, to=7), op.Constant(value_ints=[1])))
+    return op.Concat(*parts, axis=0)
+
+
 def translation_table():
     """custom_translation_table for torch.onnx.export: emits fastvmt.Attention / AttentionGrad.
 
@@ -184,15 +197,6 @@ def translation_table():
     opset = Opset(DOMAIN, VERSION)
     op_fwd = Op(opset, "Attention", s_fwd)
     op_bwd = Op(opset, "AttentionGrad", s_bwd)
-
-    def grid_input(frames, height, width):
-        parts = []
-        for v in (frames, height, width):
-            if isinstance(v, int):
-                parts.append(op.Constant(value_ints=[v]))
-            else:
-                parts.append(op.Reshape(op.Cast(v, to=7), op.Constant(value_ints=[1])))
-        return op.Concat(*parts, axis=0)
 
     def attrs(scale, tr, sr):
         a = {"scale": float(scale)}

@@ -28,7 +28,7 @@ SYM = {"x": ["B", 3, "F", "H", "W"], "t": ["B"], "text": ["B", "L", "D"], "token
        "rope_cos": ["N", "R"], "rope_sin": ["N", "R"], "q": ["B", "heads", "N", "head_dim"],
        "k": ["B", "heads", "N", "head_dim"], "dq": ["B", "heads", "N", "head_dim"],
        "dk": ["B", "heads", "N", "head_dim"], "dx": ["B", 3, "F", "H", "W"],
-       "velocity": ["B", 3, "F", "H", "W"]}
+       "velocity": ["B", 3, "F", "H", "W"], "reference": ["P", "S", 2], "amf_config": [8], "loss": [1]}
 
 
 def example_inputs(cfg: DiTConfig, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, with_grad=False):
@@ -90,13 +90,18 @@ def _fix_io_names(path, in_names, out_names, cfg: DiTConfig):
         onnx.checker.check_model(path)
 
 
-def export_graph(module, args, names_in, names_out, path, cfg, grad=False, custom_attention=False):
+def export_graph(module, args, names_in, names_out, path, cfg, grad=False, custom_attention=False,
+                 extra_translation=None):
+    """extra_translation: more custom_translation_table entries (e.g. amf_op's)."""
     module.eval()
     dyn = _dyn(names_in)
     kw = {}
+    table = dict(extra_translation or {})
     if custom_attention:
         from .custom_attention import translation_table
-        kw["custom_translation_table"] = translation_table()
+        table.update(translation_table())
+    if table:
+        kw["custom_translation_table"] = table
     if grad:
         from torch.export._trace import _export
         ep = _export(module, args, dynamic_shapes=dyn, strict=False, pre_dispatch=False)

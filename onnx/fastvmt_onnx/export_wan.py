@@ -126,8 +126,21 @@ class WanGraph(nn.Module):
         q, k, _ = self.self_qk(blk, h, mods, cos, sin)
         return q, k
 
+    def step(self, x, t, text, cos, sin, reference, amf_config):
+        """guidance_step: the AMF loss of x and dL/dx in one graph (amf_op.py)."""
+        from .amf_op import amf_loss_grad
+        dt = self.dtype
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            q, k = self.qk(x.to(dt), t, text.to(dt), cos, sin)
+            loss, dq, dk = amf_loss_grad(q.detach(), k.detach(), reference, amf_config, self.grid(x))
+            (dx,) = torch.autograd.grad((q, k), (x,), (dq.to(q.dtype), dk.to(k.dtype)))
+        return loss, dx
+
     def forward(self, x, t, text, rope_cos, rope_sin, dq=None, dk=None):
         dt = self.dtype
+        if self.mode == "guidance_step":
+            return self.step(x, t, text, rope_cos, rope_sin, dq, dk)  # dq, dk: reference, config
         if self.mode == "denoiser":
             return self.forward_all(x.to(dt), t, text.to(dt), rope_cos, rope_sin).float()
         if self.mode == "guidance_head":
@@ -190,7 +203,7 @@ def example(wan, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, grad=False, heads_n=None):
     return tuple(ins)
 
 
-WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad")
+WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad", "guidance_step")
 
 
 def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS):
@@ -223,6 +236,17 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
         paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
                                               base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
                                               stand, grad=True, custom_attention=custom_attention)
+    if "guidance_step" in graphs:
+        from .amf_op import CONFIG_LEN, translation_table as amf_table
+        x, t, text, cos, sin = example(wan)  # batch 2 keeps B symbolic; the plugin feeds 1
+        g = torch.Generator().manual_seed(3)
+        # 5 pairs of the example's 5 x 4 token frames; the sizes stay symbolic in the graph
+        reference = torch.randn(5, 20, 2, generator=g)
+        amf_config = torch.tensor([2.0, 0, 0, 0, 1.0, 1.0, -1.0, -1.0])[:CONFIG_LEN]
+        paths["guidance_step"] = export_graph(
+            WanGraph(wan, "guidance_step", motion_block), (x, t, text, cos, sin, reference, amf_config),
+            base + ["reference", "amf_config"], ["loss", "dx"], os.path.join(out_dir, "guidance_step.onnx"),
+            stand, grad=True, custom_attention=custom_attention, extra_translation=amf_table())
     SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = 3
     set_attention_impl("math")
     print(f"exported in {time.time() - t0:.0f}s")
@@ -261,8 +285,10 @@ def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, 
     hd = cfg.attention_head_dim
     dt, dh, dw = rope_axes_dim(hd)
     files = {}
-    for key in ("text_encoder", "denoiser", "guidance_head", "guidance_grad"):
+    for key in ("text_encoder", "denoiser", "guidance_head", "guidance_grad", "guidance_step"):
         p = os.path.join(out_dir, key + ".onnx")
+        if key == "guidance_step" and not os.path.exists(p):
+            continue  # optional: older exports and --graphs without it
         ins, outs = io_spec(p)
         files[key] = {"path": key + ".onnx", "sha256": sha256(p), "bytes": os.path.getsize(p),
                       "inputs": ins, "outputs": outs}
@@ -293,6 +319,9 @@ def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, 
         "defaults": defaults or {},
         "files": files,
     }
+    if "guidance_step" in files:
+        from .amf_op import DOMAIN as AMF_DOMAIN, VERSION as AMF_VERSION
+        man.setdefault("custom_ops", {})[AMF_DOMAIN] = AMF_VERSION
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)
     return man

@@ -263,6 +263,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
             },
             adaptive: fastvmt_plugin::sampler::ADAPTIVE_RULE,
             moving_threshold: None,
+            fused_step: true,
         },
     }
 }

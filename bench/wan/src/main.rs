@@ -67,6 +67,10 @@ struct Args {
     tag: String,
     #[arg(long)]
     no_warmup: bool,
+    /// Real gradients through guidance_head + guidance_grad even where the bundle has the
+    /// one-run guidance_step graph (to compare the two routes).
+    #[arg(long)]
+    two_graph: bool,
     #[arg(long)]
     out: PathBuf,
 }
@@ -158,6 +162,7 @@ fn settings(
             },
             adaptive: ADAPTIVE_RULE,
             moving_threshold: Some(FASTVMT_MOVING_THRESHOLD),
+            fused_step: !args.two_graph,
         },
     })
 }
@@ -341,7 +346,9 @@ fn main() -> Result<()> {
         "text_len": m.text.max_len, "motion_block": m.motion_block, "cfg": args.cfg,
         "guided_fraction": args.guided_fraction, "inner_steps": args.inner_steps,
         "reuse_interval": args.reuse_interval, "amf_precision": args.amf_precision,
-        "radius": args.radius, "temporal_window": args.temporal_window, "rows": rows,
+        "radius": args.radius, "temporal_window": args.temporal_window,
+        "gradient_route": if args.two_graph || !model.has_guidance_step() { "guidance_head + guidance_grad" } else { "guidance_step" },
+        "rows": rows,
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

@@ -74,8 +74,112 @@ fn tiny_wan_bundle_matches_pytorch_on_cpu() {
 }
 
 #[test]
-fn bench_binary_runs_every_mode_with_the_schedule_pass_counts() {
-    let out = std::env::temp_dir().join(format!("fastvmt-wan-bench-{}.json", std::process::id()));
+fn guidance_step_matches_the_two_graph_route() {
+    use fastvmt_kernels::{
+        amf_loss_and_grad, compute_amf, AmfSpec, Backend, KeyWindow, LossSpec, PairSet,
+        PairWeights, Readout, WindowCentre,
+    };
+    use fastvmt_plugin::runtime::amf_ops::OpConfig;
+    let model = DitModel::load(&fixture(), Device::Cpu).expect("the fixture bundle loads");
+    assert!(model.has_guidance_step());
+    let never = || false;
+    let (xs, x) = vector("x");
+    let (_, t) = vector("t");
+    let (_, text) = vector("text");
+    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
+    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
+    let (f, h, w) = rope.grid;
+    let m = model.manifest();
+    let spec = AmfSpec {
+        heads: m.heads,
+        frames: f,
+        grid_h: h,
+        grid_w: w,
+        head_dim: m.head_dim,
+        tau: 2.0,
+        pairs: PairSet::Forward { span: 3 },
+        window: KeyWindow::Local {
+            radius: 1,
+            centre: WindowCentre::Query,
+        },
+    };
+    let loss_spec = LossSpec {
+        pair_weights: PairWeights::LinearDecay {
+            first: 1.0,
+            last: 0.8,
+        },
+        moving_threshold: None,
+    };
+    // The reference: the AMF of another latent (the vectors' x in reverse order).
+    let other: Vec<f32> = x.iter().rev().copied().collect();
+    let (rq, rk) = model
+        .guidance_qk(
+            &Latent {
+                shape,
+                data: &other,
+            },
+            &t,
+            &text,
+            &rope,
+            &never,
+        )
+        .unwrap();
+    let reference = compute_amf(&Backend::Cpu, &rq, &rk, &spec, Readout::Argmax).unwrap();
+    // Two graphs: head, AMF on the host, VJP.
+    let latent = Latent { shape, data: &x };
+    let (q, k) = model
+        .guidance_qk(&latent, &t, &text, &rope, &never)
+        .unwrap();
+    let lg = amf_loss_and_grad(&Backend::Cpu, &q, &k, &spec, &reference, &loss_spec).unwrap();
+    let dx_two = model
+        .guidance_grad(&latent, &t, &text, &rope, &lg.dq, &lg.dk, &never)
+        .unwrap();
+    // One graph.
+    let config = OpConfig {
+        tau: 2.0,
+        span: 3,
+        radius: 1,
+        coarse_tiles: false,
+        weight_first: 1.0,
+        weight_last: 0.8,
+        moving_threshold: None,
+        cuda_device: None,
+    };
+    let (loss, dx_one) = model
+        .guidance_step(&latent, &t, &text, &rope, &reference.disp, &config, &never)
+        .unwrap();
+    assert!(
+        lg.loss > 0.0,
+        "a reference that differs gives a positive loss"
+    );
+    let loss_err = ((loss - lg.loss) / lg.loss).abs();
+    let dx_err = rel_err(&dx_one, &dx_two);
+    eprintln!(
+        "guidance_step vs two graphs: loss {loss} vs {} ({loss_err:.1e}), dx {dx_err:.1e}",
+        lg.loss
+    );
+    assert!(loss_err < 1e-4, "loss {loss} vs {}", lg.loss);
+    // Both are fp16 graphs that recompute the forward with their own node order: measured
+    // 1.2e-3, the size of either graph's difference from PyTorch (7e-4 to 8e-4).
+    assert!(dx_err < 5e-3, "dx relative error {dx_err:.3e}");
+    // A reference with a pair missing is refused by the operator, naming it.
+    let short = &reference.disp[..reference.disp.len() - 2 * h * w];
+    let err = model
+        .guidance_step(&latent, &t, &text, &rope, short, &config, &never)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("AmfLossGrad") && err.contains("reference"),
+        "{err}"
+    );
+}
+
+fn run_bench(extra: &[&str]) -> Value {
+    let out = std::env::temp_dir().join(format!(
+        "fastvmt-wan-bench-{}-{}.json",
+        std::process::id(),
+        extra.len()
+    ));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_fastvmt-wan-bench"))
         .args(["--bundle", fixture().to_str().unwrap(), "--device", "cpu"])
         .args([
@@ -91,11 +195,50 @@ fn bench_binary_runs_every_mode_with_the_schedule_pass_counts() {
         ])
         .args(["--modes", "none,ditflow,fastvmt,adaptive", "--out"])
         .arg(&out)
+        .args(extra)
         .status()
         .expect("the bench binary starts");
     assert!(status.success());
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let _ = std::fs::remove_file(&out);
+    doc
+}
+
+#[test]
+fn both_gradient_routes_give_the_same_run() {
+    let one = run_bench(&[]);
+    let two = run_bench(&["--two-graph"]);
+    assert_eq!(one["gradient_route"], "guidance_step");
+    assert_eq!(two["gradient_route"], "guidance_head + guidance_grad");
+    let (a_rows, b_rows) = (
+        one["rows"].as_array().unwrap(),
+        two["rows"].as_array().unwrap(),
+    );
+    assert_eq!(a_rows.len(), 4);
+    for (a, b) in a_rows.iter().zip(b_rows) {
+        assert_eq!(a["mode"], b["mode"]);
+        for key in [
+            "denoiser_passes",
+            "real_forward",
+            "real_backward",
+            "cached_steps",
+        ] {
+            assert_eq!(a[key], b[key], "{} {key}", a["mode"]);
+        }
+        if let (Some(x), Some(y)) = (a["final_loss"].as_f64(), b["final_loss"].as_f64()) {
+            assert!(
+                (x - y).abs() <= 1e-3 * y.abs().max(1e-6),
+                "{}: final loss {x} vs {y}",
+                a["mode"]
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_binary_runs_every_mode_with_the_schedule_pass_counts() {
+    let doc = run_bench(&[]);
+
     let row = |mode: &str| {
         doc["rows"]
             .as_array()

@@ -199,6 +199,7 @@ fn main() -> Result<()> {
                     },
                     moving_threshold: (args.moving_threshold > 0.0)
                         .then_some(args.moving_threshold),
+                    fused_step: true,
                 },
             };
             let out = sampler::sample(

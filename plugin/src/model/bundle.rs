@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::runtime::attention_ops;
+use crate::runtime::{amf_ops, attention_ops};
 
 pub const FORMAT: &str = "fastvmt-bundle";
 pub const FORMAT_VERSION: u32 = 1;
@@ -169,7 +169,7 @@ const DIT_INPUTS: [(&str, usize); 5] = [
     ("rope_sin", 2),
 ];
 
-pub const ROLES: [GraphRole; 4] = [
+pub const ROLES: [GraphRole; 5] = [
     GraphRole {
         key: "text_encoder",
         required: true,
@@ -201,6 +201,22 @@ pub const ROLES: [GraphRole; 4] = [
             ("dk", 4),
         ],
         outputs: &[("dx", 5)],
+    },
+    // One run per real gradient: forward to Q/K, the AMF loss (`fastvmt.amf.AmfLossGrad`,
+    // `runtime/amf_ops.rs`), backward to the latent. Optional; preferred when present.
+    GraphRole {
+        key: "guidance_step",
+        required: false,
+        inputs: &[
+            ("x", 5),
+            ("t", 1),
+            ("text", 3),
+            ("rope_cos", 2),
+            ("rope_sin", 2),
+            ("reference", 3),
+            ("amf_config", 1),
+        ],
+        outputs: &[("loss", 1), ("dx", 5)],
     },
 ];
 
@@ -316,7 +332,7 @@ impl Bundle {
                 BundleError::file(&path, format!("cannot read the ONNX opset imports: {e}"))
             })?;
             for (domain, version) in imports {
-                if domain == attention_ops::DOMAIN {
+                if CUSTOM_DOMAINS.iter().any(|(d, _)| *d == domain) {
                     check_custom_op_version(&domain, version).map_err(|why| {
                         BundleError::file(&path, format!("the graph asks for {why}"))
                     })?;
@@ -348,18 +364,26 @@ impl Bundle {
 
 /// Whether this plugin registers custom-op `domain` at `version`; the refusal names both the
 /// version asked for and the one available.
+/// The custom-operator domains this plugin registers, with their versions.
+const CUSTOM_DOMAINS: [(&str, u32); 2] = [
+    (attention_ops::DOMAIN, attention_ops::VERSION),
+    (amf_ops::DOMAIN, amf_ops::VERSION),
+];
+
 fn check_custom_op_version(domain: &str, version: i64) -> Result<(), String> {
-    if domain != attention_ops::DOMAIN {
+    let Some((_, have)) = CUSTOM_DOMAINS.iter().find(|(d, _)| *d == domain) else {
+        let known: Vec<String> = CUSTOM_DOMAINS
+            .iter()
+            .map(|(d, v)| format!("'{d}' version {v}"))
+            .collect();
         return Err(format!(
-            "custom operator domain '{domain}' version {version}, which this plugin does not have (it has '{}' version {})",
-            attention_ops::DOMAIN,
-            attention_ops::VERSION
+            "custom operator domain '{domain}' version {version}, which this plugin does not have (it has {})",
+            known.join(", ")
         ));
-    }
-    if version != i64::from(attention_ops::VERSION) {
+    };
+    if version != i64::from(*have) {
         return Err(format!(
-            "custom operator domain '{domain}' version {version}, but this plugin has version {}",
-            attention_ops::VERSION
+            "custom operator domain '{domain}' version {version}, but this plugin has version {have}"
         ));
     }
     Ok(())

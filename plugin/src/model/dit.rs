@@ -14,7 +14,7 @@ use ort::value::TensorRef;
 use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
 use super::{rope, tokenizer};
 use crate::runtime::cuda_arena::{self, ArenaPolicy};
-use crate::runtime::{attention_ops, ort_env};
+use crate::runtime::{amf_ops, attention_ops, ort_env};
 
 /// Where the DiT runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +69,7 @@ pub struct DitModel {
     denoiser: Graph,
     guidance_head: Option<Graph>,
     guidance_grad: Option<Graph>,
+    guidance_step: Option<Graph>,
     empty_text: OnceLock<Vec<f32>>,
 }
 
@@ -119,7 +120,9 @@ fn open_session(
         // variants) on every session; graphs without them are unaffected. Sessions with the
         // domain are created one at a time (see `attention_ops::registration_lock`).
         let _registering = attention_ops::registration_lock();
-        let mut builder = Session::builder(env)?.with_operators(attention_ops::domain()?)?;
+        let mut builder = Session::builder(env)?
+            .with_operators(attention_ops::domain()?)?
+            .with_operators(amf_ops::domain()?)?;
         if let Some(n) = intra_threads() {
             builder = builder.with_intra_threads(n)?;
         }
@@ -216,6 +219,7 @@ impl DitModel {
             denoiser: take(&mut graphs, "denoiser")?,
             guidance_head: graphs.remove("guidance_head"),
             guidance_grad: graphs.remove("guidance_grad"),
+            guidance_step: graphs.remove("guidance_step"),
             bundle,
             device,
             empty_text: OnceLock::new(),
@@ -240,6 +244,7 @@ impl DitModel {
             Some(&self.denoiser),
             self.guidance_head.as_ref(),
             self.guidance_grad.as_ref(),
+            self.guidance_step.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -254,6 +259,11 @@ impl DitModel {
             }
         }
         Ok(files)
+    }
+
+    /// Whether the bundle has the one-run gradient graph (`guidance_step`).
+    pub fn has_guidance_step(&self) -> bool {
+        self.guidance_step.is_some()
     }
 
     pub fn has_guidance(&self) -> bool {
@@ -514,6 +524,55 @@ impl DitModel {
         inputs.push(("dk", Input::F32(qk_shape, dk)));
         let out = Self::run(graph, inputs, &["dx"], cancel)?;
         Ok(out.into_iter().next().map(|o| o.data).unwrap_or_default())
+    }
+}
+
+impl DitModel {
+    /// One real gradient in one run of `guidance_step`: the AMF loss of `x` against
+    /// `reference` (the reference AMF for the pair set `config` names) and dL/dx.
+    #[allow(clippy::too_many_arguments)]
+    pub fn guidance_step(
+        &self,
+        x: &Latent<'_>,
+        t: &[f32],
+        text: &[f32],
+        rope: &Rope,
+        reference: &[f32],
+        config: &amf_ops::OpConfig,
+        cancel: CancelCheck<'_>,
+    ) -> Result<(f32, Vec<f32>), ModelError> {
+        let graph = self
+            .guidance_step
+            .as_ref()
+            .ok_or(ModelError::MissingGraph("guidance_step"))?;
+        let ts = self.text_shape(x.shape[0], text)?;
+        let s = rope.grid.1 * rope.grid.2;
+        if s == 0 || !reference.len().is_multiple_of(2 * s) {
+            return Err(ModelError::Shape(format!(
+                "reference AMF has {} values, not a multiple of {s} tokens x 2",
+                reference.len()
+            )));
+        }
+        let encoded = config.encode();
+        let mut inputs = Self::dit_inputs(x, t, text, rope, ts);
+        inputs.push((
+            "reference",
+            Input::F32(
+                vec![(reference.len() / (2 * s)) as i64, s as i64, 2],
+                reference,
+            ),
+        ));
+        inputs.push((
+            "amf_config",
+            Input::F32(vec![encoded.len() as i64], &encoded),
+        ));
+        let mut out = Self::run(graph, inputs, &["loss", "dx"], cancel)?.into_iter();
+        let loss = out
+            .next()
+            .and_then(|o| o.data.first().copied())
+            .unwrap_or(f32::NAN);
+        let dx = out.next().map(|o| o.data).unwrap_or_default();
+        Ok((loss, dx))
     }
 }
 

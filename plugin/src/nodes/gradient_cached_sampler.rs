@@ -158,6 +158,7 @@ impl Node for GradientCachedSampler {
                     v if v > 0.0 => Some(v as f32),
                     _ => None,
                 },
+                fused_step: true,
             },
         };
         let prompts = PromptEmbeddings {

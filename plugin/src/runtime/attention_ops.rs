@@ -64,14 +64,14 @@ enum Op {
 
 /// Element type T of q/k/v/out and the gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dt {
+pub(crate) enum Dt {
     F32,
     F16,
     Bf16,
 }
 
 impl Dt {
-    fn ort(self) -> TensorElementType {
+    pub(crate) fn ort(self) -> TensorElementType {
         match self {
             Dt::F32 => TensorElementType::Float32,
             Dt::F16 => TensorElementType::Float16,
@@ -244,14 +244,14 @@ impl Kernel for AttentionKernel {
 }
 
 /// Errors inside a kernel, as text (turned into an `ort::Error` with the node's label).
-type Fallible<T> = Result<T, String>;
+pub(crate) type Fallible<T> = Result<T, String>;
 
 /// A tensor input (downcast once: shapes, host slices and device pointers all need it).
-type In<'a> = ValueRef<'a, DynTensorValueType>;
+pub(crate) type In<'a> = ValueRef<'a, DynTensorValueType>;
 /// A tensor output.
-type Out<'a> = ValueRefMut<'a, DynTensorValueType>;
+pub(crate) type Out<'a> = ValueRefMut<'a, DynTensorValueType>;
 
-fn input<'a>(ctx: &'a ComputeContext, idx: usize, name: &str) -> Fallible<In<'a>> {
+pub(crate) fn input<'a>(ctx: &'a ComputeContext, idx: usize, name: &str) -> Fallible<In<'a>> {
     ctx.input(idx)
         .map_err(|e| format!("cannot read input {idx} ({name}): {e}"))?
         .ok_or_else(|| format!("input {idx} ({name}) is missing"))?
@@ -259,7 +259,7 @@ fn input<'a>(ctx: &'a ComputeContext, idx: usize, name: &str) -> Fallible<In<'a>
         .map_err(|e| format!("input {idx} ({name}) is not a tensor: {e}"))
 }
 
-fn output<'a>(
+pub(crate) fn output<'a>(
     ctx: &'a ComputeContext,
     idx: usize,
     name: &str,
@@ -273,14 +273,14 @@ fn output<'a>(
         .map_err(|e| format!("output {idx} ({name}) is not a tensor: {e}"))
 }
 
-fn dims(t: &In<'_>, name: &str) -> Fallible<Vec<usize>> {
+pub(crate) fn dims(t: &In<'_>, name: &str) -> Fallible<Vec<usize>> {
     t.shape()
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format!("input {name} has a negative dimension")))
         .collect()
 }
 
-fn expect_shape(name: &str, got: &[usize], want: &[usize], hint: &str) -> Fallible<()> {
+pub(crate) fn expect_shape(name: &str, got: &[usize], want: &[usize], hint: &str) -> Fallible<()> {
     if got != want {
         return Err(format!(
             "input {name} has shape {got:?}, expected {want:?} ({hint})"
@@ -453,13 +453,16 @@ struct GradIo<'a> {
     dv: Out<'a>,
 }
 
-fn host<'a, T: PrimitiveTensorElementType>(v: &'a In<'_>, name: &str) -> Fallible<&'a [T]> {
+pub(crate) fn host<'a, T: PrimitiveTensorElementType>(
+    v: &'a In<'_>,
+    name: &str,
+) -> Fallible<&'a [T]> {
     v.try_extract_tensor::<T>()
         .map(|(_, d)| d)
         .map_err(|e| format!("input {name}: {e}"))
 }
 
-fn host_mut<'a, T: PrimitiveTensorElementType>(
+pub(crate) fn host_mut<'a, T: PrimitiveTensorElementType>(
     v: &'a mut Out<'_>,
     name: &str,
 ) -> Fallible<&'a mut [T]> {

@@ -1,5 +1,6 @@
 //! What the nodes run on: ONNX Runtime set-up and the machine report.
 
+pub mod amf_ops;
 pub mod attention_ops;
 pub mod cuda_arena;
 pub mod diagnostics;

@@ -35,6 +35,7 @@ use super::adamw::AdamW;
 use super::{SampleError, SampleStats};
 use crate::model::dit::{CancelCheck, Latent, ModelError, Rope};
 use crate::model::DitModel;
+use crate::runtime::amf_ops::OpConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuidanceMode {
@@ -108,6 +109,10 @@ pub struct GuidanceSettings {
     /// `fastvmt`/`adaptive`: restrict the loss to entries where the reference moves more than
     /// this many tokens (DiTFlow's mask; `ditflow` always uses 0.5). `None`: every entry.
     pub moving_threshold: Option<f32>,
+    /// Use the bundle's one-run `guidance_step` graph for real gradients when it has one (the
+    /// AMF then runs on the graph's Q/K dtype, whatever `amf.precision` says); `false` keeps
+    /// the two-graph route (for comparisons).
+    pub fused_step: bool,
 }
 
 /// How `adaptive` picks the gap to its next real gradient from the measured loss trend.
@@ -329,6 +334,90 @@ impl<'m> Guide<'m> {
         Ok(field)
     }
 
+    /// The fused operator's config for this guide, or `None` where it cannot express the
+    /// spec (explicit pair lists, other coarse tile sizes): those take the two-graph route.
+    fn op_config(&self) -> Option<OpConfig> {
+        let span = match self.spec.pairs {
+            PairSet::AllOrdered => 0,
+            PairSet::Forward { span } if span > 0 => span,
+            _ => return None,
+        };
+        let (radius, coarse_tiles) = match self.spec.window {
+            KeyWindow::Full => (0, false),
+            KeyWindow::Local {
+                radius,
+                centre: WindowCentre::Query,
+            } => (radius, false),
+            KeyWindow::Local {
+                radius,
+                centre:
+                    WindowCentre::CoarseTiles {
+                        tile_h: 3,
+                        tile_w: 4,
+                    },
+            } => (radius, true),
+            _ => return None,
+        };
+        if radius == 0 && self.spec.window != KeyWindow::Full {
+            return None; // radius 0 is an error the kernels report; keep their message
+        }
+        let (weight_first, weight_last) = match self.loss.pair_weights {
+            PairWeights::Uniform => (1.0, 1.0),
+            PairWeights::LinearDecay { first, last } => (first, last),
+        };
+        Some(OpConfig {
+            tau: self.spec.tau,
+            span,
+            radius,
+            coarse_tiles,
+            weight_first,
+            weight_last,
+            moving_threshold: self.loss.moving_threshold,
+            cuda_device: match self.settings.amf.backend {
+                Backend::Cpu => None,
+                Backend::Cuda { device } => Some(device),
+            },
+        })
+    }
+
+    /// A real gradient in one `guidance_step` run (forward, AMF loss, backward).
+    fn fused_gradient(
+        &self,
+        config: &OpConfig,
+        x: &[f32],
+        ctx: &StepContext<'_>,
+        reference: &AmfField,
+        stats: &mut SampleStats,
+        cancel: CancelCheck<'_>,
+    ) -> Result<(f32, Vec<f32>), SampleError> {
+        let timer = Instant::now();
+        let latent = Latent {
+            shape: *ctx.shape,
+            data: x,
+        };
+        let result = self.model.guidance_step(
+            &latent,
+            &[ctx.t],
+            ctx.text,
+            self.rope,
+            &reference.disp,
+            config,
+            cancel,
+        );
+        stats.guidance_model_s += timer.elapsed().as_secs_f64();
+        let (loss, dx) = match result {
+            Ok(r) => r,
+            // Non-finite Q/K inside the graph: the operator reports the kernels' NonFinite.
+            Err(ModelError::Onnx { message, .. }) if message.contains("non-finite value") => {
+                (f32::NAN, Vec::new())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stats.real_forward += 1;
+        stats.real_backward += 1;
+        Ok((loss, dx))
+    }
+
     /// A real gradient: guidance-head forward, AMF loss and its gradient, VJP to the latent.
     fn real_gradient(
         &self,
@@ -338,6 +427,11 @@ impl<'m> Guide<'m> {
         stats: &mut SampleStats,
         cancel: CancelCheck<'_>,
     ) -> Result<(f32, Vec<f32>), SampleError> {
+        if self.settings.fused_step && self.model.has_guidance_step() {
+            if let Some(config) = self.op_config() {
+                return self.fused_gradient(&config, x, ctx, reference, stats, cancel);
+            }
+        }
         let latent = Latent {
             shape: *ctx.shape,
             data: x,

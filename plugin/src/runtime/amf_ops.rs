@@ -1,0 +1,351 @@
+//! The AMF loss and its gradient as an ONNX Runtime custom operator: domain `fastvmt.amf`,
+//! version 1. It lets one graph (`guidance_step`, `export_wan.py --guidance-step`) do a whole
+//! real gradient — forward to the motion block's Q/K, the AMF loss, the backward to the latent —
+//! in one run, instead of a `guidance_head` run, the AMF on the host and a `guidance_grad` run
+//! that repeats the forward.
+//!
+//! ## `fastvmt.amf.AmfLossGrad` (v1)
+//! Inputs:
+//! - `q`, `k` `[1, H, F*h*w, d]` (T: float, float16 or bfloat16; raster token order, as the
+//!   guidance head outputs them);
+//! - `grid` int64 `[3]` = (F, h, w);
+//! - `reference` float `[P, h*w, 2]`: the reference AMF for the pair set the config names;
+//! - `config` float `[8]` ([`OpConfig`]): tau, span, radius, centre, pair weights, threshold,
+//!   backend.
+//!
+//! Outputs: `loss` float `[1]`, `dq`, `dk` float (shaped like q, k): the definitions of
+//! `fastvmt_kernels` (its crate docs), computed by `amf_loss_and_grad`.
+//!
+//! Only a CPU-provider variant is registered for now: in a CUDA session ONNX Runtime copies Q/K
+//! to the host and dQ/dK back, and the config's backend runs the AMF on the GPU through the
+//! kernels' host entry — the same copies as the two-graph route, minus its repeated forward. A
+//! CUDA-provider variant on ONNX Runtime's device buffers is the next step
+//! (`bench/wan/README.md`).
+
+use std::ops::RangeInclusive;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use fastvmt_kernels::{
+    amf_loss_and_grad, resolve_pairs, AmfField, AmfSpec, Backend, KeyWindow, LossSpec, PairSet,
+    PairWeights, WindowCentre,
+};
+use half::{bf16, f16};
+use ort::operator::{
+    ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+};
+use ort::value::TensorElementType;
+
+use super::attention_ops::{dims, host, host_mut, input, output, Dt, Fallible, In};
+
+pub const DOMAIN: &str = "fastvmt.amf";
+pub const VERSION: u32 = 1;
+
+/// The operator's `config` input, 8 floats in this order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpConfig {
+    pub tau: f32,
+    /// Forward pairs `1 <= j-i < span`; 0 = every ordered pair (DiTFlow).
+    pub span: usize,
+    /// Key-window radius; 0 = every key.
+    pub radius: usize,
+    /// Window centre from FastVMT's coarse 3x4 tiles (else the query's own position).
+    pub coarse_tiles: bool,
+    pub weight_first: f32,
+    pub weight_last: f32,
+    /// Loss only where the reference moves more than this (None: every entry).
+    pub moving_threshold: Option<f32>,
+    /// Where the AMF runs: None = CPU, Some(d) = CUDA device d.
+    pub cuda_device: Option<usize>,
+}
+
+pub const CONFIG_LEN: usize = 8;
+
+impl OpConfig {
+    pub fn encode(&self) -> [f32; CONFIG_LEN] {
+        [
+            self.tau,
+            self.span as f32,
+            self.radius as f32,
+            if self.coarse_tiles { 1.0 } else { 0.0 },
+            self.weight_first,
+            self.weight_last,
+            self.moving_threshold.unwrap_or(-1.0),
+            self.cuda_device.map_or(-1.0, |d| d as f32),
+        ]
+    }
+
+    pub fn decode(v: &[f32]) -> Fallible<Self> {
+        if v.len() != CONFIG_LEN || v.iter().any(|x| !x.is_finite()) {
+            return Err(format!(
+                "input config must be {CONFIG_LEN} finite floats, got {v:?}"
+            ));
+        }
+        let count = |x: f32, what: &str| {
+            if x < 0.0 || x.fract() != 0.0 {
+                Err(format!(
+                    "config {what} must be a whole number >= 0, got {x}"
+                ))
+            } else {
+                Ok(x as usize)
+            }
+        };
+        Ok(OpConfig {
+            tau: v[0],
+            span: count(v[1], "span")?,
+            radius: count(v[2], "radius")?,
+            coarse_tiles: v[3] != 0.0,
+            weight_first: v[4],
+            weight_last: v[5],
+            moving_threshold: (v[6] >= 0.0).then_some(v[6]),
+            cuda_device: if v[7] < 0.0 {
+                None
+            } else {
+                Some(count(v[7], "backend device")?)
+            },
+        })
+    }
+
+    /// The kernels' pair set, window, loss and back end.
+    pub fn kernel_specs(&self) -> (PairSet, KeyWindow, LossSpec, Backend) {
+        let pairs = match self.span {
+            0 => PairSet::AllOrdered,
+            span => PairSet::Forward { span },
+        };
+        let window = match self.radius {
+            0 => KeyWindow::Full,
+            radius => KeyWindow::Local {
+                radius,
+                centre: if self.coarse_tiles {
+                    WindowCentre::CoarseTiles {
+                        tile_h: 3,
+                        tile_w: 4,
+                    }
+                } else {
+                    WindowCentre::Query
+                },
+            },
+        };
+        let pair_weights = if self.weight_first == 1.0 && self.weight_last == 1.0 {
+            PairWeights::Uniform
+        } else {
+            PairWeights::LinearDecay {
+                first: self.weight_first,
+                last: self.weight_last,
+            }
+        };
+        let backend = match self.cuda_device {
+            None => Backend::Cpu,
+            Some(device) => Backend::Cuda { device },
+        };
+        (
+            pairs,
+            window,
+            LossSpec {
+                pair_weights,
+                moving_threshold: self.moving_threshold,
+            },
+            backend,
+        )
+    }
+}
+
+/// The `fastvmt.amf` domain (f32, f16 and bf16 Q/K; CPU provider).
+pub fn domain() -> ort::Result<OperatorDomain> {
+    let mut d = OperatorDomain::new(DOMAIN)?;
+    for dt in [Dt::F32, Dt::F16, Dt::Bf16] {
+        d = d.add(AmfOperator { dt })?;
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AmfOperator {
+    dt: Dt,
+}
+
+impl Operator for AmfOperator {
+    type Kernel<'attr> = AmfKernel;
+
+    fn name(&self) -> &str {
+        "AmfLossGrad"
+    }
+
+    fn versions(&self) -> RangeInclusive<u32> {
+        VERSION..=VERSION
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            OperatorInput::required(self.dt.ort()),
+            OperatorInput::required(self.dt.ort()),
+            OperatorInput::required(TensorElementType::Int64),
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Float32),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [(); 3].map(|_| OperatorOutput::required(TensorElementType::Float32))
+    }
+
+    fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<AmfKernel> {
+        let node = kctx.node_name().unwrap_or_default();
+        Ok(AmfKernel {
+            dt: self.dt,
+            label: format!("{DOMAIN}.AmfLossGrad node '{node}'"),
+        })
+    }
+}
+
+struct AmfKernel {
+    dt: Dt,
+    label: String,
+}
+
+impl Kernel for AmfKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        match catch_unwind(AssertUnwindSafe(|| self.compute_inner(ctx))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(ort::Error::new(format!("{}: {message}", self.label))),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(ort::Error::new(format!(
+                    "{}: the kernel panicked: {what}",
+                    self.label
+                )))
+            }
+        }
+    }
+}
+
+impl AmfKernel {
+    fn compute_inner(&self, ctx: &ComputeContext) -> Fallible<()> {
+        let q = input(ctx, 0, "q")?;
+        let k = input(ctx, 1, "k")?;
+        let grid_in = input(ctx, 2, "grid")?;
+        let reference_in = input(ctx, 3, "reference")?;
+        let config_in = input(ctx, 4, "config")?;
+        let qs = dims(&q, "q")?;
+        if qs.len() != 4 || qs[0] != 1 {
+            return Err(format!(
+                "input q has shape {qs:?}, expected [1, heads, tokens, head_dim]"
+            ));
+        }
+        if dims(&k, "k")? != qs {
+            return Err(format!(
+                "input k has shape {:?}, q has {qs:?}",
+                dims(&k, "k")?
+            ));
+        }
+        let grid = host::<i64>(&grid_in, "grid")?;
+        let [f, h, w] = match grid {
+            [f, h, w] if *f > 0 && *h > 0 && *w > 0 => [*f as usize, *h as usize, *w as usize],
+            other => {
+                return Err(format!(
+                    "input grid must be 3 positive sizes, got {other:?}"
+                ))
+            }
+        };
+        if f * h * w != qs[2] {
+            return Err(format!(
+                "grid {f}x{h}x{w} has {} tokens, q has {}",
+                f * h * w,
+                qs[2]
+            ));
+        }
+        let config = OpConfig::decode(host::<f32>(&config_in, "config")?)?;
+        let (pairs, window, loss_spec, backend) = config.kernel_specs();
+        let spec = AmfSpec {
+            heads: qs[1],
+            frames: f,
+            grid_h: h,
+            grid_w: w,
+            head_dim: qs[3],
+            tau: config.tau,
+            pairs,
+            window,
+        };
+        let resolved = resolve_pairs(&spec.pairs, f).map_err(|e| e.to_string())?;
+        let want = [resolved.len(), h * w, 2];
+        let rs = dims(&reference_in, "reference")?;
+        if rs != want {
+            return Err(format!(
+                "input reference has shape {rs:?}, expected {want:?} (the reference AMF of the config's {} frame pairs)",
+                resolved.len()
+            ));
+        }
+        let field = AmfField {
+            pairs: resolved,
+            grid_h: h,
+            grid_w: w,
+            disp: host::<f32>(&reference_in, "reference")?.to_vec(),
+        };
+        let lg = match self.dt {
+            Dt::F32 => run::<f32>(&q, &k, &spec, &field, &loss_spec, &backend)?,
+            Dt::F16 => run::<f16>(&q, &k, &spec, &field, &loss_spec, &backend)?,
+            Dt::Bf16 => run::<bf16>(&q, &k, &spec, &field, &loss_spec, &backend)?,
+        };
+        let mut loss = output(ctx, 0, "loss", &[1])?;
+        host_mut::<f32>(&mut loss, "loss")?[0] = lg.loss;
+        let mut dq = output(ctx, 1, "dq", &qs)?;
+        host_mut::<f32>(&mut dq, "dq")?.copy_from_slice(&lg.dq);
+        let mut dk = output(ctx, 2, "dk", &qs)?;
+        host_mut::<f32>(&mut dk, "dk")?.copy_from_slice(&lg.dk);
+        Ok(())
+    }
+}
+
+fn run<T: fastvmt_kernels::Element + ort::value::PrimitiveTensorElementType>(
+    q: &In<'_>,
+    k: &In<'_>,
+    spec: &AmfSpec,
+    field: &AmfField,
+    loss: &LossSpec,
+    backend: &Backend,
+) -> Fallible<fastvmt_kernels::LossAndGrad> {
+    amf_loss_and_grad(
+        backend,
+        host::<T>(q, "q")?,
+        host::<T>(k, "k")?,
+        spec,
+        field,
+        loss,
+    )
+    .map_err(|e| format!("AMF kernel: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpConfig;
+
+    #[test]
+    fn config_round_trips_and_refuses_garbage() {
+        let c = OpConfig {
+            tau: 2.0,
+            span: 4,
+            radius: 10,
+            coarse_tiles: true,
+            weight_first: 1.0,
+            weight_last: 0.8,
+            moving_threshold: Some(0.5),
+            cuda_device: Some(0),
+        };
+        assert_eq!(OpConfig::decode(&c.encode()).unwrap(), c);
+        let none = OpConfig {
+            moving_threshold: None,
+            cuda_device: None,
+            ..c
+        };
+        assert_eq!(OpConfig::decode(&none.encode()).unwrap(), none);
+        assert!(OpConfig::decode(&[1.0; 7]).is_err());
+        let mut bad = c.encode();
+        bad[1] = 2.5;
+        assert!(OpConfig::decode(&bad).is_err());
+        bad[1] = f32::NAN;
+        assert!(OpConfig::decode(&bad).is_err());
+    }
+}
