@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .model import (DiT, DiTConfig, TextEncoder, Denoiser, GuidanceHead, GuidanceGrad,
+from .model import (DiT, DiTConfig, TextEncoder, Denoiser, GuidanceHead, GuidanceGrad, GuidanceStep,
                     rope_tables, set_attention_impl)
 
 OPSET = 18
@@ -123,7 +123,13 @@ class TextEncoderWrap(torch.nn.Module):
         return self.te(tokens)
 
 
-def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=("text_encoder", "denoiser", "guidance_head", "guidance_grad"),
+# guidance_step (one run per real gradient, amf_op.py) is optional: not in the shipped bundle,
+# whose size the GPU host's transfer limit watches (bench/wan/README.md has its CPU timing).
+DEFAULT_GRAPHS = ("text_encoder", "denoiser", "guidance_head", "guidance_grad")
+ALL_GRAPHS = DEFAULT_GRAPHS + ("guidance_step",)
+
+
+def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=DEFAULT_GRAPHS,
                custom_attention=False, local_window=None):
     """custom_attention=True: every attention becomes a fastvmt.Attention node (and its backward a
     fastvmt.AttentionGrad node in guidance_grad); needs the plugin's custom operators to run.
@@ -153,6 +159,16 @@ def export_all(dit: DiT, te: TextEncoder, out_dir: str, graphs=("text_encoder", 
         paths["guidance_grad"] = export_graph(GuidanceGrad(dit), exg, base + ["dq", "dk"], ["dx"],
                                               os.path.join(out_dir, "guidance_grad.onnx"), cfg, grad=True,
                                               custom_attention=custom_attention)
+    if "guidance_step" in graphs:
+        from .amf_op import translation_table as amf_table
+        x, t, text, cos, sin = ex
+        g = torch.Generator().manual_seed(3)
+        reference = torch.randn(5, 20, 2, generator=g)  # symbolic [P, S, 2] in the graph
+        amf_config = torch.tensor([2.0, 0, 0, 0, 1.0, 1.0, -1.0, -1.0])
+        paths["guidance_step"] = export_graph(GuidanceStep(dit), (x, t, text, cos, sin, reference, amf_config),
+                                              base + ["reference", "amf_config"], ["loss", "dx"],
+                                              os.path.join(out_dir, "guidance_step.onnx"), cfg, grad=True,
+                                              custom_attention=custom_attention, extra_translation=amf_table())
     set_attention_impl("math")
     return paths
 
@@ -195,8 +211,10 @@ def attention_manifest(custom_attention=False, local_window=None):
 def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", description="", training=None,
                    custom_attention=False, local_window=None):
     files = {}
-    for key in ("denoiser", "guidance_head", "guidance_grad", "text_encoder"):
+    for key in ("denoiser", "guidance_head", "guidance_grad", "text_encoder", "guidance_step"):
         p = os.path.join(out_dir, key + ".onnx")
+        if key == "guidance_step" and not os.path.exists(p):
+            continue  # optional graph
         ins, outs = io_spec(p)
         files[key] = {"path": key + ".onnx", "sha256": sha256(p), "bytes": os.path.getsize(p), "inputs": ins, "outputs": outs}
     dt, dh, dw = cfg.rope_axes_dim
@@ -232,6 +250,9 @@ def write_manifest(out_dir, cfg: DiTConfig, defaults: dict, name="tiny-shapes", 
         "defaults": defaults,
         "files": files,
     }
+    if "guidance_step" in files:
+        from .amf_op import DOMAIN as AMF_DOMAIN, VERSION as AMF_VERSION
+        man.setdefault("custom_ops", {})[AMF_DOMAIN] = AMF_VERSION
     if training:
         man["training"] = training
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
@@ -315,6 +336,8 @@ def main():
     ap.add_argument("--defaults", default=None, help="JSON file of defaults to put in the manifest")
     ap.add_argument("--description", default=DESCRIPTION)
     ap.add_argument("--manifest-only", action="store_true", help="only rewrite manifest.json (hashes, specs)")
+    ap.add_argument("--graphs", default=",".join(DEFAULT_GRAPHS),
+                    help=f"export these graphs (the others are kept as they are); any of {','.join(ALL_GRAPHS)}")
     ap.add_argument("--custom-attention", action="store_true",
                     help="emit attention as fastvmt.Attention / fastvmt.AttentionGrad nodes (needs the plugin's custom operators)")
     ap.add_argument("--local-window", default=None, metavar="T,S",
@@ -332,8 +355,12 @@ def main():
             ap.error(f"--local-window wants T,S (two integers >= 0), got {a.local_window!r}")
     dit, te, ck = load_checkpoint(a.ckpt)
     if not a.manifest_only:
-        export_all(dit, te, a.out, custom_attention=a.custom_attention, local_window=local)
-        write_test_vectors(a.out, dit, te, local_window=local)
+        graphs = tuple(g for g in a.graphs.split(",") if g)
+        if any(g not in ALL_GRAPHS for g in graphs):
+            ap.error(f"--graphs: choose from {','.join(ALL_GRAPHS)}")
+        export_all(dit, te, a.out, graphs=graphs, custom_attention=a.custom_attention, local_window=local)
+        if set(DEFAULT_GRAPHS) <= set(graphs):
+            write_test_vectors(a.out, dit, te, local_window=local)
     defaults = ck.get("defaults", {})
     if a.defaults:
         defaults.update(json.load(open(a.defaults)))

@@ -324,6 +324,24 @@ class GuidanceGrad(nn.Module):
         return dx
 
 
+class GuidanceStep(nn.Module):
+    """(x, t, text, cos, sin, reference, amf_config) -> (loss, dx): a whole real gradient in one
+    graph, the AMF loss as the custom node fastvmt.amf.AmfLossGrad (amf_op.py)."""
+
+    def __init__(self, dit: DiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, x, t, text, rope_cos, rope_sin, reference, amf_config):
+        from .amf_op import amf_loss_grad
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            q, k = self.dit.guidance_qk(x, t, text, rope_cos, rope_sin)
+            loss, dq, dk = amf_loss_grad(q.detach(), k.detach(), reference, amf_config, self.dit.token_grid(x))
+            (dx,) = torch.autograd.grad((q, k), (x,), (dq.to(q.dtype), dk.to(k.dtype)))
+        return loss, dx
+
+
 class Denoiser(nn.Module):
     def __init__(self, dit: DiT):
         super().__init__()
