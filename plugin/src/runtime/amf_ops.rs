@@ -23,7 +23,6 @@
 //! (`bench/wan/README.md`).
 
 use std::ops::RangeInclusive;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fastvmt_kernels::{
     amf_loss_and_grad, resolve_pairs, AmfField, AmfSpec, Backend, KeyWindow, LossSpec, PairSet,
@@ -35,7 +34,7 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-use super::attention_ops::{dims, host, host_mut, input, output, Dt, Fallible, In};
+use super::attention_ops::{dims, guarded, host, host_mut, input, output, Dt, Fallible, In};
 
 pub const DOMAIN: &str = "fastvmt.amf";
 pub const VERSION: u32 = 1;
@@ -204,21 +203,7 @@ struct AmfKernel {
 
 impl Kernel for AmfKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        match catch_unwind(AssertUnwindSafe(|| self.compute_inner(ctx))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(ort::Error::new(format!("{}: {message}", self.label))),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(ort::Error::new(format!(
-                    "{}: the kernel panicked: {what}",
-                    self.label
-                )))
-            }
-        }
+        guarded(&self.label, || self.compute_inner(ctx))
     }
 }
 

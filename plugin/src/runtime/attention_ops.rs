@@ -225,20 +225,25 @@ struct AttentionKernel {
 
 impl Kernel for AttentionKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        match catch_unwind(AssertUnwindSafe(|| self.compute_inner(ctx))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(ort::Error::new(format!("{}: {message}", self.label))),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(ort::Error::new(format!(
-                    "{}: the kernel panicked: {what}",
-                    self.label
-                )))
-            }
+        guarded(&self.label, || self.compute_inner(ctx))
+    }
+}
+
+/// Runs a kernel body and turns its error, or a panic (ort does not catch them at the FFI
+/// boundary), into an ONNX Runtime error that starts with the node's `label`.
+pub(crate) fn guarded(label: &str, body: impl FnOnce() -> Fallible<()>) -> ort::Result<()> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(ort::Error::new(format!("{label}: {message}"))),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ort::Error::new(format!(
+                "{label}: the kernel panicked: {what}"
+            )))
         }
     }
 }
