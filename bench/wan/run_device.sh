@@ -10,7 +10,7 @@
 #   bench/wan/run_device.sh peak | table
 #   bench/wan/run_device.sh arenas NAME MODES   # FASTVMT_CUDA_ARENA=shrink|shared|keep side by side
 #   bench/wan/run_device.sh profile NAME        # ONNX Runtime's per-node trace, summed
-#   bench/wan/run_device.sh routes NAME MODES   # guidance_step (one run) vs the two-graph route
+#   bench/wan/run_device.sh routes NAME MODES   # guidance_step (CPU / CUDA operator) vs two graphs
 #
 # Needs, in the checkout: the bench binary in .bbin/ (cargo build --release -p fastvmt-wan-bench),
 # ONNX Runtime's CUDA provider unpacked in /opt/ortgpu (../shared/device/stage-ort-gpu.sh), and
@@ -104,12 +104,14 @@ do_arenas() {  # the CUDA arena policies side by side (plugin/src/runtime/cuda_a
   done
 }
 
-do_routes() {  # a real gradient in one guidance_step run vs guidance_head + guidance_grad
+do_routes() {  # a real gradient in one guidance_step run (AMF operator on the CPU or CUDA
+               # provider) vs guidance_head + guidance_grad
   local name=$1 modes=$2
   do_ours "$name" "$modes" -step
   ort_env
   "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda --modes "$modes" --two-graph \
     --tag=-twograph "${COMMON[@]}" --out "$RES/ours-$name-twograph.json"
+  FASTVMT_AMF_OP=cuda do_ours "$name" "$modes" -stepcuda  # the operator on device buffers
 }
 
 do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op and provider

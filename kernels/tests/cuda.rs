@@ -227,3 +227,59 @@ fn nvrtc_compiles_the_kernels() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The raw-pointer entry (ONNX Runtime's buffers in the `AmfLossGrad` CUDA operator) against
+/// the host entry, on buffers this test owns.
+#[test]
+fn raw_pointer_entry_matches_the_host_entry() {
+    use cudarc::driver::DevicePtr;
+    let Some(gpu) = cuda() else { return };
+    let dev = CudaAmf::get(0).unwrap();
+    let s = spec(2, 4, 11, 13, 64, PairSet::Forward { span: 3 }, local(3));
+    let len = s.heads * s.frames * s.grid_h * s.grid_w * s.head_dim;
+    let q: Vec<bf16> = rand_vec(len, 71, 1.5)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let k: Vec<bf16> = rand_vec(len, 72, 1.5)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let pairs = resolve_pairs(&s.pairs, s.frames).unwrap();
+    let reference = AmfField {
+        disp: rand_vec(pairs.len() * s.grid_h * s.grid_w * 2, 73, 2.0),
+        pairs,
+        grid_h: s.grid_h,
+        grid_w: s.grid_w,
+    };
+    let loss = LossSpec::fastvmt();
+    let want = amf_loss_and_grad(&gpu, &q, &k, &s, &reference, &loss).unwrap();
+    let (qd, kd) = (dev.to_device(&q).unwrap(), dev.to_device(&k).unwrap());
+    let (dqd, dkd) = (dev.zeros(len).unwrap(), dev.zeros(len).unwrap());
+    let stream = dev.stream();
+    let (qp, _a) = qd.device_ptr(stream);
+    let (kp, _b) = kd.device_ptr(stream);
+    let (dqp, _c) = dqd.device_ptr(stream);
+    let (dkp, _d) = dkd.device_ptr(stream);
+    // SAFETY: four live allocations of `len` elements on device 0; no producer stream.
+    let (got, kept) = unsafe {
+        dev.loss_and_grad_raw::<bf16>(
+            &s,
+            qp,
+            kp,
+            len,
+            &reference,
+            &loss,
+            dqp,
+            dkp,
+            0,
+            std::ptr::null_mut(),
+        )
+    }
+    .unwrap();
+    drop((_a, _b, _c, _d));
+    assert_eq!(kept, want.kept);
+    assert!((got - want.loss).abs() <= 1e-5 * want.loss.abs().max(1e-6));
+    let (dq, dk) = (dev.to_host(&dqd).unwrap(), dev.to_host(&dkd).unwrap());
+    assert!(rel_err32(&dq, &want.dq) < 1e-5 && rel_err32(&dk, &want.dk) < 1e-5);
+}

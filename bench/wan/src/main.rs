@@ -347,7 +347,13 @@ fn main() -> Result<()> {
         "guided_fraction": args.guided_fraction, "inner_steps": args.inner_steps,
         "reuse_interval": args.reuse_interval, "amf_precision": args.amf_precision,
         "radius": args.radius, "temporal_window": args.temporal_window,
-        "gradient_route": if args.two_graph || !model.has_guidance_step() { "guidance_head + guidance_grad" } else { "guidance_step" },
+        "gradient_route": if args.two_graph || !model.has_guidance_step() {
+            "guidance_head + guidance_grad"
+        } else if fastvmt_plugin::runtime::amf_ops::cuda_variant_enabled() && device == Device::Cuda {
+            "guidance_step (AMF operator on device buffers)"
+        } else {
+            "guidance_step"
+        },
         "rows": rows,
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {

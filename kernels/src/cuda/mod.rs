@@ -1373,6 +1373,75 @@ impl CudaAmf {
         Ok((l, lp.kept))
     }
 
+    /// [`Self::loss_and_grad_device`] on device buffers this crate does not own (ONNX
+    /// Runtime's, in the `fastvmt.amf.AmfLossGrad` CUDA operator): waits for `producer` (the
+    /// stream that wrote `q`/`k`; null = none), runs on this device's stream and returns when
+    /// `dq`/`dk` (and the loss at `loss_out`, a one-f32 device buffer, unless 0) are written.
+    /// Returns `(loss, kept)`.
+    ///
+    /// # Safety
+    /// `q`, `k` hold `len` values of `T`, and `dq`, `dk` room for `len` f32, on this device,
+    /// valid until this returns; `loss_out` is 0 or room for one f32 there; `producer` is null
+    /// or a live `CUstream` of this context.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn loss_and_grad_raw<T: Element>(
+        &self,
+        spec: &AmfSpec,
+        q: u64,
+        k: u64,
+        len: usize,
+        reference: &AmfField,
+        loss: &LossSpec,
+        dq: u64,
+        dk: u64,
+        loss_out: u64,
+        producer: *mut std::ffi::c_void,
+    ) -> Result<(f32, usize), KernelError> {
+        let producer = producer as cudarc::driver::sys::CUstream;
+        /// A view of memory someone else frees: dropping it (also while unwinding) only lets
+        /// go of the view.
+        struct Borrowed<U>(Option<CudaSlice<U>>);
+        impl<U> Drop for Borrowed<U> {
+            fn drop(&mut self) {
+                if let Some(view) = self.0.take() {
+                    view.leak();
+                }
+            }
+        }
+        if !producer.is_null() {
+            // SAFETY: a live stream of this context (the caller's contract).
+            unsafe { cudarc::driver::result::stream::synchronize(producer) }.map_err(drv)?;
+        }
+        // SAFETY: the caller's contract: allocations of `len` elements of these types.
+        let (qv, kv) = unsafe {
+            (
+                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(q, len))),
+                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(k, len))),
+            )
+        };
+        let (mut dqv, mut dkv) = unsafe {
+            (
+                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dq, len))),
+                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dk, len))),
+            )
+        };
+        let (Some(qs), Some(ks), Some(dqs), Some(dks)) =
+            (qv.0.as_ref(), kv.0.as_ref(), dqv.0.as_mut(), dkv.0.as_mut())
+        else {
+            unreachable!("all four views were just created")
+        };
+        let result = self.loss_and_grad_device(spec, qs, ks, reference, loss, dqs, dks);
+        // The loss read-back synchronises, but the all-masked branch only queues its fills.
+        self.stream.synchronize().map_err(drv)?;
+        let (value, kept) = result?;
+        if loss_out != 0 {
+            self.stream.context().bind_to_thread().map_err(drv)?;
+            // SAFETY: room for one f32 on this device (the caller's contract).
+            unsafe { cudarc::driver::result::memcpy_htod_sync(loss_out, &[value]) }.map_err(drv)?;
+        }
+        Ok((value, kept))
+    }
+
     /// Copy host data to a new device buffer on this device's stream (for callers of the
     /// `*_device` methods, e.g. benchmarks).
     pub fn to_device<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, KernelError> {

@@ -16,11 +16,13 @@
 //! Outputs: `loss` float `[1]`, `dq`, `dk` float (shaped like q, k): the definitions of
 //! `fastvmt_kernels` (its crate docs), computed by `amf_loss_and_grad`.
 //!
-//! Only a CPU-provider variant is registered for now: in a CUDA session ONNX Runtime copies Q/K
-//! to the host and dQ/dK back, and the config's backend runs the AMF on the GPU through the
-//! kernels' host entry — the same copies as the two-graph route, minus its repeated forward. A
-//! CUDA-provider variant on ONNX Runtime's device buffers is the next step
-//! (`bench/wan/README.md`).
+//! Variants: the CPU provider's (always; in a CUDA session ONNX Runtime copies Q/K to the host
+//! and dQ/dK back, and the config's backend runs the AMF on the GPU through the kernels' host
+//! entry — the two-graph route's copies minus its repeated forward), and, with
+//! `FASTVMT_AMF_OP=cuda`, the CUDA provider's: the kernels' raw-pointer entry
+//! (`CudaAmf::loss_and_grad_raw`) on ONNX Runtime's device buffers, after its stream. The CUDA
+//! variant is opt-in until it has run on the GPU host (`bench/wan/tests/cuda_run.rs` with
+//! `FASTVMT_TEST_CUDA=1`; written without a GPU).
 
 use std::ops::RangeInclusive;
 
@@ -29,6 +31,7 @@ use fastvmt_kernels::{
     PairWeights, WindowCentre,
 };
 use half::{bf16, f16};
+use ort::memory::MemoryType;
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
 };
@@ -148,11 +151,21 @@ impl OpConfig {
     }
 }
 
-/// The `fastvmt.amf` domain (f32, f16 and bf16 Q/K; CPU provider).
+/// Whether the CUDA-provider variant is registered: `FASTVMT_AMF_OP=cuda`. Opt-in until it
+/// has been run on the GPU host (written 2026-11-27 without one; `bench/wan/README.md`).
+pub fn cuda_variant_enabled() -> bool {
+    std::env::var("FASTVMT_AMF_OP").is_ok_and(|v| v.trim() == "cuda")
+}
+
+/// The `fastvmt.amf` domain: f32, f16 and bf16 Q/K on the CPU provider, and on the CUDA
+/// provider when [`cuda_variant_enabled`].
 pub fn domain() -> ort::Result<OperatorDomain> {
     let mut d = OperatorDomain::new(DOMAIN)?;
     for dt in [Dt::F32, Dt::F16, Dt::Bf16] {
-        d = d.add(AmfOperator { dt })?;
+        d = d.add(AmfOperator { dt, cuda: false })?;
+        if cuda_variant_enabled() {
+            d = d.add(AmfOperator { dt, cuda: true })?;
+        }
     }
     Ok(d)
 }
@@ -160,6 +173,8 @@ pub fn domain() -> ort::Result<OperatorDomain> {
 #[derive(Debug, Clone, Copy)]
 struct AmfOperator {
     dt: Dt,
+    /// The CUDA-provider variant: Q/K and dQ/dK stay in ONNX Runtime's device buffers.
+    cuda: bool,
 }
 
 impl Operator for AmfOperator {
@@ -173,13 +188,26 @@ impl Operator for AmfOperator {
         VERSION..=VERSION
     }
 
+    fn execution_provider_type(&self) -> Option<&str> {
+        self.cuda.then_some("CUDAExecutionProvider")
+    }
+
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        // grid, reference and config are small: on the host for either variant.
+        let host = |t| {
+            let input = OperatorInput::required(t);
+            if self.cuda {
+                input.memory_type(MemoryType::CPUInput)
+            } else {
+                input
+            }
+        };
         [
             OperatorInput::required(self.dt.ort()),
             OperatorInput::required(self.dt.ort()),
-            OperatorInput::required(TensorElementType::Int64),
-            OperatorInput::required(TensorElementType::Float32),
-            OperatorInput::required(TensorElementType::Float32),
+            host(TensorElementType::Int64),
+            host(TensorElementType::Float32),
+            host(TensorElementType::Float32),
         ]
     }
 
@@ -191,6 +219,7 @@ impl Operator for AmfOperator {
         let node = kctx.node_name().unwrap_or_default();
         Ok(AmfKernel {
             dt: self.dt,
+            cuda: self.cuda,
             label: format!("{DOMAIN}.AmfLossGrad node '{node}'"),
         })
     }
@@ -198,6 +227,7 @@ impl Operator for AmfOperator {
 
 struct AmfKernel {
     dt: Dt,
+    cuda: bool,
     label: String,
 }
 
@@ -269,6 +299,9 @@ impl AmfKernel {
             grid_w: w,
             disp: host::<f32>(&reference_in, "reference")?.to_vec(),
         };
+        if self.cuda {
+            return cuda::loss_and_grad(ctx, self.dt, &q, &k, &qs, &spec, &field, &loss_spec);
+        }
         let lg = match self.dt {
             Dt::F32 => run::<f32>(&q, &k, &spec, &field, &loss_spec, &backend)?,
             Dt::F16 => run::<f16>(&q, &k, &spec, &field, &loss_spec, &backend)?,
@@ -281,6 +314,63 @@ impl AmfKernel {
         let mut dk = output(ctx, 2, "dk", &qs)?;
         host_mut::<f32>(&mut dk, "dk")?.copy_from_slice(&lg.dk);
         Ok(())
+    }
+}
+
+/// The CUDA variant: the kernels' raw-pointer entry on ONNX Runtime's device buffers, after
+/// ONNX Runtime's stream (which produced Q/K) has finished.
+mod cuda {
+    use super::{output, Dt, Fallible, In};
+    use fastvmt_kernels::cuda::CudaAmf;
+    use fastvmt_kernels::{AmfField, AmfSpec, LossSpec};
+    use half::{bf16, f16};
+    use ort::operator::ComputeContext;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn loss_and_grad(
+        ctx: &ComputeContext,
+        dt: Dt,
+        q: &In<'_>,
+        k: &In<'_>,
+        shape: &[usize],
+        spec: &AmfSpec,
+        field: &AmfField,
+        loss_spec: &LossSpec,
+    ) -> Fallible<()> {
+        let device = usize::try_from(q.memory_info().device_id())
+            .map_err(|_| "bad CUDA device id".to_string())?;
+        let stream = ctx
+            .stream()
+            .map_err(|e| format!("cannot get ONNX Runtime's CUDA stream: {e}"))?
+            .ok_or("ONNX Runtime gave no CUDA stream to a CUDA kernel")?;
+        let amf = CudaAmf::get(device).map_err(|e| e.to_string())?;
+        let len: usize = shape.iter().product();
+        let loss_out = output(ctx, 0, "loss", &[1])?;
+        let dq_out = output(ctx, 1, "dq", shape)?;
+        let dk_out = output(ctx, 2, "dk", shape)?;
+        let (qp, kp) = (q.data_ptr() as u64, k.data_ptr() as u64);
+        let (dqp, dkp) = (dq_out.data_ptr() as u64, dk_out.data_ptr() as u64);
+        // ort has no `data_ptr_mut` through `ValueRefMut` (as in attention_ops' CUDA variant).
+        let lp = loss_out.data_ptr() as u64;
+        let producer = stream.as_ptr();
+        // SAFETY: ONNX Runtime's device buffers of `len` elements (shapes checked by the
+        // caller; the outputs were just allocated with `shape`), alive during this compute;
+        // `producer` is ONNX Runtime's stream on this device.
+        unsafe {
+            match dt {
+                Dt::F32 => amf.loss_and_grad_raw::<f32>(
+                    spec, qp, kp, len, field, loss_spec, dqp, dkp, lp, producer,
+                ),
+                Dt::F16 => amf.loss_and_grad_raw::<f16>(
+                    spec, qp, kp, len, field, loss_spec, dqp, dkp, lp, producer,
+                ),
+                Dt::Bf16 => amf.loss_and_grad_raw::<bf16>(
+                    spec, qp, kp, len, field, loss_spec, dqp, dkp, lp, producer,
+                ),
+            }
+        }
+        .map(|_| ())
+        .map_err(|e| format!("AMF kernel: {e}"))
     }
 }
 
