@@ -143,10 +143,12 @@ fn guidance_step_matches_the_two_graph_route() {
 }
 
 fn run_bench(extra: &[&str]) -> Value {
+    // One file per call: the tests run in parallel threads of one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = std::env::temp_dir().join(format!(
-        "fastvmt-wan-bench-{}-{}.json",
-        std::process::id(),
-        extra.len()
+        "fastvmt-wan-bench-{}-{call}.json",
+        std::process::id()
     ));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_fastvmt-wan-bench"))
         .args(["--bundle", fixture().to_str().unwrap(), "--device", "cpu"])
