@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, rel_err, vector};
+use common::{compare_routes, fixture, rel_err, vector};
 use fastvmt_plugin::model::dit::Latent;
 use fastvmt_plugin::model::{Device, DitModel};
 use serde_json::Value;
@@ -43,97 +43,28 @@ fn tiny_wan_bundle_matches_pytorch_on_cpu() {
 
 #[test]
 fn guidance_step_matches_the_two_graph_route() {
-    use fastvmt_kernels::{
-        amf_loss_and_grad, compute_amf, AmfSpec, Backend, KeyWindow, LossSpec, PairSet,
-        PairWeights, Readout, WindowCentre,
-    };
-    use fastvmt_plugin::runtime::amf_ops::OpConfig;
+    use fastvmt_plugin::model::dit::Latent;
     let model = DitModel::load(&fixture(), Device::Cpu).expect("the fixture bundle loads");
     assert!(model.has_guidance_step());
-    let never = || false;
-    let (xs, x) = vector("x");
-    let (_, t) = vector("t");
-    let (_, text) = vector("text");
-    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
-    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
-    let (f, h, w) = rope.grid;
-    let m = model.manifest();
-    let spec = AmfSpec {
-        heads: m.heads,
-        frames: f,
-        grid_h: h,
-        grid_w: w,
-        head_dim: m.head_dim,
-        tau: 2.0,
-        pairs: PairSet::Forward { span: 3 },
-        window: KeyWindow::Local {
-            radius: 1,
-            centre: WindowCentre::Query,
-        },
-    };
-    let loss_spec = LossSpec {
-        pair_weights: PairWeights::LinearDecay {
-            first: 1.0,
-            last: 0.8,
-        },
-        moving_threshold: None,
-    };
-    // The reference: the AMF of another latent (the vectors' x in reverse order).
-    let other: Vec<f32> = x.iter().rev().copied().collect();
-    let (rq, rk) = model
-        .guidance_qk(
-            &Latent {
-                shape,
-                data: &other,
-            },
-            &t,
-            &text,
-            &rope,
-            &never,
-        )
-        .unwrap();
-    let reference = compute_amf(&Backend::Cpu, &rq, &rk, &spec, Readout::Argmax).unwrap();
-    // Two graphs: head, AMF on the host, VJP.
-    let latent = Latent { shape, data: &x };
-    let (q, k) = model
-        .guidance_qk(&latent, &t, &text, &rope, &never)
-        .unwrap();
-    let lg = amf_loss_and_grad(&Backend::Cpu, &q, &k, &spec, &reference, &loss_spec).unwrap();
-    let dx_two = model
-        .guidance_grad(&latent, &t, &text, &rope, &lg.dq, &lg.dk, &never)
-        .unwrap();
-    // One graph.
-    let config = OpConfig {
-        tau: 2.0,
-        span: 3,
-        radius: 1,
-        coarse_tiles: false,
-        weight_first: 1.0,
-        weight_last: 0.8,
-        moving_threshold: None,
-        cuda_device: None,
-    };
-    let (loss, dx_one) = model
-        .guidance_step(&latent, &t, &text, &rope, &reference.disp, &config, &never)
-        .unwrap();
-    assert!(
-        lg.loss > 0.0,
-        "a reference that differs gives a positive loss"
-    );
-    let loss_err = ((loss - lg.loss) / lg.loss).abs();
-    let dx_err = rel_err(&dx_one, &dx_two);
+    let (want, loss, dx_err, s) = compare_routes(&model, fastvmt_kernels::Backend::Cpu);
+    assert!(want > 0.0, "a reference that differs gives a positive loss");
+    let loss_err = ((loss - want) / want).abs();
     eprintln!(
-        "guidance_step vs two graphs: loss {loss} vs {} ({loss_err:.1e}), dx {dx_err:.1e}",
-        lg.loss
+        "guidance_step vs two graphs: loss {loss} vs {want} ({loss_err:.1e}), dx {dx_err:.1e}"
     );
-    assert!(loss_err < 1e-4, "loss {loss} vs {}", lg.loss);
+    assert!(loss_err < 1e-4, "loss {loss} vs {want}");
     // Both are fp16 graphs that recompute the forward with their own node order: measured
     // 1.2e-3, the size of either graph's difference from PyTorch (7e-4 to 8e-4).
     assert!(dx_err < 5e-3, "dx relative error {dx_err:.3e}");
     // A reference with a pair missing is refused by the operator, naming it.
-    let short = &reference.disp[..reference.disp.len() - 2 * h * w];
+    let rope = model.rope(s.shape[2], s.shape[3], s.shape[4]).unwrap();
+    let short = &s.reference[..s.reference.len() - s.pair_len];
+    let latent = Latent {
+        shape: s.shape,
+        data: &s.x,
+    };
     let err = model
-        .guidance_step(&latent, &t, &text, &rope, short, &config, &never)
+        .guidance_step(&latent, &s.t, &s.text, &rope, short, &s.config, &|| false)
         .unwrap_err()
         .to_string();
     assert!(

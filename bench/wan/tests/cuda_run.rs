@@ -6,14 +6,10 @@
 
 mod common;
 
-use common::{fixture, rel_err, vector};
-use fastvmt_kernels::{
-    amf_loss_and_grad, compute_amf, AmfSpec, Backend, KeyWindow, LossSpec, PairSet, PairWeights,
-    Readout, WindowCentre,
-};
-use fastvmt_plugin::model::dit::Latent;
+use common::{compare_routes, fixture};
+use fastvmt_kernels::Backend;
 use fastvmt_plugin::model::{Device, DitModel};
-use fastvmt_plugin::runtime::amf_ops::{cuda_variant_enabled, OpConfig};
+use fastvmt_plugin::runtime::amf_ops::cuda_variant_enabled;
 
 #[test]
 fn amf_operator_on_device_buffers_matches_the_two_graph_route() {
@@ -31,77 +27,12 @@ fn amf_operator_on_device_buffers_matches_the_two_graph_route() {
             return;
         }
     };
-    let never = || false;
-    let (xs, x) = vector("x");
-    let (_, t) = vector("t");
-    let (_, text) = vector("text");
-    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
-    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
-    let (f, h, w) = rope.grid;
-    let m = model.manifest();
-    let spec = AmfSpec {
-        heads: m.heads,
-        frames: f,
-        grid_h: h,
-        grid_w: w,
-        head_dim: m.head_dim,
-        tau: 2.0,
-        pairs: PairSet::Forward { span: 3 },
-        window: KeyWindow::Local {
-            radius: 1,
-            centre: WindowCentre::Query,
-        },
-    };
-    let loss_spec = LossSpec {
-        pair_weights: PairWeights::LinearDecay {
-            first: 1.0,
-            last: 0.8,
-        },
-        moving_threshold: None,
-    };
-    let gpu = Backend::Cuda { device: 0 };
-    let other: Vec<f32> = x.iter().rev().copied().collect();
-    let (rq, rk) = model
-        .guidance_qk(
-            &Latent {
-                shape,
-                data: &other,
-            },
-            &t,
-            &text,
-            &rope,
-            &never,
-        )
-        .unwrap();
-    let reference = compute_amf(&gpu, &rq, &rk, &spec, Readout::Argmax).unwrap();
-    let latent = Latent { shape, data: &x };
-    let (q, k) = model
-        .guidance_qk(&latent, &t, &text, &rope, &never)
-        .unwrap();
-    let lg = amf_loss_and_grad(&gpu, &q, &k, &spec, &reference, &loss_spec).unwrap();
-    let dx_two = model
-        .guidance_grad(&latent, &t, &text, &rope, &lg.dq, &lg.dk, &never)
-        .unwrap();
-    let config = OpConfig {
-        tau: 2.0,
-        span: 3,
-        radius: 1,
-        coarse_tiles: false,
-        weight_first: 1.0,
-        weight_last: 0.8,
-        moving_threshold: None,
-        cuda_device: Some(0),
-    };
-    let (loss, dx_one) = model
-        .guidance_step(&latent, &t, &text, &rope, &reference.disp, &config, &never)
-        .unwrap();
-    let loss_err = ((loss - lg.loss) / lg.loss).abs();
-    let dx_err = rel_err(&dx_one, &dx_two);
+    let (want, loss, dx_err, _) = compare_routes(&model, Backend::Cuda { device: 0 });
+    let loss_err = ((loss - want) / want).abs();
     println!(
-        "CUDA operator vs two graphs: loss {loss} vs {} ({loss_err:.1e}), dx {dx_err:.1e}",
-        lg.loss
+        "CUDA operator vs two graphs: loss {loss} vs {want} ({loss_err:.1e}), dx {dx_err:.1e}"
     );
-    assert!(lg.loss > 0.0);
-    assert!(loss_err < 1e-3, "loss {loss} vs {}", lg.loss);
+    assert!(want > 0.0);
+    assert!(loss_err < 1e-3, "loss {loss} vs {want}");
     assert!(dx_err < 5e-3, "dx relative error {dx_err:.3e}");
 }

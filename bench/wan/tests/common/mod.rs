@@ -37,3 +37,107 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     }
     (num / den.max(1e-30)).sqrt()
 }
+
+/// One real gradient of the fixture both ways on `model`: the two-graph route (guidance head,
+/// the kernels' AMF on `backend`, guidance grad) and the `guidance_step` graph. The reference
+/// is the AMF of another latent (the vectors' x in reverse order). Returns
+/// `(two-graph loss, guidance_step loss, dx relative difference, the step's inputs)`.
+pub fn compare_routes(
+    model: &fastvmt_plugin::model::DitModel,
+    backend: fastvmt_kernels::Backend,
+) -> (f32, f32, f64, StepInputs) {
+    use fastvmt_kernels::{
+        amf_loss_and_grad, compute_amf, AmfSpec, Backend, KeyWindow, LossSpec, PairSet,
+        PairWeights, Readout, WindowCentre,
+    };
+    use fastvmt_plugin::model::dit::Latent;
+    use fastvmt_plugin::runtime::amf_ops::OpConfig;
+    let never = || false;
+    let (xs, x) = vector("x");
+    let (_, t) = vector("t");
+    let (_, text) = vector("text");
+    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
+    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
+    let (f, h, w) = rope.grid;
+    let m = model.manifest();
+    let spec = AmfSpec {
+        heads: m.heads,
+        frames: f,
+        grid_h: h,
+        grid_w: w,
+        head_dim: m.head_dim,
+        tau: 2.0,
+        pairs: PairSet::Forward { span: 3 },
+        window: KeyWindow::Local {
+            radius: 1,
+            centre: WindowCentre::Query,
+        },
+    };
+    let loss_spec = LossSpec {
+        pair_weights: PairWeights::LinearDecay {
+            first: 1.0,
+            last: 0.8,
+        },
+        moving_threshold: None,
+    };
+    let config = OpConfig {
+        tau: 2.0,
+        span: 3,
+        radius: 1,
+        coarse_tiles: false,
+        weight_first: 1.0,
+        weight_last: 0.8,
+        moving_threshold: None,
+        cuda_device: match backend {
+            Backend::Cpu => None,
+            Backend::Cuda { device } => Some(device),
+        },
+    };
+    let other: Vec<f32> = x.iter().rev().copied().collect();
+    let (rq, rk) = model
+        .guidance_qk(
+            &Latent {
+                shape,
+                data: &other,
+            },
+            &t,
+            &text,
+            &rope,
+            &never,
+        )
+        .unwrap();
+    let reference = compute_amf(&backend, &rq, &rk, &spec, Readout::Argmax).unwrap();
+    let latent = Latent { shape, data: &x };
+    let (q, k) = model
+        .guidance_qk(&latent, &t, &text, &rope, &never)
+        .unwrap();
+    let lg = amf_loss_and_grad(&backend, &q, &k, &spec, &reference, &loss_spec).unwrap();
+    let dx_two = model
+        .guidance_grad(&latent, &t, &text, &rope, &lg.dq, &lg.dk, &never)
+        .unwrap();
+    let (loss, dx_one) = model
+        .guidance_step(&latent, &t, &text, &rope, &reference.disp, &config, &never)
+        .unwrap();
+    let inputs = StepInputs {
+        x,
+        t,
+        text,
+        shape,
+        reference: reference.disp,
+        pair_len: 2 * h * w,
+        config,
+    };
+    (lg.loss, loss, rel_err(&dx_one, &dx_two), inputs)
+}
+
+/// What [`compare_routes`] fed `guidance_step`, for further calls.
+pub struct StepInputs {
+    pub x: Vec<f32>,
+    pub t: Vec<f32>,
+    pub text: Vec<f32>,
+    pub shape: [usize; 5],
+    pub reference: Vec<f32>,
+    /// Values of one frame pair in `reference`.
+    pub pair_len: usize,
+    pub config: fastvmt_plugin::runtime::amf_ops::OpConfig,
+}
