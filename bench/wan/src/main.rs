@@ -169,19 +169,10 @@ fn settings(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda,
-        other => bail!("--device {other}: use cpu or cuda"),
+    let Some(device) = Device::parse(&args.device) else {
+        bail!("--device {}: use cpu or cuda", args.device);
     };
-    let modes: Vec<GuidanceMode> = args
-        .modes
-        .split(',')
-        .map(|m| {
-            GuidanceMode::parse(m.trim())
-                .with_context(|| format!("unknown mode '{m}' (none, ditflow, fastvmt, adaptive)"))
-        })
-        .collect::<Result<_>>()?;
+    let modes = GuidanceMode::parse_list(&args.modes).map_err(anyhow::Error::msg)?;
     let loading = Instant::now();
     let model = DitModel::load(&args.bundle, device)
         .with_context(|| format!("loading {}", args.bundle.display()))?;

@@ -121,18 +121,9 @@ fn main() -> Result<()> {
     .with_context(|| format!("{} is not JSON", args.clips.display()))?;
     let clips = clips.as_array().context("clips.json must be a list")?;
     let clip_dir = args.clips.parent().unwrap_or(Path::new("."));
-    let modes: Vec<GuidanceMode> = args
-        .modes
-        .split(',')
-        .map(|m| {
-            GuidanceMode::parse(m.trim())
-                .with_context(|| format!("unknown mode '{m}' (none, ditflow, fastvmt, adaptive)"))
-        })
-        .collect::<Result<_>>()?;
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda,
-        other => bail!("--device {other}: use cpu or cuda"),
+    let modes = GuidanceMode::parse_list(&args.modes).map_err(anyhow::Error::msg)?;
+    let Some(device) = Device::parse(&args.device) else {
+        bail!("--device {}: use cpu or cuda", args.device);
     };
     let dir = args.bundle.clone().unwrap_or_else(default_bundle_dir);
     let model =

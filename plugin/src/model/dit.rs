@@ -24,6 +24,15 @@ pub enum Device {
 }
 
 impl Device {
+    /// `cpu` or `cuda` (the inverse of [`Device::name`]).
+    pub fn parse(s: &str) -> Option<Device> {
+        match s {
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",

@@ -66,6 +66,16 @@ impl GuidanceMode {
             _ => None,
         }
     }
+
+    /// A comma-separated list of modes (`none,ditflow,...`), as the runner binaries take it.
+    pub fn parse_list(list: &str) -> Result<Vec<GuidanceMode>, String> {
+        list.split(',')
+            .map(|m| {
+                GuidanceMode::parse(m.trim())
+                    .ok_or_else(|| format!("unknown mode '{m}' (none, ditflow, fastvmt, adaptive)"))
+            })
+            .collect()
+    }
 }
 
 /// Numeric precision of the Q/K fed to the AMF kernels (accumulation is always f32).
