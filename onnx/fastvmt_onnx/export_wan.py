@@ -206,14 +206,19 @@ def example(wan, B=2, Fr=3, hh=5, ww=4, L=7, seed=0, grad=False, heads_n=None):
 WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad", "guidance_step")
 
 
-def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS):
+def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS,
+               dense_forward="fastvmt"):
     """local_window=(T, S) (needs custom_attention): every block's self-attention sees only the 3D
-    window of temporal radius T and spatial radius S tokens; cross-attention stays dense."""
+    window of temporal radius T and spatial radius S tokens; cross-attention stays dense.
+    dense_forward="ort" (needs custom_attention): in the forward-only graphs (denoiser,
+    guidance_head) every dense attention is ONNX Runtime's com.microsoft.MultiHeadAttention
+    (ort_attention.py); the gradient graphs keep fastvmt.Attention for its backward."""
     from .export import export_graph, SYM
     from .model import DiTConfig
     if local_window is not None and not custom_attention:
         raise ValueError("local_window needs custom_attention (plain ONNX attention is dense only)")
-    set_attention_impl("custom" if custom_attention else "math", local=local_window)
+    if dense_forward != "fastvmt" and not custom_attention:
+        raise ValueError("dense_forward='ort' needs custom_attention")
     os.makedirs(out_dir, exist_ok=True)
     cfg = wan.config
     # a DiTConfig-shaped stand-in so export.py's dim fixer knows the static sizes
@@ -224,14 +229,25 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
     base = ["x", "t", "text", "rope_cos", "rope_sin"]
     paths = {}
     t0 = time.time()
+    # forward-only graphs: dense attention as configured by dense_forward
+    forward_table = None
+    if custom_attention:
+        set_attention_impl("custom", local=local_window, dense_forward=dense_forward)
+        if dense_forward == "ort":
+            from .ort_attention import translation_table as ort_table
+            forward_table = ort_table(cfg.num_attention_heads)
+    else:
+        set_attention_impl("math", local=local_window)
     if "denoiser" in graphs:
         paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
                                          os.path.join(out_dir, "denoiser.onnx"), stand,
-                                         custom_attention=custom_attention)
+                                         custom_attention=custom_attention, extra_translation=forward_table)
     if "guidance_head" in graphs:
         paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base,
                                               ["q", "k"], os.path.join(out_dir, "guidance_head.onnx"), stand,
-                                              custom_attention=custom_attention)
+                                              custom_attention=custom_attention, extra_translation=forward_table)
+    # gradient graphs: attention needs its backward, so it stays fastvmt.Attention / AttentionGrad
+    set_attention_impl("custom" if custom_attention else "math", local=local_window)
     if "guidance_grad" in graphs:
         paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
                                               base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
@@ -276,7 +292,7 @@ def random_text_encoder(path, dim, vocab=BENCH_VOCAB, seed=0):
 
 
 def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, dtype, custom_attention,
-                       local_window, defaults=None):
+                       local_window, defaults=None, dense_forward="fastvmt"):
     """manifest.json for an exported Wan bundle. The latent is Wan's VAE latent (16 channels, 4x
     temporal and 8x spatial compression), but the VAE and umT5 are not in the bundle: such a bundle
     is sampled from a latent by the library (bench/wan), not by the VIDEO nodes."""
@@ -319,6 +335,8 @@ def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, 
         "defaults": defaults or {},
         "files": files,
     }
+    if dense_forward == "ort":  # informative: the forward graphs' dense attention is ONNX Runtime's
+        man["attention"]["dense_forward"] = "com.microsoft.MultiHeadAttention"
     if "guidance_step" in files:
         from .amf_op import DOMAIN as AMF_DOMAIN, VERSION as AMF_VERSION
         man.setdefault("custom_ops", {})[AMF_DOMAIN] = AMF_VERSION
@@ -375,6 +393,9 @@ def main():
     ap.add_argument("--local-window", default=None, metavar="T,S",
                     help="with --custom-attention: the blocks' self-attention sees only a 3D window of "
                          "temporal radius T and spatial radius S tokens")
+    ap.add_argument("--dense-forward", choices=("fastvmt", "ort"), default="fastvmt",
+                    help="with --custom-attention: dense attention in the forward-only graphs as "
+                         "fastvmt.Attention or as ONNX Runtime's com.microsoft.MultiHeadAttention")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                     help="weights and activations inside the graphs (inputs and outputs stay float32)")
     ap.add_argument("--bundle-name", default=None,
@@ -390,6 +411,8 @@ def main():
         if not a.custom_attention:
             ap.error("--local-window needs --custom-attention")
         local = tuple(int(v) for v in a.local_window.split(","))
+    if a.dense_forward != "fastvmt" and not a.custom_attention:
+        ap.error("--dense-forward ort needs --custom-attention")
     if a.tiny:
         wan = tiny_wan()
     elif a.wan13_dims:
@@ -401,19 +424,20 @@ def main():
     graphs = [g for g in a.graphs.split(",") if g]
     if any(g not in WAN_GRAPHS for g in graphs):
         ap.error(f"--graphs: choose from {','.join(WAN_GRAPHS)}")
-    paths = {} if a.manifest_only else export_wan(wan, a.out, a.motion_block, a.custom_attention, local, graphs)
+    paths = {} if a.manifest_only else export_wan(wan, a.out, a.motion_block, a.custom_attention, local, graphs,
+                                                  a.dense_forward)
     if a.bundle_name and (a.manifest_only or len(graphs) == len(WAN_GRAPHS)):
         random_text_encoder(os.path.join(a.out, "text_encoder.onnx"), wan.config.text_dim)
         desc = (f"Random-initialised WanTransformer3DModel, {wan.config.num_layers} blocks, "
                 f"{a.dtype} weights, for timing only (bench/wan); text: a random embedding table.")
         write_wan_manifest(wan, a.out, a.bundle_name, desc, a.motion_block, a.text_len, a.dtype,
-                           a.custom_attention, local)
+                           a.custom_attention, local, dense_forward=a.dense_forward)
         print("wrote bundle", a.out)
     if a.custom_attention:
         import onnx
         for k, p in paths.items():
             ops = sorted({f"{n.domain or 'ai.onnx'}.{n.op_type}" for n in onnx.load(p, load_external_data=False).graph.node
-                          if n.domain == "fastvmt" or n.op_type == "Softmax"})
+                          if n.domain in ("fastvmt", "com.microsoft") or n.op_type == "Softmax"})
             print(k, ops)
     elif a.check:
         rows = check(wan, paths, a.motion_block)

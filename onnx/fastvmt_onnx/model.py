@@ -70,15 +70,23 @@ class DiTConfig:
 # "custom": torch.ops.fastvmt.attention, exported as a fastvmt.Attention node (custom_attention.py).
 # "local": None (dense) or (temporal_radius, spatial_radius): the self-attention of every block
 # over the video tokens sees only a 3D window (kernels/src/attention/mod.rs defines it).
-ATTENTION_IMPL = {"mode": "math", "local": None}
+# "dense_forward": "fastvmt" (dense attention as fastvmt.Attention too) or "ort" (dense attention
+# as ONNX Runtime's com.microsoft.MultiHeadAttention, forward-only graphs: ort_attention.py).
+ATTENTION_IMPL = {"mode": "math", "local": None, "dense_forward": "fastvmt"}
 
 
-def set_attention_impl(mode: str, local=None):
+def set_attention_impl(mode: str, local=None, dense_forward="fastvmt"):
     """mode: "math" (plain ops), "sdpa" (torch fused kernel, training) or "custom"
     (torch.ops.fastvmt.attention, exported as a fastvmt.Attention custom-domain node, see
     custom_attention.py). local: None or (temporal_radius, spatial_radius) for the blocks'
-    self-attention ("custom" exports it; "math" computes it eagerly with an explicit mask)."""
+    self-attention ("custom" exports it; "math" computes it eagerly with an explicit mask).
+    dense_forward="ort" (with "custom", graphs without a backward through attention only): dense
+    attentions become com.microsoft.MultiHeadAttention nodes (ort_attention.py)."""
     assert mode in ("math", "sdpa", "custom")
+    assert dense_forward in ("fastvmt", "ort")
+    assert dense_forward == "fastvmt" or mode == "custom", "dense_forward='ort' needs mode 'custom'"
+    if dense_forward == "ort":
+        from . import ort_attention  # noqa: F401  (registers the op)
     if mode == "custom" or local is not None:
         from . import custom_attention  # noqa: F401  (registers the ops)
     if local is not None:
@@ -87,6 +95,7 @@ def set_attention_impl(mode: str, local=None):
         assert min(local) >= 0, local
     ATTENTION_IMPL["mode"] = mode
     ATTENTION_IMPL["local"] = local
+    ATTENTION_IMPL["dense_forward"] = dense_forward
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
@@ -97,6 +106,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> t
     local = ATTENTION_IMPL["local"] if grid is not None else None
     if ATTENTION_IMPL["mode"] == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
+    if ATTENTION_IMPL["mode"] == "custom" and local is None and ATTENTION_IMPL["dense_forward"] == "ort":
+        return torch.ops.fastvmt.ort_mha(q.contiguous(), k.contiguous(), v.contiguous(), float(scale))
     if ATTENTION_IMPL["mode"] == "custom":
         from .custom_attention import attention as custom
         return custom(q, k, v, scale=scale, grid=grid, local=local)[0]
