@@ -1,4 +1,4 @@
-//! The `fastvmt.amf.AmfLossGrad` CUDA variant (`FASTVMT_AMF_OP=cuda`: Q/K and dQ/dK stay in
+//! The `fastvmt.amf.AmfLossGrad` CUDA variant (the default; `FASTVMT_AMF_OP=cuda`: Q/K and dQ/dK stay in
 //! ONNX Runtime's device buffers) against the two-graph route, on the CUDA provider. Skips,
 //! saying why, without a GPU and ONNX Runtime's CUDA provider; `FASTVMT_TEST_CUDA=1` makes
 //! that a failure (the GPU host). One test in this binary: the variable is read when the

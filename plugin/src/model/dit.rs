@@ -119,7 +119,7 @@ fn open_session(
         && match cuda_arena::register_shared(env) {
             Ok(()) => true,
             Err(why) => {
-                eprintln!("fastvmt: FASTVMT_CUDA_ARENA=shared unavailable ({why}); shrinking each session's arena instead");
+                eprintln!("fastvmt: the shared CUDA arena is unavailable ({why}); shrinking each session's arena instead");
                 false
             }
         };

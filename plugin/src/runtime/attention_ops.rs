@@ -462,18 +462,64 @@ pub(crate) fn host<'a, T: PrimitiveTensorElementType>(
     v: &'a In<'_>,
     name: &str,
 ) -> Fallible<&'a [T]> {
-    v.try_extract_tensor::<T>()
-        .map(|(_, d)| d)
-        .map_err(|e| format!("input {name}: {e}"))
+    match v.try_extract_tensor::<T>() {
+        Ok((_, d)) => Ok(d),
+        Err(_) if is_pinned_host(v.memory_info()) => {
+            let n = element_count::<T>(v.data_type(), v.shape(), name)?;
+            // SAFETY: CUDA-pinned memory is host memory; ONNX Runtime keeps this input's buffer of
+            // `n` elements of type T (checked above) alive for the whole compute call.
+            Ok(unsafe { pinned_slice(v.data_ptr().cast::<T>().cast_mut(), n) })
+        }
+        Err(e) => Err(format!("input {name}: {e}")),
+    }
 }
 
 pub(crate) fn host_mut<'a, T: PrimitiveTensorElementType>(
     v: &'a mut Out<'_>,
     name: &str,
 ) -> Fallible<&'a mut [T]> {
+    if is_pinned_host(v.memory_info()) {
+        let n = element_count::<T>(v.data_type(), v.shape(), name)?;
+        // SAFETY: as in `host`; the output buffer is ours to write until the compute returns.
+        // (`ort` has no `data_ptr_mut` through `ValueRefMut`.)
+        return Ok(unsafe { pinned_slice(v.data_ptr().cast::<T>().cast_mut(), n) });
+    }
     v.try_extract_tensor_mut::<T>()
         .map(|(_, d)| d)
         .map_err(|e| format!("output {name}: {e}"))
+}
+
+/// ONNX Runtime (1.23 on) hands a CPU node inside a CUDA session its tensors in CUDA-pinned host
+/// memory, which `ort` below its api-23 feature does not count as host-accessible (found on the
+/// GPU host: the AMF operator's CPU variant failed to read Q). It is host memory.
+fn is_pinned_host(info: &ort::memory::MemoryInfo<'_>) -> bool {
+    info.allocation_device() == ort::memory::AllocationDevice::CUDA_PINNED
+}
+
+fn element_count<T: PrimitiveTensorElementType>(
+    ty: &TensorElementType,
+    shape: &ort::value::Shape,
+    name: &str,
+) -> Fallible<usize> {
+    if *ty != T::into_tensor_element_type() {
+        return Err(format!(
+            "{name}: a tensor of {ty}, expected {}",
+            T::into_tensor_element_type()
+        ));
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+        .ok_or_else(|| format!("{name}: bad shape {shape:?}"))
+}
+
+/// # Safety
+/// `ptr` must point to `n` initialised host elements that outlive `'a` (or `n` is 0).
+unsafe fn pinned_slice<'a, T>(ptr: *mut T, n: usize) -> &'a mut [T] {
+    if n == 0 {
+        return &mut [];
+    }
+    std::slice::from_raw_parts_mut(ptr, n)
 }
 
 fn cpu_forward<T: Element + PrimitiveTensorElementType>(

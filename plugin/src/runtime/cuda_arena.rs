@@ -5,13 +5,18 @@
 //! activations alone are tens of GB: left in its arena they starve the denoiser's (measured:
 //! out of memory at 32,760 tokens, `bench/wan/README.md`). The policies:
 //!
-//! - `shrink` (default; measured working): each run gives the memory its arena grew by back at
-//!   the end. Costs re-allocating that memory on the next run.
-//! - `shared`: one arena registered on the ONNX Runtime environment and used by every CUDA
-//!   session (`CreateAndRegisterAllocatorV2` + `session.use_env_allocators`): peak memory is
-//!   the largest graph's rather than the sum, and nothing is re-allocated. Not yet measured on
-//!   the GPU host; if registration fails the sessions fall back to `shrink` and say why.
+//! - `shared` (default): one arena registered on the ONNX Runtime environment and used by every
+//!   CUDA session (`CreateAndRegisterAllocatorV2` + `session.use_env_allocators`): peak memory is
+//!   the largest graph's rather than the sum, and nothing is re-allocated. If registration fails
+//!   the sessions fall back to `shrink` and say why.
+//! - `shrink`: each run gives the memory its arena grew by back at the end, and re-allocates it
+//!   on the next run. The lowest peak; the choice for a card the shared arena overfills.
 //! - `keep`: ONNX Runtime's behaviour (fastest while everything fits).
+//!
+//! Measured on the H100, Wan2.1-1.3B dims, 32,760 tokens, preset small, one lease
+//! (`bench/wan/results/2026-11-27-h100-lease2/`): plain sampling shrink 19.90 s, shared 18.10 s,
+//! keep 17.92 s; `fastvmt` shrink 56.2 s (peak 64.2 GiB), shared 43.4 s (peak 76.1 GiB); so
+//! `shared` is the default and `shrink` the fallback the out-of-memory message names.
 
 use std::ffi::{c_char, CString};
 use std::sync::OnceLock;
@@ -43,11 +48,11 @@ impl ArenaPolicy {
         }
     }
 
-    /// The policy asked for by `FASTVMT_CUDA_ARENA` (default `shrink`); an unknown value is an
+    /// The policy asked for by `FASTVMT_CUDA_ARENA` (default `shared`); an unknown value is an
     /// error naming the variable.
     pub fn from_env() -> Result<Self, String> {
         match std::env::var("FASTVMT_CUDA_ARENA") {
-            Err(_) => Ok(Self::Shrink),
+            Err(_) => Ok(Self::Shared),
             Ok(v) => Self::parse(&v)
                 .ok_or_else(|| format!("FASTVMT_CUDA_ARENA='{v}': use shrink, shared or keep")),
         }

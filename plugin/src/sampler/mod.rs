@@ -106,7 +106,7 @@ pub enum SampleError {
     Kernel(#[from] fastvmt_kernels::KernelError),
     /// The job does not fit the device's memory (the model and host go on; a smaller job can
     /// run next).
-    #[error("out of {device} memory in mode '{mode}' with a latent of {shape} ({tokens} tokens): {detail}. Use fewer frames or a smaller size (or FASTVMT_CUDA_ARENA=shrink if it was changed)")]
+    #[error("out of {device} memory in mode '{mode}' with a latent of {shape} ({tokens} tokens): {detail}. Use fewer frames or a smaller size, or set FASTVMT_CUDA_ARENA=shrink (lower peak, slower)")]
     OutOfMemory {
         device: &'static str,
         mode: &'static str,
