@@ -18,7 +18,9 @@
 # Settings: PRESET=small (default: 10 steps, guidance on the first 2 with 10 inner steps) or
 # full (FastVMT's 50 steps, guidance on the first 10); FRAMES/HEIGHT/WIDTH of the latent
 # (default 21 x 60 x 104: 81 frames of 480x832, 32,760 tokens); LAYERS (30); DTYPE (fp16);
-# MOTION, the motion block (14, FastVMT's).
+# MOTION, the motion block (14, FastVMT's); DENSE_FORWARD, the dense attention of the forward-only
+# graphs: ort (default, ONNX Runtime's MultiHeadAttention: 1.46x faster plain sampling, measured
+# in results/2026-11-27-h100-lease2) or fastvmt (our fused operator, as in the first table).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-/tmp/wanbench}
@@ -53,19 +55,20 @@ ort_env() {
   export ORT_DYLIB_PATH=$lib LD_LIBRARY_PATH=/opt/ortgpu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 }
 
-do_export() {
+do_export() {  # NAME [T,S]; env GRAPHS (default all four), DENSE_FORWARD (ort | fastvmt)
   local name=$1 window=${2:-}
   python_env
   local args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-attention
-              --bundle-name "$name" --out "$WORK/$name")
+              --bundle-name "$name" --out "$WORK/$name" --dense-forward "${DENSE_FORWARD:-ort}")
   [ -n "$window" ] && args+=(--local-window "$window")
   local t0=$SECONDS pids=() g
   # One process per graph: the exporter is single-threaded and the host has cores to spare.
-  for g in denoiser guidance_head guidance_grad guidance_step; do
+  for g in ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step}; do
     (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.export_wan "${args[@]}" --graphs $g > "$LOGS/export-$name-$g.log" 2>&1) &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || { tail -20 "$LOGS"/export-"$name"-*.log; exit 1; }; done
+  if [ -n "${GRAPHS:-}" ]; then return 0; fi  # a partial bundle: the caller completes it
   (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.export_wan "${args[@]}" --manifest-only)
   echo "export $name: $((SECONDS - t0)) s"; du -sh "$WORK/$name"
 }
@@ -104,21 +107,24 @@ do_arenas() {  # the CUDA arena policies side by side (plugin/src/runtime/cuda_a
   done
 }
 
-do_routes() {  # a real gradient in one guidance_step run (AMF operator on the CPU or CUDA
-               # provider) vs guidance_head + guidance_grad
+do_routes() {  # a real gradient in one guidance_step run (AMF operator on the CUDA provider, the
+               # default, or the CPU provider) vs guidance_head + guidance_grad
   local name=$1 modes=$2
   do_ours "$name" "$modes" -step
+  FASTVMT_AMF_OP=cpu do_ours "$name" "$modes" -stepcpu  # Q/K through pinned host memory
   ort_env
   "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda --modes "$modes" --two-graph \
     --tag=-twograph "${COMMON[@]}" --out "$RES/ours-$name-twograph.json"
-  FASTVMT_AMF_OP=cuda do_ours "$name" "$modes" -stepcuda  # the operator on device buffers
 }
 
-do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op and provider
+do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op and provider.
+  # ONNX Runtime times a CUDA node by its host-side launch, so without blocking launches the
+  # times land on whichever node waits on a full launch queue (2026-11-27: 37 % on Cast);
+  # CUDA_LAUNCH_BLOCKING=1 (PROFILE_BLOCKING=0 to drop it) makes each node's time its kernels'.
   local name=$1
   ort_env
   rm -f "$LOGS"/prof_*
-  FASTVMT_ORT_PROFILE="$LOGS/prof_" "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda \
+  CUDA_LAUNCH_BLOCKING=${PROFILE_BLOCKING:-1} FASTVMT_ORT_PROFILE="$LOGS/prof_" "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda \
     --modes fastvmt --frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps 2 --guided-fraction 0.5 \
     --no-warmup --out "$LOGS/profile-run.json"
   python3 "$ROOT/bench/wan/profile_summary.py" "$LOGS"/prof_denoiser_*.json "$LOGS"/prof_guidance_*.json \
