@@ -84,6 +84,11 @@ def _fix_io_names(path, in_names, out_names, cfg: DiTConfig):
                     d.ClearField("dim_param")
                     d.dim_value = val
     onnx.save(m, path)
+    # ONNX Runtime's contrib ops of the default domain (SimplifiedLayerNormalization, fused_ops.py)
+    # have no schema in the onnx package, whose checker refuses them: ONNX Runtime checks those
+    # graphs when it loads them (the tests do).
+    if any(n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type) for n in m.graph.node):
+        return
     if not any(o.domain == "fastvmt" for o in m.opset_import):  # custom domain: no schema in the checker
         onnx.checker.check_model(path, full_check=True)  # by path: works above 2 GB too
     else:

@@ -207,12 +207,13 @@ WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad", "guidance_step")
 
 
 def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS,
-               dense_forward="fastvmt"):
+               dense_forward="fastvmt", fused_norms=False):
     """local_window=(T, S) (needs custom_attention): every block's self-attention sees only the 3D
     window of temporal radius T and spatial radius S tokens; cross-attention stays dense.
     dense_forward="ort" (needs custom_attention): in the forward-only graphs (denoiser,
     guidance_head) every dense attention is ONNX Runtime's com.microsoft.MultiHeadAttention
-    (ort_attention.py); the gradient graphs keep fastvmt.Attention for its backward."""
+    (ort_attention.py); the gradient graphs keep fastvmt.Attention for its backward.
+    fused_norms=True: RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py)."""
     from .export import export_graph, SYM
     from .model import DiTConfig
     if local_window is not None and not custom_attention:
@@ -231,11 +232,16 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
     t0 = time.time()
     # forward-only graphs: dense attention as configured by dense_forward
     forward_table = None
+    fused = {}
+    if fused_norms:
+        from .fused_ops import translation_table as fused_table
+        fused = fused_table()
+        forward_table = dict(fused)
     if custom_attention:
         set_attention_impl("custom", local=local_window, dense_forward=dense_forward)
         if dense_forward == "ort":
             from .ort_attention import translation_table as ort_table
-            forward_table = ort_table(cfg.num_attention_heads)
+            forward_table = {**fused, **ort_table(cfg.num_attention_heads)}
     else:
         set_attention_impl("math", local=local_window)
     if "denoiser" in graphs:
@@ -251,7 +257,8 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
     if "guidance_grad" in graphs:
         paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
                                               base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
-                                              stand, grad=True, custom_attention=custom_attention)
+                                              stand, grad=True, custom_attention=custom_attention,
+                                              extra_translation=fused)
     if "guidance_step" in graphs:
         from .amf_op import CONFIG_LEN, translation_table as amf_table
         x, t, text, cos, sin = example(wan)  # batch 2 keeps B symbolic; the plugin feeds 1
@@ -262,7 +269,7 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
         paths["guidance_step"] = export_graph(
             WanGraph(wan, "guidance_step", motion_block), (x, t, text, cos, sin, reference, amf_config),
             base + ["reference", "amf_config"], ["loss", "dx"], os.path.join(out_dir, "guidance_step.onnx"),
-            stand, grad=True, custom_attention=custom_attention, extra_translation=amf_table())
+            stand, grad=True, custom_attention=custom_attention, extra_translation={**fused, **amf_table()})
     SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = 3
     set_attention_impl("math")
     print(f"exported in {time.time() - t0:.0f}s")
@@ -396,6 +403,8 @@ def main():
     ap.add_argument("--dense-forward", choices=("fastvmt", "ort"), default="fastvmt",
                     help="with --custom-attention: dense attention in the forward-only graphs as "
                          "fastvmt.Attention or as ONNX Runtime's com.microsoft.MultiHeadAttention")
+    ap.add_argument("--fused-norms", action="store_true",
+                    help="RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py)")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                     help="weights and activations inside the graphs (inputs and outputs stay float32)")
     ap.add_argument("--bundle-name", default=None,
@@ -425,7 +434,7 @@ def main():
     if any(g not in WAN_GRAPHS for g in graphs):
         ap.error(f"--graphs: choose from {','.join(WAN_GRAPHS)}")
     paths = {} if a.manifest_only else export_wan(wan, a.out, a.motion_block, a.custom_attention, local, graphs,
-                                                  a.dense_forward)
+                                                  a.dense_forward, a.fused_norms)
     if a.bundle_name and (a.manifest_only or len(graphs) == len(WAN_GRAPHS)):
         random_text_encoder(os.path.join(a.out, "text_encoder.onnx"), wan.config.text_dim)
         desc = (f"Random-initialised WanTransformer3DModel, {wan.config.num_layers} blocks, "

@@ -1,6 +1,8 @@
-"""`export_wan --dense-forward ort`: the forward-only graphs' dense attention becomes ONNX Runtime's
-com.microsoft.MultiHeadAttention (ort_attention.py). Stock ONNX Runtime runs those graphs, so they
-are checked against the eager PyTorch model (plain softmax attention) on fresh random inputs."""
+"""`export_wan --dense-forward ort --fused-norms`: the forward-only graphs' dense attention becomes
+ONNX Runtime's com.microsoft.MultiHeadAttention (ort_attention.py), RMSNorm and tanh-GELU its
+SimplifiedLayerNormalization and FastGelu (fused_ops.py). Stock ONNX Runtime runs those graphs, so
+they are checked against the eager PyTorch model (plain softmax attention, torch's norms) on fresh
+random inputs."""
 import random
 
 import numpy as np
@@ -19,16 +21,18 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def test_forward_graphs_use_ort_attention_and_match_pytorch(tmp_path):
+def test_forward_graphs_use_ort_fused_nodes_and_match_pytorch(tmp_path):
     wan = tiny_wan()
     paths = export_wan(wan, str(tmp_path), custom_attention=True, graphs=("denoiser", "guidance_head"),
-                       dense_forward="ort")
+                       dense_forward="ort", fused_norms=True)
     for p in paths.values():
         m = onnx.load(p)
-        custom = {(n.domain, n.op_type) for n in m.graph.node if n.domain}
-        assert custom == {("com.microsoft", "MultiHeadAttention")}, custom
-        # every attention: a block's self- and cross-attention (no Softmax left in plain ops)
-        assert not any(n.op_type == "Softmax" for n in m.graph.node)
+        ops = {(n.domain, n.op_type) for n in m.graph.node}
+        assert {("com.microsoft", "MultiHeadAttention"), ("com.microsoft", "FastGelu"),
+                ("", "SimplifiedLayerNormalization")} <= ops, ops
+        assert not any(n.domain == "fastvmt" for n in m.graph.node)
+        # every attention, RMSNorm and GELU fused: no Softmax, Pow (x^2, x^3) or Tanh left
+        assert not ops & {("", "Softmax"), ("", "Pow"), ("", "Tanh")}, ops
     seed = random.randrange(1 << 30)
     # a token grid and text length unlike the export example's (the sizes are symbolic)
     x, t, text, cos, sin = example(wan, B=2, Fr=2, hh=3, ww=5, L=6, seed=seed)
