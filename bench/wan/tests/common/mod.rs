@@ -141,3 +141,29 @@ pub struct StepInputs {
     pub pair_len: usize,
     pub config: fastvmt_plugin::runtime::amf_ops::OpConfig,
 }
+
+/// The GPU-host check shared by the AMF operator's CUDA-session tests: loads the fixture on
+/// CUDA (or skips, saying why; `FASTVMT_TEST_CUDA=1` makes that a failure), then compares the
+/// `guidance_step` route with the two-graph route. `route` names the route in the messages.
+pub fn check_cuda_session_route(test: &str, route: &str) {
+    use fastvmt_kernels::Backend;
+    use fastvmt_plugin::model::{Device, DitModel};
+    let required = std::env::var("FASTVMT_TEST_CUDA").is_ok_and(|v| v == "1");
+    let model = match Backend::cuda_available()
+        .map_err(|why| format!("no CUDA driver/NVRTC: {why}"))
+        .and_then(|()| DitModel::load(&fixture(), Device::Cuda).map_err(|e| e.to_string()))
+    {
+        Ok(m) => m,
+        Err(why) => {
+            assert!(!required, "FASTVMT_TEST_CUDA=1 but {why}");
+            println!("SKIPPED {test}: {why}");
+            return;
+        }
+    };
+    let (want, loss, dx_err, _) = compare_routes(&model, Backend::Cuda { device: 0 });
+    let loss_err = ((loss - want) / want).abs();
+    println!("{route} vs two graphs: loss {loss} vs {want} ({loss_err:.1e}), dx {dx_err:.1e}");
+    assert!(want > 0.0);
+    assert!(loss_err < 1e-3, "loss {loss} vs {want}");
+    assert!(dx_err < 5e-3, "dx relative error {dx_err:.3e}");
+}
