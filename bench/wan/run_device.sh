@@ -5,6 +5,9 @@
 #   bench/wan/run_device.sh exports             # the dense and the local (1,7) bundle, in parallel
 #   bench/wan/run_device.sh export NAME [T,S]   # random Wan-1.3B-dims bundle -> $WORK/NAME
 #                                               # (T,S: local-window attention inside the DiT)
+#   bench/wan/run_device.sh materialize NAME    # a bundle from .wanstruct/NAME.tar.zst (carried;
+#                                               # bench/wan/export_structures.sh on the build
+#                                               # machine): its weights written here, < 1 min
 #   bench/wan/run_device.sh ours NAME MODES [TAG]
 #   bench/wan/run_device.sh torch MODES
 #   bench/wan/run_device.sh peak | table
@@ -76,6 +79,18 @@ do_export() {  # NAME [T,S]; env GRAPHS (default all four), DENSE_FORWARD (ort |
   echo "export $name: $((SECONDS - t0)) s"; du -sh "$WORK/$name"
 }
 
+do_materialize() {  # the structure exported on the build machine + the seeded model's weights
+  local name=$1 pack=$ROOT/.wanstruct/$1.tar.zst
+  [ -f "$pack" ] || { echo "materialize: $pack missing (carry .wanstruct; see export_structures.sh)" >&2; exit 1; }
+  python_env
+  local unzstd=zstd t0=$SECONDS
+  command -v zstd > /dev/null || unzstd=/opt/ortgpu/zstd  # staged with ONNX Runtime
+  rm -rf "${WORK:?}/$name"
+  "$unzstd" -dc "$pack" | tar xf - -C "$WORK"
+  (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.materialize "$WORK/$name")
+  echo "materialize $name: $((SECONDS - t0)) s"
+}
+
 do_ours() {
   local name=$1 modes=$2 tag=${3:-}
   ort_env
@@ -140,6 +155,7 @@ do_table() {
 
 case ${1:-} in
   export) do_export "$2" "${3:-}" ;;
+  materialize) do_materialize "$2" ;;
   exports)  # the dense and the local-window bundle side by side
     python_env
     do_export wan13-dense & a=$!

@@ -96,8 +96,10 @@ def _fix_io_names(path, in_names, out_names, cfg: DiTConfig):
 
 
 def export_graph(module, args, names_in, names_out, path, cfg, grad=False, custom_attention=False,
-                 extra_translation=None):
-    """extra_translation: more custom_translation_table entries (e.g. amf_op's)."""
+                 extra_translation=None, optimize=True):
+    """extra_translation: more custom_translation_table entries (e.g. amf_op's). optimize=False
+    skips onnxscript's optimiser, which keeps every weight an initializer named by its parameter
+    (materialize.py relies on it; ONNX Runtime folds the rest when it loads the graph)."""
     module.eval()
     dyn = _dyn(names_in)
     kw = {}
@@ -110,10 +112,10 @@ def export_graph(module, args, names_in, names_out, path, cfg, grad=False, custo
     if grad:
         from torch.export._trace import _export
         ep = _export(module, args, dynamic_shapes=dyn, strict=False, pre_dispatch=False)
-        onx = torch.onnx.export(ep, args, dynamo=True, opset_version=OPSET, optimize=True, **kw)
+        onx = torch.onnx.export(ep, args, dynamo=True, opset_version=OPSET, optimize=optimize, **kw)
     else:
         onx = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dyn,
-                                input_names=names_in, output_names=names_out, optimize=True, **kw)
+                                input_names=names_in, output_names=names_out, optimize=optimize, **kw)
     onx.save(path)
     _fix_io_names(path, names_in, names_out, cfg)
     return path

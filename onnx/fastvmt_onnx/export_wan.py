@@ -207,13 +207,15 @@ WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad", "guidance_step")
 
 
 def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS,
-               dense_forward="fastvmt", fused_norms=False):
+               dense_forward="fastvmt", fused_norms=False, structure_only=False):
     """local_window=(T, S) (needs custom_attention): every block's self-attention sees only the 3D
     window of temporal radius T and spatial radius S tokens; cross-attention stays dense.
     dense_forward="ort" (needs custom_attention): in the forward-only graphs (denoiser,
     guidance_head) every dense attention is ONNX Runtime's com.microsoft.MultiHeadAttention
     (ort_attention.py); the gradient graphs keep fastvmt.Attention for its backward.
-    fused_norms=True: RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py)."""
+    fused_norms=True: RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py).
+    structure_only=True: graphs whose weights are external references to files not written
+    (materialize.py fills them in from the seeded model where the graphs run)."""
     from .export import export_graph, SYM
     from .model import DiTConfig
     if local_window is not None and not custom_attention:
@@ -247,18 +249,20 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
     if "denoiser" in graphs:
         paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
                                          os.path.join(out_dir, "denoiser.onnx"), stand,
-                                         custom_attention=custom_attention, extra_translation=forward_table)
+                                         custom_attention=custom_attention, extra_translation=forward_table,
+                                         optimize=not structure_only)
     if "guidance_head" in graphs:
         paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base,
                                               ["q", "k"], os.path.join(out_dir, "guidance_head.onnx"), stand,
-                                              custom_attention=custom_attention, extra_translation=forward_table)
+                                              custom_attention=custom_attention, extra_translation=forward_table,
+                                              optimize=not structure_only)
     # gradient graphs: attention needs its backward, so it stays fastvmt.Attention / AttentionGrad
     set_attention_impl("custom" if custom_attention else "math", local=local_window)
     if "guidance_grad" in graphs:
         paths["guidance_grad"] = export_graph(WanGraph(wan, "guidance_grad", motion_block), example(wan, grad=True),
                                               base + ["dq", "dk"], ["dx"], os.path.join(out_dir, "guidance_grad.onnx"),
                                               stand, grad=True, custom_attention=custom_attention,
-                                              extra_translation=fused)
+                                              extra_translation=fused, optimize=not structure_only)
     if "guidance_step" in graphs:
         from .amf_op import CONFIG_LEN, translation_table as amf_table
         x, t, text, cos, sin = example(wan)  # batch 2 keeps B symbolic; the plugin feeds 1
@@ -269,9 +273,14 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
         paths["guidance_step"] = export_graph(
             WanGraph(wan, "guidance_step", motion_block), (x, t, text, cos, sin, reference, amf_config),
             base + ["reference", "amf_config"], ["loss", "dx"], os.path.join(out_dir, "guidance_step.onnx"),
-            stand, grad=True, custom_attention=custom_attention, extra_translation={**fused, **amf_table()})
+            stand, grad=True, custom_attention=custom_attention, extra_translation={**fused, **amf_table()},
+            optimize=not structure_only)
     SYM["x"][1] = SYM["dx"][1] = SYM["velocity"][1] = 3
     set_attention_impl("math")
+    if structure_only:
+        from .materialize import strip_weights
+        for p in paths.values():
+            strip_weights(p)
     print(f"exported in {time.time() - t0:.0f}s")
     return paths
 
@@ -405,6 +414,9 @@ def main():
                          "fastvmt.Attention or as ONNX Runtime's com.microsoft.MultiHeadAttention")
     ap.add_argument("--fused-norms", action="store_true",
                     help="RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py)")
+    ap.add_argument("--structure-only", action="store_true",
+                    help="write the graphs without their weights (external references; "
+                         "python -m fastvmt_onnx.materialize fills them in from the seeded model)")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                     help="weights and activations inside the graphs (inputs and outputs stay float32)")
     ap.add_argument("--bundle-name", default=None,
@@ -434,7 +446,7 @@ def main():
     if any(g not in WAN_GRAPHS for g in graphs):
         ap.error(f"--graphs: choose from {','.join(WAN_GRAPHS)}")
     paths = {} if a.manifest_only else export_wan(wan, a.out, a.motion_block, a.custom_attention, local, graphs,
-                                                  a.dense_forward, a.fused_norms)
+                                                  a.dense_forward, a.fused_norms, a.structure_only)
     if a.bundle_name and (a.manifest_only or len(graphs) == len(WAN_GRAPHS)):
         random_text_encoder(os.path.join(a.out, "text_encoder.onnx"), wan.config.text_dim)
         desc = (f"Random-initialised WanTransformer3DModel, {wan.config.num_layers} blocks, "
