@@ -18,6 +18,15 @@ export skips onnxscript's optimiser, which would fold weights into new constants
 an external reference (location, offset, length) into `<graph>.onnx.data`, which is not written.
 `materialize` looks each name up in the seeded `WanGraph`'s state dict, checks type, shape and
 length, and writes the bytes at the recorded offset. A name it cannot find is an error.
+
+`--optimize` then runs onnxscript's optimiser on each graph with its weights, as the normal
+export does, and re-hashes the manifest. On a 2-block Wan-dims graph that gives the normal
+export's node and Cast counts exactly (389/52 denoiser, 600/74 guidance_step, from 853/90 and
+1407/130 unoptimised; ONNX Runtime's own optimiser at load folds the Casts to the same count but
+leaves Split-to-sequence patterns). It is off by default because it is slow: 16.8 min for the
+four 30-block graphs on the 2-core build machine (one graph at a time; 1 to 6 min each), against
+49 s for the weights alone. Whether the unoptimised graphs cost time on the GPU is the first
+thing to measure there (bench/wan/README.md).
 """
 from __future__ import annotations
 
@@ -47,9 +56,48 @@ def _external(init):
     return info["location"], int(info.get("offset", 0)), int(info["length"])
 
 
-def materialize(bundle_dir: str, state: dict[str, torch.Tensor]) -> list[str]:
+def optimize_graph(path: str) -> None:
+    """onnxscript's optimiser on a graph with its weights (what torch.onnx.export(optimize=True)
+    runs), saved back with its weights beside it; written aside, then moved into place."""
+    import onnx
+    import onnxscript
+    m = onnxscript.optimizer.optimize(onnx.load(path))
+    base = os.path.basename(path)
+    aside = path + ".optimised"
+    os.makedirs(aside, exist_ok=True)
+    onnx.save_model(m, os.path.join(aside, base), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=base + ".data", size_threshold=1024)
+    if os.path.exists(os.path.join(aside, base + ".data")):
+        os.replace(os.path.join(aside, base + ".data"), path + ".data")
+    os.replace(os.path.join(aside, base), path)
+    os.rmdir(aside)
+
+
+def refresh_manifest(bundle_dir: str) -> None:
+    """Re-hashes the graph files listed in the bundle's manifest.json (after optimize_graph)."""
+    import json
+    from .export import io_spec, sha256
+    path = os.path.join(bundle_dir, "manifest.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        man = json.load(f)
+    for spec in man.get("files", {}).values():
+        p = os.path.join(bundle_dir, spec["path"])
+        ins, outs = io_spec(p)
+        spec.update(sha256=sha256(p), bytes=os.path.getsize(p), inputs=ins, outputs=outs)
+        if os.path.exists(p + ".data"):
+            spec["external_data_bytes"] = os.path.getsize(p + ".data")
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        json.dump(man, f, indent=1)
+    os.replace(tmp, path)
+
+
+def materialize(bundle_dir: str, state: dict[str, torch.Tensor], optimize: bool = False) -> list[str]:
     """Writes the external weight files of every graph in `bundle_dir` from `state` (parameter
-    name -> tensor); returns the files written."""
+    name -> tensor), then (optimize) optimises each graph as the normal export does and
+    re-hashes the manifest; returns the weight files written."""
     import onnx
     written = []
     for name in sorted(os.listdir(bundle_dir)):
@@ -86,6 +134,10 @@ def materialize(bundle_dir: str, state: dict[str, torch.Tensor]) -> list[str]:
                     f.write(raw)
             os.replace(tmp, out)  # never a half-written weight file under the final name
             written.append(out)
+        if optimize:
+            optimize_graph(path)
+    if optimize:
+        refresh_manifest(bundle_dir)
     return written
 
 
@@ -98,6 +150,8 @@ def main():
                     help="blocks of the Wan2.1-1.3B-dims model (default: the manifest's `blocks`)")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                     help="weights' type (default: the manifest's `weights_dtype`)")
+    ap.add_argument("--optimize", action="store_true",
+                    help="run onnxscript's optimiser on each graph after writing its weights (slow)")
     a = ap.parse_args()
     manifest = os.path.join(a.bundle, "manifest.json")
     if os.path.exists(manifest) and not a.tiny:
@@ -112,7 +166,7 @@ def main():
     wan = tiny_wan() if a.tiny else wan13_dims(a.wan13_dims)
     wan = to_dtype(wan, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype])
     state = WanGraph(wan).state_dict()
-    for f in materialize(a.bundle, state):
+    for f in materialize(a.bundle, state, optimize=a.optimize):
         print(f"wrote {f} ({os.path.getsize(f) / 2**20:.0f} MiB)")
 
 
