@@ -87,7 +87,9 @@ do_materialize() {  # the structure exported on the build machine + the seeded m
   command -v zstd > /dev/null || unzstd=/opt/ortgpu/zstd  # staged with ONNX Runtime
   rm -rf "${WORK:?}/$name"
   "$unzstd" -dc "$pack" | tar xf - -C "$WORK"
-  (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.materialize "$WORK/$name")
+  local opt=()
+  [ "${OPTIMIZE:-0}" = 1 ] && opt=(--optimize)  # onnxscript's optimiser too (slow; materialize.py)
+  (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.materialize "$WORK/$name" "${opt[@]}")
   echo "materialize $name: $((SECONDS - t0)) s"
 }
 
