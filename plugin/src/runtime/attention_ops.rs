@@ -466,9 +466,12 @@ pub(crate) fn host<'a, T: PrimitiveTensorElementType>(
         Ok((_, d)) => Ok(d),
         Err(_) if is_pinned_host(v.memory_info()) => {
             let n = element_count::<T>(v.data_type(), v.shape(), name)?;
+            if n == 0 {
+                return Ok(&[]);
+            }
             // SAFETY: CUDA-pinned memory is host memory; ONNX Runtime keeps this input's buffer of
-            // `n` elements of type T (checked above) alive for the whole compute call.
-            Ok(unsafe { pinned_slice(v.data_ptr().cast::<T>().cast_mut(), n) })
+            // `n` elements of type T (checked above) alive, and unwritten, for the compute call.
+            Ok(unsafe { std::slice::from_raw_parts(v.data_ptr().cast::<T>(), n) })
         }
         Err(e) => Err(format!("input {name}: {e}")),
     }
@@ -480,9 +483,14 @@ pub(crate) fn host_mut<'a, T: PrimitiveTensorElementType>(
 ) -> Fallible<&'a mut [T]> {
     if is_pinned_host(v.memory_info()) {
         let n = element_count::<T>(v.data_type(), v.shape(), name)?;
-        // SAFETY: as in `host`; the output buffer is ours to write until the compute returns.
-        // (`ort` has no `data_ptr_mut` through `ValueRefMut`.)
-        return Ok(unsafe { pinned_slice(v.data_ptr().cast::<T>().cast_mut(), n) });
+        if n == 0 {
+            return Ok(&mut []);
+        }
+        // SAFETY: as in `host`; this output buffer is ours alone to write until the compute
+        // returns. (`ort` has no `data_ptr_mut` through `ValueRefMut`.)
+        return Ok(unsafe {
+            std::slice::from_raw_parts_mut(v.data_ptr().cast::<T>().cast_mut(), n)
+        });
     }
     v.try_extract_tensor_mut::<T>()
         .map(|(_, d)| d)
@@ -511,15 +519,6 @@ fn element_count<T: PrimitiveTensorElementType>(
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
         .ok_or_else(|| format!("{name}: bad shape {shape:?}"))
-}
-
-/// # Safety
-/// `ptr` must point to `n` initialised host elements that outlive `'a` (or `n` is 0).
-unsafe fn pinned_slice<'a, T>(ptr: *mut T, n: usize) -> &'a mut [T] {
-    if n == 0 {
-        return &mut [];
-    }
-    std::slice::from_raw_parts_mut(ptr, n)
 }
 
 fn cpu_forward<T: Element + PrimitiveTensorElementType>(
