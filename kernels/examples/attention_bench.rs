@@ -6,7 +6,8 @@
 //! call on the state's stream, 3 warm-up calls, median of `ATTN_BENCH_REPS` (default 10).
 //! FLOPs count only visible pairs: forward `4 * pairs * d`, backward `2.5x` that.
 //! With a path, writes JSON lines that `bench/attention_torch.py --ours` reads. Without CUDA
-//! it prints the reason and exits 0.
+//! it prints the reason and exits 0. `ATTN_BENCH_MASKS=dense,local1/7` and
+//! `ATTN_BENCH_DTYPES=bf16` keep only those cases.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -110,6 +111,17 @@ fn run() -> Result<(), KernelError> {
         }
         v
     };
+    // ATTN_BENCH_MASKS / ATTN_BENCH_DTYPES: comma lists that keep only the named masks / dtypes
+    // (e.g. "dense" and "bf16" for a profiler run).
+    let keep = |var: &str, name: &str| {
+        std::env::var(var)
+            .map(|l| l.split(',').any(|x| x == name))
+            .unwrap_or(true)
+    };
+    let masks: Vec<_> = masks
+        .into_iter()
+        .filter(|(m, _, _)| keep("ATTN_BENCH_MASKS", m))
+        .collect();
     let s = cu.stream().clone();
     let numel = heads * n * d;
     println!(
@@ -117,6 +129,9 @@ fn run() -> Result<(), KernelError> {
         "mask", "dtype", "fwd ms", "fwd TF/s", "f+b ms", "f+b TF/s", "bwd ms"
     );
     for (dt, name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+        if !keep("ATTN_BENCH_DTYPES", name) {
+            continue;
+        }
         let bf = dt == DType::BF16;
         let up = |seed: u64, amp: f32| -> Result<CudaSlice<u16>, KernelError> {
             s.clone_htod(&rand_bits(numel, seed, bf, amp)).map_err(drv)
@@ -185,6 +200,55 @@ fn run() -> Result<(), KernelError> {
                 mask: *mask,
                 scale: 1.0 / (d as f32).sqrt(),
             };
+            // ATTN_BENCH_FWD_DENSE="0,1,2": the dense forward with the general kernel (0) and the
+            // dense kernel's row tiles per warp, side by side (FASTVMT_ATTN_FWD_DENSE).
+            if let (Ok(list), AttentionMask::Dense) = (std::env::var("ATTN_BENCH_FWD_DENSE"), mask)
+            {
+                let flops_f = 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
+                let mut base = None;
+                for var in list.split(',') {
+                    // SAFETY (set_var): the benchmark is single-threaded.
+                    std::env::set_var("FASTVMT_ATTN_FWD_DENSE", var);
+                    let tf = time(
+                        &cu,
+                        || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) },
+                        reps,
+                    )?;
+                    std::env::remove_var("FASTVMT_ATTN_FWD_DENSE");
+                    let b = *base.get_or_insert(tf);
+                    println!(
+                        "{mname:<12} {name:>5}   forward FASTVMT_ATTN_FWD_DENSE={var}: {tf:.3} ms, {:.1} TF/s, {:.2}x vs the first",
+                        flops_f / tf / 1e9,
+                        b / tf
+                    );
+                }
+            }
+            // ATTN_BENCH_BWD_DENSE="0,32,64": the dense backward with the general kernel (0) and
+            // the dense kernel's query blocks, side by side (FASTVMT_ATTN_BWD_DENSE).
+            if let (Ok(list), AttentionMask::Dense) = (std::env::var("ATTN_BENCH_BWD_DENSE"), mask)
+            {
+                unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) }?;
+                let flops_b = 2.5 * 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
+                let mut base = None;
+                for var in list.split(',') {
+                    // SAFETY (set_var): the benchmark is single-threaded.
+                    std::env::set_var("FASTVMT_ATTN_BWD_DENSE", var);
+                    let tb = time(
+                        &cu,
+                        || unsafe {
+                            cu.backward_raw(dt, &spec, dop, qp, kp, vp, op, lp, dqp, dkp, dvp, raw)
+                        },
+                        reps,
+                    )?;
+                    std::env::remove_var("FASTVMT_ATTN_BWD_DENSE");
+                    let b = *base.get_or_insert(tb);
+                    println!(
+                        "{mname:<12} {name:>5}   backward FASTVMT_ATTN_BWD_DENSE={var}: {tb:.3} ms, {:.1} TF/s, {:.2}x vs the first",
+                        flops_b / tb / 1e9,
+                        b / tb
+                    );
+                }
+            }
             let fwd = || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) };
             let bwd = || unsafe {
                 cu.backward_raw(dt, &spec, dop, qp, kp, vp, op, lp, dqp, dkp, dvp, raw)

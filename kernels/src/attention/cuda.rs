@@ -226,6 +226,17 @@ fn tile_shape(
     best.1
 }
 
+/// `FASTVMT_ATTN_FWD_TILE=TFxTYxTX` (product = the forward block's rows): the local forward's
+/// query tile, for benchmarks.
+fn tile_override(rows: usize) -> Option<(usize, usize, usize)> {
+    let v = std::env::var("FASTVMT_ATTN_FWD_TILE").ok()?;
+    let d: Vec<usize> = v.split('x').filter_map(|x| x.parse().ok()).collect();
+    match d[..] {
+        [a, b, c] if a * b * c == rows && a + b + c <= 32 => Some((a, b, c)),
+        _ => None,
+    }
+}
+
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -284,7 +295,7 @@ fn fwd_config(dp: usize, local: bool, rs: usize) -> (usize, usize) {
 
 fn dkdv_smem(dp: usize, nw: usize) -> usize {
     let bk = 16 * nw;
-    (2 * bk + 4 * BQ) * (dp + 8) * 2 + BQ * (bk + 8) * 2 + 3 * BQ * 16 + 64
+    (2 * bk + 4 * BQ) * (dp + 8) * 2 + bk * (BQ + 8) * 2 + 3 * BQ * 16 + 64
 }
 
 /// Warps of the dK/dV kernel (keys per tile = 16 x warps): Dense 8 (half the dQ atomics and
@@ -299,6 +310,49 @@ fn dkdv_warps(dp: usize, local: bool) -> usize {
         .filter(|&n| n == 4 || n == 8)
         .unwrap_or(if local { 4 } else { 8 })
 }
+
+fn bwd_dense_smem(dp: usize, bq: usize) -> usize {
+    let bk = 128;
+    (2 * bk + 4 * bq) * (dp + 8) * 2 + 2 * bk * (bq + 8) * 2 + 4 * bq * 4
+}
+
+/// Whether the Dense-only kernels (`attn_fwd_dense_tc`, `attn_bwd_dense_tc`) take this call:
+/// Dense mask with d == dv == the padded head dim (64 or 128).
+fn dense_kernels(dp: usize, spec: &AttentionSpec) -> bool {
+    let s = &spec.shape;
+    matches!(spec.mask, AttentionMask::Dense) && dp >= 64 && s.head_dim == dp && s.v_dim == dp
+}
+
+fn fwd_dense_smem(dp: usize, mt: usize) -> usize {
+    (64 * mt + 4 * BN) * (dp + 8) * 2
+}
+
+/// Row tiles per warp of `attn_fwd_dense_tc` (4 warps x 16*MT queries): 2 unless
+/// `FASTVMT_ATTN_FWD_DENSE=1`; `FASTVMT_ATTN_FWD_DENSE=0` keeps the general kernel.
+fn fwd_dense_rows() -> usize {
+    match env_usize("FASTVMT_ATTN_FWD_DENSE") {
+        Some(0) => 0,
+        Some(1) => 1,
+        _ => 2,
+    }
+}
+
+/// The dense backward kernel's query block for this call, or `None` for the general
+/// `attn_dkdv_tc` (see [`dense_kernels`]). Query block 64 unless `FASTVMT_ATTN_BWD_DENSE=32`;
+/// `FASTVMT_ATTN_BWD_DENSE=0` keeps the general kernel (for side-by-side benchmarks).
+fn bwd_dense_queries(dp: usize, spec: &AttentionSpec) -> Option<usize> {
+    if !dense_kernels(dp, spec) {
+        return None;
+    }
+    match env_usize("FASTVMT_ATTN_BWD_DENSE") {
+        Some(0) => None,
+        Some(32) => Some(32),
+        _ => Some(BWD_DENSE_QUERIES),
+    }
+}
+
+/// Default query block of `attn_bwd_dense_tc`.
+const BWD_DENSE_QUERIES: usize = 64;
 
 fn function_names() -> Vec<(String, usize)> {
     let mut v = Vec::new();
@@ -327,6 +381,20 @@ fn function_names() -> Vec<(String, usize)> {
             for nw in [4, 8] {
                 if dp >= 64 || nw == 4 {
                     v.push((format!("attn_dkdv_tc_{t}_d{dp}_w{nw}"), dkdv_smem(dp, nw)));
+                }
+            }
+            if dp >= 64 {
+                for mt in [1, 2] {
+                    v.push((
+                        format!("attn_fwd_dense_tc_{t}_d{dp}_m{mt}"),
+                        fwd_dense_smem(dp, mt),
+                    ));
+                }
+                for bq in [32, 64] {
+                    v.push((
+                        format!("attn_bwd_dense_tc_{t}_d{dp}_q{bq}"),
+                        bwd_dense_smem(dp, bq),
+                    ));
                 }
             }
         }
@@ -462,6 +530,28 @@ impl CudaAttention {
                 }
                 .map_err(drv)?;
             }
+            Some(dp) if dense_kernels(dp, spec) && fwd_dense_rows() > 0 => {
+                let mt = fwd_dense_rows();
+                let (nqi, nki) = (g.nq, g.nk);
+                let func = self.f(&format!("attn_fwd_dense_tc_{t}_d{dp}_m{mt}"))?;
+                unsafe {
+                    st.launch_builder(func)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&out)
+                        .arg(&lse)
+                        .arg(&nqi)
+                        .arg(&nki)
+                        .arg(&g.scale_log2)
+                        .launch(cfg(
+                            (spec.shape.q_len.div_ceil(64 * mt), p.bh),
+                            128,
+                            fwd_dense_smem(dp, mt),
+                        ))
+                }
+                .map_err(drv)?;
+            }
             Some(dp) => {
                 let local = matches!(spec.mask, AttentionMask::Local(_));
                 let (nw, mt) = fwd_config(dp, local, g.rs as usize);
@@ -469,8 +559,9 @@ impl CudaAttention {
                 let (tf, ty, tx, grid) = if local {
                     let (f, h, w) = (g.f as usize, g.h as usize, g.w as usize);
                     let text = (spec.shape.kv_len - g.video as usize).div_ceil(BN);
-                    let (tf, ty, tx) =
-                        tile_shape(bm, (f, h, w), (g.rt as usize, g.rs as usize), BN, text);
+                    let (tf, ty, tx) = tile_override(bm).unwrap_or_else(|| {
+                        tile_shape(bm, (f, h, w), (g.rt as usize, g.rs as usize), BN, text)
+                    });
                     (tf, ty, tx, (f.div_ceil(tf), h.div_ceil(ty), w.div_ceil(tx)))
                 } else {
                     (1, 1, bm, (1, 1, spec.shape.q_len.div_ceil(bm)))
@@ -560,6 +651,30 @@ impl CudaAttention {
         Ok(())
     }
 
+    /// dq (dtype) = scale * the f32 accumulator of the dQ atomics.
+    fn convert_dq(
+        &self,
+        st: &Arc<CudaStream>,
+        dtype: DType,
+        acc: u64,
+        dq: u64,
+        nq_el: usize,
+        scale: f32,
+    ) -> Result<(), KernelError> {
+        let n = nq_el as i64;
+        let blocks = nq_el.div_ceil(256).min(self.sm_count * 16).max(1);
+        unsafe {
+            st.launch_builder(self.f(&format!("attn_dq_convert_{}", dtype.suffix()))?)
+                .arg(&acc)
+                .arg(&dq)
+                .arg(&n)
+                .arg(&scale)
+                .launch(cfg((blocks, 1), 256, 0))
+        }
+        .map_err(drv)?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn backward_launches(
         &self,
@@ -594,6 +709,29 @@ impl CudaAttention {
                     cudarc::driver::result::memset_d8_async(acc, 0, nq_el * 4, st.cu_stream())
                 }
                 .map_err(drv)?;
+                if let Some(bq) = bwd_dense_queries(dp, spec) {
+                    let (nqi, nki) = (g.nq, g.nk);
+                    let ntiles = spec.shape.kv_len.div_ceil(128);
+                    unsafe {
+                        st.launch_builder(self.f(&format!("attn_bwd_dense_tc_{t}_d{dp}_q{bq}"))?)
+                            .arg(&q)
+                            .arg(&k)
+                            .arg(&v)
+                            .arg(&dout)
+                            .arg(&lse)
+                            .arg(&delta)
+                            .arg(&dk)
+                            .arg(&dv)
+                            .arg(&acc)
+                            .arg(&nqi)
+                            .arg(&nki)
+                            .arg(&g.scale)
+                            .arg(&g.scale_log2)
+                            .launch(cfg((ntiles, p.bh), 256, bwd_dense_smem(dp, bq)))
+                    }
+                    .map_err(drv)?;
+                    return self.convert_dq(st, dtype, acc, dq, nq_el, g.scale);
+                }
                 let local = matches!(spec.mask, AttentionMask::Local(_));
                 let nwk = dkdv_warps(dp, local);
                 let bk = 16 * nwk;
@@ -639,17 +777,7 @@ impl CudaAttention {
                         .launch(cfg((ntiles, p.bh), 32 * nwk, dkdv_smem(dp, nwk)))
                 }
                 .map_err(drv)?;
-                let n = nq_el as i64;
-                let blocks = nq_el.div_ceil(256).min(self.sm_count * 16).max(1);
-                unsafe {
-                    st.launch_builder(self.f(&format!("attn_dq_convert_{t}"))?)
-                        .arg(&acc)
-                        .arg(&dq)
-                        .arg(&n)
-                        .arg(&g.scale)
-                        .launch(cfg((blocks, 1), 256, 0))
-                }
-                .map_err(drv)?;
+                self.convert_dq(st, dtype, acc, dq, nq_el, g.scale)?;
             }
             _ => {
                 let nk_rows = p.bh * spec.shape.kv_len;

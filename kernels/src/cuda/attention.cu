@@ -349,6 +349,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int byt
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes)
                  : "memory");
 }
+__device__ __forceinline__ void cp_async16_a(unsigned saddr, const void* gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr), "l"(gmem), "r"(bytes) : "memory");
+}
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes)
                  : "memory");
@@ -367,15 +370,22 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+// 2^x with denormal results flushed to zero: one MUFU.EX2 (exp2f adds denormal scaling around it).
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+// ldmatrix from a 32-bit shared address computed once by the caller (no per-call cvta).
+__device__ __forceinline__ void ldsm_x4_a(unsigned* r, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
+                 : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+__device__ __forceinline__ void ldsm_x4_t_a(unsigned* r, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
+                 : "r"(addr));
 }
 template <bool BF16>
 __device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
@@ -499,16 +509,25 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
             if ((tid & 31) == 0) kor[slot * 2 + (tid >> 5)] = o;
         }
     };
+    // K/V block copy: this thread's 16-byte chunk lc of rows lr0, lr0 + RS, ...: one token lookup
+    // and two copies per row, 32-bit offsets from the head's base pointers.
+    // (Set up inside the lambda, once per block: kept live across the loop they spilled.)
+    constexpr int RS = NT / CH;
     auto load_kv = [&](int buf, int slot) {
-        u16* Kd = Ks + buf * BN * LD;
-        u16* Vd = Vs + buf * BN * LD;
-        for (int u = tid; u < BN * CH; u += NT) {
-            int r = u / CH, c = u % CH;
-            int tok = ktok[slot * BN + r];
-            long long row = bh * g.nk + (tok < 0 ? 0 : tok);
-            bool okk = tok >= 0 && c * 8 < g.d, okv = tok >= 0 && c * 8 < g.dv;
-            cp_async16(Kd + r * LD + c * 8, okk ? k + row * g.d + c * 8 : k, okk ? 16 : 0);
-            cp_async16(Vd + r * LD + c * 8, okv ? v + row * g.dv + c * 8 : v, okv ? 16 : 0);
+        const int lc = tid % CH, lr0 = tid / CH;
+        const bool kcol = lc * 8 < g.d, vcol = lc * 8 < g.dv;
+        const u16* kh = k + bh * (long long)g.nk * g.d + (kcol ? lc * 8 : 0);
+        const u16* vh = v + bh * (long long)g.nk * g.dv + (vcol ? lc * 8 : 0);
+        const unsigned sKc = smem_u32(Ks) + (lr0 * LD + lc * 8) * 2, sVc = smem_u32(Vs) + (lr0 * LD + lc * 8) * 2;
+        const int* kt = ktok + slot * BN;
+#pragma unroll
+        for (int i = 0; i < BN / RS; i++) {
+            const int tok = kt[lr0 + i * RS];
+            const bool ok = tok >= 0;
+            const long long t = ok ? tok : 0;
+            const unsigned off = (buf * BN + i * RS) * LD * 2;
+            cp_async16_a(sKc + off, kh + t * g.d, ok && kcol ? 16 : 0);
+            cp_async16_a(sVc + off, vh + t * g.dv, ok && vcol ? 16 : 0);
         }
     };
 
@@ -546,6 +565,12 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
             }
         }
 
+    // Shared addresses (bytes) computed once per thread: see fwd_dense_tc.
+    const unsigned sQ = smem_u32(Qs), sK = smem_u32(Ks), sV = smem_u32(Vs);
+    const unsigned a_row = ((warp * 16 * MT + (lane & 15)) * LD + (lane >> 4) * 8) * 2;
+    const unsigned b_nt = (((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned b_tr = ((lane & 15) * LD + (lane >> 4) * 8) * 2;
+
     float acc[MT][DP / 8][4];
     float mrow[MT][2], lrow[MT][2];
 #pragma unroll
@@ -569,13 +594,16 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
             cp_async_wait<0>();
         }
         __syncthreads();
+        // Decode block j+2 now, overlapped with the other warps' products, rather than before the
+        // closing barrier (the profile showed 17% of samples waiting there). Its slot was last
+        // read in step j-1, and step j+1 reads it after this step's closing barrier.
+        if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
         if (MT == 1 && j == 0) {
 #pragma unroll
             for (int ks = 0; ks < (MT == 1 ? DP / 16 : 1); ks++)
-                ldsm_x4(qf[ks], Qs + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+                ldsm_x4_a(qf[ks], sQ + a_row + ks * 32);
         }
-        const u16* Kb = Ks + buf * BN * LD;
-        const u16* Vb = Vs + buf * BN * LD;
+        const unsigned koff = buf * BN * LD * 2;
         const bool full = (j >= nkb || !g.local) &&
                           ((j < nkb) ? (j + 1) * BN <= nbox : g.video + (j - nkb + 1) * BN <= g.nk);
         // A warp none of whose rows sees any key of the block skips it (warp-uniform).
@@ -605,12 +633,12 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
                 } else {
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++)
-                        ldsm_x4(a[mt], Qs + (warp * 16 * MT + mt * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+                        ldsm_x4_a(a[mt], sQ + a_row + mt * 16 * LD * 2 + ks * 32);
                 }
 #pragma unroll
                 for (int nj = 0; nj < BN / 16; nj++) {
                     unsigned b[4];
-                    ldsm_x4(b, Kb + (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
+                    ldsm_x4_a(b, sK + koff + b_nt + nj * 16 * LD * 2 + ks * 32);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
                         mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
@@ -649,16 +677,16 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
                 mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
                 float mn0 = fmaxf(mrow[mt][0], mx0 * sl2), mn1 = fmaxf(mrow[mt][1], mx1 * sl2);
                 float mu0 = mn0 == NEG_INF ? 0.f : mn0, mu1 = mn1 == NEG_INF ? 0.f : mn1;
-                float a0 = exp2f(mrow[mt][0] - mu0), a1 = exp2f(mrow[mt][1] - mu1);
+                float a0 = ex2_ftz(mrow[mt][0] - mu0), a1 = ex2_ftz(mrow[mt][1] - mu1);
                 mrow[mt][0] = mn0;
                 mrow[mt][1] = mn1;
                 float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
                 for (int nt = 0; nt < BN / 8; nt++) {
-                    s[mt][nt][0] = exp2f(fmaf(s[mt][nt][0], sl2, -mu0));
-                    s[mt][nt][1] = exp2f(fmaf(s[mt][nt][1], sl2, -mu0));
-                    s[mt][nt][2] = exp2f(fmaf(s[mt][nt][2], sl2, -mu1));
-                    s[mt][nt][3] = exp2f(fmaf(s[mt][nt][3], sl2, -mu1));
+                    s[mt][nt][0] = ex2_ftz(fmaf(s[mt][nt][0], sl2, -mu0));
+                    s[mt][nt][1] = ex2_ftz(fmaf(s[mt][nt][1], sl2, -mu0));
+                    s[mt][nt][2] = ex2_ftz(fmaf(s[mt][nt][2], sl2, -mu1));
+                    s[mt][nt][3] = ex2_ftz(fmaf(s[mt][nt][3], sl2, -mu1));
                     rs0 += s[mt][nt][0] + s[mt][nt][1];
                     rs1 += s[mt][nt][2] + s[mt][nt][3];
                 }
@@ -684,7 +712,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
 #pragma unroll
                 for (int fj = 0; fj < DP / 16; fj++) {
                     unsigned b[4];
-                    ldsm_x4_t(b, Vb + (kk * 16 + (lane & 15)) * LD + fj * 16 + (lane >> 4) * 8);
+                    ldsm_x4_t_a(b, sV + koff + b_tr + kk * 16 * LD * 2 + fj * 32);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
                         mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
@@ -693,7 +721,6 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
                 }
             }
         }  // active
-        if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
         __syncthreads();
     }
     // Epilogue.
@@ -737,10 +764,221 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
 FWD_TC_DT(f16, false)
 FWD_TC_DT(bf16, true)
 
+// ---------------------------------------------------------------------------------------------
+// Forward for the Dense mask, tensor cores: fwd_tc without the mask machinery. The H100 profile
+// of fwd_tc at issue #5's shape (2026-11-27) counted ~2,000 instructions per warp and key block
+// for 256 HMMA (issue-bound at 0.5 IPC): per-block key decoding, visibility codes, token
+// lookups per copied row and per-call shared-address conversions. Here keys and queries are
+// raster ranges, the only mask is the key tail (last block), and shared addresses are computed
+// once. Requires d == dv == DP. grid (ceil(nq / (64*MT)), BH), block 128 (4 warps x 16*MT
+// rows), key blocks of BN = 64 double-buffered, dynamic smem (64*MT + 4*BN) * (DP+8) * 2 bytes.
+template <bool BF16, int DP, int MT>
+__device__ void fwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                             u16* __restrict__ o, float* __restrict__ lse, int nq, int nk, float scale_log2) {
+    constexpr int NW = 4;
+    constexpr int BM = 16 * MT * NW;
+    constexpr int LD = DP + 8;
+    constexpr int NT = 32 * NW;
+    constexpr int CH = DP / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* Qs = (u16*)smem;            // [BM][LD]
+    u16* Ks = Qs + BM * LD;          // [2][BN][LD]
+    u16* Vs = Ks + 2 * BN * LD;      // [2][BN][LD]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int gq = lane >> 2, tq = lane & 3;
+    const long long bh = blockIdx.y;
+    const int q0 = blockIdx.x * BM;
+    const int nb = (nk + BN - 1) / BN;
+    const u16* kh = k + bh * (long long)nk * DP;
+    const u16* vh = v + bh * (long long)nk * DP;
+
+    for (int u = tid; u < BM * CH; u += NT) {
+        int r = u / CH, c = u % CH;
+        bool ok = q0 + r < nq;
+        long long row = bh * (long long)nq + (ok ? q0 + r : 0);
+        cp_async16(Qs + r * LD + c * 8, q + row * DP + c * 8, ok ? 16 : 0);
+    }
+    auto load_kv = [&](int j, int buf) {
+        u16* Kd = Ks + buf * BN * LD;
+        u16* Vd = Vs + buf * BN * LD;
+#pragma unroll
+        for (int u = tid; u < BN * CH; u += NT) {
+            int r = u / CH, c = u % CH;
+            int tok = j * BN + r;
+            bool ok = tok < nk;
+            long long row = ok ? tok : 0;
+            cp_async16(Kd + r * LD + c * 8, kh + row * DP + c * 8, ok ? 16 : 0);
+            cp_async16(Vd + r * LD + c * 8, vh + row * DP + c * 8, ok ? 16 : 0);
+        }
+    };
+    load_kv(0, 0);
+    cp_async_commit();
+
+    const unsigned sQ = smem_u32(Qs), sK = smem_u32(Ks), sV = smem_u32(Vs);
+    const unsigned a_row = ((warp * 16 * MT + (lane & 15)) * LD + (lane >> 4) * 8) * 2;   // Q as A
+    const unsigned b_nt = (((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8) * 2;  // K as B
+    const unsigned b_tr = ((lane & 15) * LD + (lane >> 4) * 8) * 2;  // V as B (trans)
+    constexpr unsigned KBUF = BN * LD * 2;
+
+    float acc[MT][DP / 8][4];
+    float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < DP / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+        mrow[mt][0] = mrow[mt][1] = NEG_INF;
+        lrow[mt][0] = lrow[mt][1] = 0.f;
+    }
+    unsigned qf[MT == 1 ? DP / 16 : 1][4];
+
+    for (int j = 0; j < nb; j++) {
+        const int buf = j & 1;
+        if (j + 1 < nb) {
+            load_kv(j + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (MT == 1 && j == 0) {
+#pragma unroll
+            for (int ks = 0; ks < (MT == 1 ? DP / 16 : 1); ks++) ldsm_x4_a(qf[ks], sQ + a_row + ks * 32);
+        }
+        const unsigned koff = buf * KBUF;
+        float s[MT][BN / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < DP / 16; ks++) {
+            unsigned a[MT][4];
+            if (MT == 1) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) a[0][i] = qf[MT == 1 ? ks : 0][i];
+            } else {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) ldsm_x4_a(a[mt], sQ + a_row + mt * 16 * LD * 2 + ks * 32);
+            }
+#pragma unroll
+            for (int nj = 0; nj < BN / 16; nj++) {
+                unsigned b[4];
+                ldsm_x4_a(b, sK + koff + b_nt + nj * 16 * LD * 2 + ks * 32);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
+                    mma16816<BF16>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+                }
+            }
+        }
+        if ((j + 1) * BN > nk) {  // key tail: columns past nk
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (j * BN + nt * 8 + 2 * tq + (e & 1) >= nk)
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) s[mt][nt][e] = NEG_INF;
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+                mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            // Every block has at least one valid key, so the new maxima are finite.
+            const float mn0 = fmaxf(mrow[mt][0], mx0 * scale_log2), mn1 = fmaxf(mrow[mt][1], mx1 * scale_log2);
+            const float a0 = ex2_ftz(mrow[mt][0] - mn0), a1 = ex2_ftz(mrow[mt][1] - mn1);
+            mrow[mt][0] = mn0;
+            mrow[mt][1] = mn1;
+            float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+                s[mt][nt][0] = ex2_ftz(fmaf(s[mt][nt][0], scale_log2, -mn0));
+                s[mt][nt][1] = ex2_ftz(fmaf(s[mt][nt][1], scale_log2, -mn0));
+                s[mt][nt][2] = ex2_ftz(fmaf(s[mt][nt][2], scale_log2, -mn1));
+                s[mt][nt][3] = ex2_ftz(fmaf(s[mt][nt][3], scale_log2, -mn1));
+                rs0 += s[mt][nt][0] + s[mt][nt][1];
+                rs1 += s[mt][nt][2] + s[mt][nt][3];
+            }
+            lrow[mt][0] = lrow[mt][0] * a0 + rs0;
+            lrow[mt][1] = lrow[mt][1] * a1 + rs1;
+#pragma unroll
+            for (int i = 0; i < DP / 8; i++) {
+                acc[mt][i][0] *= a0; acc[mt][i][1] *= a0;
+                acc[mt][i][2] *= a1; acc[mt][i][3] *= a1;
+            }
+        }
+        // O += P V.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                a[mt][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                a[mt][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                a[mt][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int fj = 0; fj < DP / 16; fj++) {
+                unsigned b[4];
+                ldsm_x4_t_a(b, sV + koff + b_tr + kk * 16 * LD * 2 + fj * 32);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
+                    mma16816<BF16>(acc[mt][2 * fj + 1], a[mt], b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; h2++) {
+            float l = lrow[mt][h2];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int tok = q0 + warp * 16 * MT + mt * 16 + gq + 8 * h2;
+            if (tok >= nq) continue;
+            const float inv = 1.f / l;
+            const long long row = bh * (long long)nq + tok;
+#pragma unroll
+            for (int nt = 0; nt < DP / 8; nt++) {
+                const int f = nt * 8 + 2 * tq;
+                *(unsigned*)(o + row * DP + f) = pack2<BF16>(acc[mt][nt][2 * h2] * inv, acc[mt][nt][2 * h2 + 1] * inv);
+            }
+            if (tq == 0) lse[row] = (mrow[mt][h2] + log2f(l)) / LOG2E;
+        }
+}
+
+#define FWD_DENSE_ENTRY(T, B, DP, MT)                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) attn_fwd_dense_tc_##T##_d##DP##_m##MT(             \
+        const u16* q, const u16* k, const u16* v, u16* o, float* lse, int nq, int nk, float scale_log2) { \
+        fwd_dense_tc<B, DP, MT>(q, k, v, o, lse, nq, nk, scale_log2);                                     \
+    }
+FWD_DENSE_ENTRY(f16, false, 64, 1)
+FWD_DENSE_ENTRY(f16, false, 64, 2)
+FWD_DENSE_ENTRY(f16, false, 128, 1)
+FWD_DENSE_ENTRY(f16, false, 128, 2)
+FWD_DENSE_ENTRY(bf16, true, 64, 1)
+FWD_DENSE_ENTRY(bf16, true, 64, 2)
+FWD_DENSE_ENTRY(bf16, true, 128, 1)
+FWD_DENSE_ENTRY(bf16, true, 128, 2)
+
 
 // ---------------------------------------------------------------------------------------------
 // Backward dK/dV (+ dQ atomics), tensor cores. grid (nktiles, BH), block 32*NWK, BK = 16*NWK keys
-// per tile, dynamic smem (2*BK + 4*BQ) * (DP+8) * 2 + BQ*(BK+8)*2 + 3*BQ*16 + 64 bytes. Key tiles
+// per tile, dynamic smem (2*BK + 4*BQ) * (DP+8) * 2 + BK*(BQ+8)*2 + 3*BQ*16 + 64 bytes. Key tiles
 // 0..nvt-1: 3D boxes (KTF, KTY, KTX) over the video grid (Dense: raster); tiles nvt..: text keys.
 #define BQ 32
 
@@ -754,7 +992,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
     constexpr int CH = DP / 8;
     constexpr int BK = 16 * NWK;  // keys per tile
     constexpr int NT = 32 * NWK;
-    constexpr int LDS = BK + 8;
+    constexpr int LDT = BQ + 8;  // row stride (u16) of dS^T, key-major
     constexpr int NFP = NWK / 2;  // feature parts of the dQ product
     static_assert(DP / NFP >= 16, "dQ feature part must hold an mma tile");
     extern __shared__ __align__(16) unsigned char smem[];
@@ -762,8 +1000,8 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
     u16* Vs = Ks + BK * LD;           // [BK][LD]
     u16* Qs = Vs + BK * LD;           // [2][BQ][LD]
     u16* Ds = Qs + 2 * BQ * LD;       // [2][BQ][LD] (dO)
-    u16* Ss = Ds + 2 * BQ * LD;       // [BQ][LDS] (dS, query-major)
-    int* qtok = (int*)(Ss + BQ * LDS);  // [3][BQ]
+    u16* St = Ds + 2 * BQ * LD;       // [BK][LDT] (dS^T, key-major)
+    int* qtok = (int*)(St + BK * LDT);  // [3][BQ]
     unsigned* qinf = (unsigned*)(qtok + 3 * BQ);  // [3][BQ] visibility codes
     float* qlse = (float*)(qinf + 3 * BQ);  // [3][BQ] lse
     float* qdel = qlse + 3 * BQ;            // [3][BQ]
@@ -850,16 +1088,26 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             if (tid == 0) qor[slot] = o;
         }
     };
+    // Q/dO block copy: this thread's chunk lc of rows lr0, lr0 + RS, ... (as load_kv in fwd_tc).
+    constexpr int RS = NT / CH;
     auto load_q = [&](int buf, int slot) {
-        u16* Qd = Qs + buf * BQ * LD;
-        u16* Dd = Ds + buf * BQ * LD;
-        for (int u = tid; u < BQ * CH; u += NT) {
-            int r = u / CH, c = u % CH;
-            int tok = qtok[slot * BQ + r];
-            long long row = bh * g.nq + (tok < 0 ? 0 : tok);
-            bool okq = tok >= 0 && c * 8 < g.d, okd = tok >= 0 && c * 8 < g.dv;
-            cp_async16(Qd + r * LD + c * 8, okq ? q + row * g.d + c * 8 : q, okq ? 16 : 0);
-            cp_async16(Dd + r * LD + c * 8, okd ? dout + row * g.dv + c * 8 : dout, okd ? 16 : 0);
+        const int lc = tid % CH, lr0 = tid / CH;
+        const bool qcol = lc * 8 < g.d, dcol = lc * 8 < g.dv;
+        const u16* qh = q + bh * (long long)g.nq * g.d + (qcol ? lc * 8 : 0);
+        const u16* dh = dout + bh * (long long)g.nq * g.dv + (dcol ? lc * 8 : 0);
+        const unsigned sQc = smem_u32(Qs) + (lr0 * LD + lc * 8) * 2, sDc = smem_u32(Ds) + (lr0 * LD + lc * 8) * 2;
+        const int* qt = qtok + slot * BQ;
+#pragma unroll
+        for (int i = 0; i < (BQ + RS - 1) / RS; i++) {
+            const int r = lr0 + i * RS;
+            if (RS <= BQ || r < BQ) {
+                const int tok = qt[r];
+                const bool ok = tok >= 0;
+                const long long t = ok ? tok : 0;
+                const unsigned off = (buf * BQ + i * RS) * LD * 2;
+                cp_async16_a(sQc + off, qh + t * g.d, ok && qcol ? 16 : 0);
+                cp_async16_a(sDc + off, dh + t * g.dv, ok && dcol ? 16 : 0);
+            }
         }
         // lse and delta of the block ride the same cp.async group (no global latency in decode).
         if (tid < BQ) {
@@ -888,6 +1136,13 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                        : 1u;
     }
 
+    // Shared addresses (bytes) computed once per thread: see bwd_dense_tc.
+    const unsigned sK = smem_u32(Ks), sV = smem_u32(Vs), sQ = smem_u32(Qs), sD = smem_u32(Ds),
+                   sS = smem_u32(St);
+    const unsigned a_row = (warp * 16 + (lane & 15)) * LD * 2 + (lane >> 4) * 16;
+    const unsigned b_nt = (((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned b_tr = ((lane & 15) * LD + (lane >> 4) * 8) * 2;
+
     float adk[DP / 8][4], adv[DP / 8][4];
 #pragma unroll
     for (int i = 0; i < DP / 8; i++) {
@@ -905,8 +1160,9 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             cp_async_wait<0>();
         }
         __syncthreads();
-        const u16* Qb = Qs + buf * BQ * LD;
-        const u16* Db = Ds + buf * BQ * LD;
+        // Decode query block j+2 here, overlapped with the other warps' products (as in fwd_tc).
+        if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
+        const unsigned qoff = buf * BQ * LD * 2;
         // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQ queries per warp. A warp whose keys no
         // query of the block sees skips the products (its dS^T rows are written as zeros).
         const unsigned qo = qor[slot];
@@ -922,14 +1178,14 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
 #pragma unroll
         for (int ks = 0; ks < DP / 16; ks++) {
             unsigned ka[4], va[4];
-            ldsm_x4(ka, Ks + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
-            ldsm_x4(va, Vs + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8);
+            ldsm_x4_a(ka, sK + a_row + ks * 32);
+            ldsm_x4_a(va, sV + a_row + ks * 32);
 #pragma unroll
             for (int nj = 0; nj < BQ / 16; nj++) {
                 unsigned b[4], c[4];
-                int off = (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8;
-                ldsm_x4(b, Qb + off);
-                ldsm_x4(c, Db + off);
+                const unsigned off = qoff + b_nt + nj * 16 * LD * 2 + ks * 32;
+                ldsm_x4_a(b, sQ + off);
+                ldsm_x4_a(c, sD + off);
                 mma16816<BF16>(st[2 * nj], ka, b[0], b[1]);
                 mma16816<BF16>(st[2 * nj + 1], ka, b[2], b[3]);
                 mma16816<BF16>(dp[2 * nj], va, c[0], c[1]);
@@ -941,17 +1197,21 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
         const unsigned* inf = qinf + slot * BQ;
         const float* ql = qlse + slot * BQ;
         const float* qd = qdel + slot * BQ;
+        // Branch-free: the pair's codes, lse and delta are read once (64-bit), p is a select.
 #pragma unroll
         for (int nt = 0; nt < BQ / 8; nt++) {
+            const uint2 i2 = *(const uint2*)(inf + nt * 8 + 2 * tq);
+            const float2 l2 = *(const float2*)(ql + nt * 8 + 2 * tq);
+            const float2 d2 = *(const float2*)(qd + nt * 8 + 2 * tq);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int c = nt * 8 + 2 * tq + (e & 1);
-                int h2 = e >> 1;
-                unsigned m = msel[h2];
-                bool ok = active && kok[h2] && (inf[c] & m) == m;
-                float p = ok ? exp2f(fmaf(st[nt][e], g.scale_log2, -LOG2E * ql[c])) : 0.f;
-                st[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - qd[c]);
+                const int h2 = e >> 1;
+                const unsigned m = msel[h2], code = (e & 1) ? i2.y : i2.x;
+                const bool ok = active && kok[h2] && (code & m) == m;
+                const float p = ex2_ftz(fmaf(st[nt][e], g.scale_log2, -LOG2E * ((e & 1) ? l2.y : l2.x)));
+                const float pz = ok ? p : 0.f;
+                st[nt][e] = pz;
+                dp[nt][e] = pz * (dp[nt][e] - ((e & 1) ? d2.y : d2.x));
             }
         }
         // dV += P^T dO, dK += dS^T Q (k = queries).
@@ -966,26 +1226,22 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             sa[1] = pack2<BF16>(dp[2 * kk][2], dp[2 * kk][3]);
             sa[2] = pack2<BF16>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
             sa[3] = pack2<BF16>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-            // dS^T to shared memory, query-major, for dQ.
+            // dS^T to shared memory, key-major (32-bit stores), for dQ.
             {
-                int kr = warp * 16 + gq;
-                int qc0 = kk * 16 + 2 * tq, qc1 = qc0 + 8;
-                Ss[qc0 * LDS + kr] = (u16)(sa[0] & 0xffff);
-                Ss[(qc0 + 1) * LDS + kr] = (u16)(sa[0] >> 16);
-                Ss[qc0 * LDS + kr + 8] = (u16)(sa[1] & 0xffff);
-                Ss[(qc0 + 1) * LDS + kr + 8] = (u16)(sa[1] >> 16);
-                Ss[qc1 * LDS + kr] = (u16)(sa[2] & 0xffff);
-                Ss[(qc1 + 1) * LDS + kr] = (u16)(sa[2] >> 16);
-                Ss[qc1 * LDS + kr + 8] = (u16)(sa[3] & 0xffff);
-                Ss[(qc1 + 1) * LDS + kr + 8] = (u16)(sa[3] >> 16);
+                u32* row0 = (u32*)(St + (warp * 16 + gq) * LDT + kk * 16 + 2 * tq);
+                u32* row1 = (u32*)(St + (warp * 16 + gq + 8) * LDT + kk * 16 + 2 * tq);
+                row0[0] = sa[0];
+                row1[0] = sa[1];
+                row0[4] = sa[2];
+                row1[4] = sa[3];
             }
             if (active) {
 #pragma unroll
             for (int fj = 0; fj < DP / 16; fj++) {
                 unsigned b[4], c[4];
-                int off = (kk * 16 + (lane & 15)) * LD + fj * 16 + (lane >> 4) * 8;
-                ldsm_x4_t(b, Db + off);
-                ldsm_x4_t(c, Qb + off);
+                const unsigned off = qoff + b_tr + kk * 16 * LD * 2 + fj * 32;
+                ldsm_x4_t_a(b, sD + off);
+                ldsm_x4_t_a(c, sQ + off);
                 mma16816<BF16>(adv[2 * fj], pa, b[0], b[1]);
                 mma16816<BF16>(adv[2 * fj + 1], pa, b[2], b[3]);
                 mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
@@ -1001,14 +1257,15 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
 #pragma unroll
             for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
             const int qr0 = (warp & 1) * 16, f0 = (warp >> 1) * HF;
+            const unsigned s_tr = ((((lane & 7) + ((lane >> 4) << 3)) * LDT) + qr0 + ((lane >> 3) & 1) * 8) * 2;
 #pragma unroll
             for (int ks = 0; ks < BK / 16; ks++) {
                 unsigned a[4];
-                ldsm_x4(a, Ss + (qr0 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+                ldsm_x4_t_a(a, sS + s_tr + ks * 16 * LDT * 2);
 #pragma unroll
                 for (int fj = 0; fj < HF / 16; fj++) {
                     unsigned b[4];
-                    ldsm_x4_t(b, Ks + (ks * 16 + (lane & 15)) * LD + f0 + fj * 16 + (lane >> 4) * 8);
+                    ldsm_x4_t_a(b, sK + b_tr + ks * 16 * LD * 2 + (f0 + fj * 16) * 2);
                     mma16816<BF16>(aq[2 * fj], a, b[0], b[1]);
                     mma16816<BF16>(aq[2 * fj + 1], a, b[2], b[3]);
                 }
@@ -1026,7 +1283,6 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 }
             }
         }
-        if (j + 2 < nb) decode(j + 2, (j + 2) % 3);
         __syncthreads();
     }
     // Store dK (scaled), dV.
@@ -1063,3 +1319,242 @@ DKDV_TC_ENTRY(bf16, true, 64, 4)
 DKDV_TC_ENTRY(bf16, true, 128, 4)
 DKDV_TC_ENTRY(bf16, true, 64, 8)
 DKDV_TC_ENTRY(bf16, true, 128, 8)
+
+// ---------------------------------------------------------------------------------------------
+// Backward for the Dense mask, tensor cores: the dK/dV + dQ-atomics structure of dkdv_tc with
+// everything the mask needs taken out, because the H100 profile of dkdv_tc (issue #5, 2026-11-27)
+// showed the tensor pipe waiting on scalar work: 1,400 instructions per warp and query block
+// for 160 HMMA, 28% of the stall samples in the per-element mask/exp code (smem loads of the
+// visibility codes, branches), and 16-bit scalar stores of dS^T. Here:
+//   - no visibility codes and no branches per element: padding rows need no mask (zero-filled
+//     Q/dO rows give dS = 0; zero-filled K/V rows are never stored and add 0 to dQ);
+//   - lse and delta of the query block are read once per block (LDS.64), lse pre-scaled to log2;
+//   - dS^T goes to shared memory key-major with 32-bit stores and dQ reads it with ldmatrix.trans;
+//   - shared addresses are computed once per thread (32-bit), buffers toggled by an offset.
+// Requires d == dv == DP (the caller falls back to dkdv_tc otherwise). grid (ceil(nk/BK), BH),
+// block 256 (8 warps x 16 keys = BK 128), BQD queries per step, dynamic smem
+// (2*BK + 4*BQD) * (DP+8) * 2 + BK * (BQD+8) * 2 + 4 * BQD * 4 bytes.
+template <bool BF16, int DP, int BQD>
+__device__ void bwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                             const u16* __restrict__ dout, const float* __restrict__ lse,
+                             const float* __restrict__ delta, u16* __restrict__ dk, u16* __restrict__ dv,
+                             float* __restrict__ dqacc, int nq, int nk, float scale, float scale_log2) {
+    constexpr int NWK = 8;
+    constexpr int BK = 16 * NWK;
+    constexpr int NT = 32 * NWK;
+    constexpr int LD = DP + 8;        // row stride (u16) of K, V, Q, dO tiles
+    constexpr int CH = DP / 8;        // 16-byte chunks per row
+    constexpr int LDT = BQD + 8;      // row stride (u16) of dS^T (key-major)
+    constexpr int QW = BQD / 16;      // query row groups of the dQ product
+    constexpr int FW = NWK / QW;      // feature parts of the dQ product
+    constexpr int HF = DP / FW;       // features per warp in the dQ product
+    static_assert(HF >= 16 && HF % 16 == 0, "dQ feature part must hold an mma tile");
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* Ks = (u16*)smem;             // [BK][LD]
+    u16* Vs = Ks + BK * LD;           // [BK][LD]
+    u16* Qs = Vs + BK * LD;           // [2][BQD][LD]
+    u16* Ds = Qs + 2 * BQD * LD;      // [2][BQD][LD] (dO)
+    u16* St = Ds + 2 * BQD * LD;      // [2][BK][LDT] (dS^T, key-major)
+    float* qls = (float*)(St + 2 * BK * LDT);  // [2][BQD] lse
+    float* qds = qls + 2 * BQD;            // [2][BQD] delta
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int gq = lane >> 2, tq = lane & 3;
+    const long long bh = blockIdx.y;
+    const int kbase = blockIdx.x * BK;
+    const int nb = (nq + BQD - 1) / BQD;
+    const u16* qh = q + bh * (long long)nq * DP;
+    const u16* doh = dout + bh * (long long)nq * DP;
+    const float* lh = lse + bh * (long long)nq;
+    const float* dh = delta + bh * (long long)nq;
+
+    // K, V tile (rows past nk zero-filled).
+    for (int u = tid; u < BK * CH; u += NT) {
+        int r = u / CH, c = u % CH;
+        int tok = kbase + r;
+        bool ok = tok < nk;
+        long long row = bh * (long long)nk + (ok ? tok : 0);
+        cp_async16(Ks + r * LD + c * 8, k + row * DP + c * 8, ok ? 16 : 0);
+        cp_async16(Vs + r * LD + c * 8, v + row * DP + c * 8, ok ? 16 : 0);
+    }
+    auto load_q = [&](int j, int buf) {
+        u16* Qd = Qs + buf * BQD * LD;
+        u16* Dd = Ds + buf * BQD * LD;
+#pragma unroll
+        for (int u = tid; u < BQD * CH; u += NT) {
+            int r = u / CH, c = u % CH;
+            int tok = j * BQD + r;
+            bool ok = tok < nq;
+            long long row = ok ? tok : 0;
+            cp_async16(Qd + r * LD + c * 8, qh + row * DP + c * 8, ok ? 16 : 0);
+            cp_async16(Dd + r * LD + c * 8, doh + row * DP + c * 8, ok ? 16 : 0);
+        }
+        if (tid < BQD) {
+            int tok = j * BQD + tid;
+            bool ok = tok < nq;
+            cp_async4(qls + buf * BQD + tid, lh + (ok ? tok : 0), ok ? 4 : 0);
+            cp_async4(qds + buf * BQD + tid, dh + (ok ? tok : 0), ok ? 4 : 0);
+        }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    // Per-thread shared addresses (bytes), computed once.
+    const unsigned sK = smem_u32(Ks), sV = smem_u32(Vs), sQ = smem_u32(Qs), sD = smem_u32(Ds),
+                   sS = smem_u32(St);
+    const unsigned a_row = (warp * 16 + (lane & 15)) * LD * 2 + (lane >> 4) * 16;  // K/V A operand
+    const unsigned b_nt = (((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8) * 2;  // Q/dO as B
+    const unsigned b_tr = ((lane & 15) * LD + (lane >> 4) * 8) * 2;  // Q/dO/K as B (trans)
+    const int qr0 = (warp % QW) * 16, f0 = (warp / QW) * HF;
+    const unsigned s_tr = ((((lane & 7) + ((lane >> 4) << 3)) * LDT) + qr0 + ((lane >> 3) & 1) * 8) * 2;
+    constexpr unsigned QBUF = BQD * LD * 2;  // bytes per Q / dO buffer
+
+    float adk[DP / 8][4], adv[DP / 8][4];
+#pragma unroll
+    for (int i = 0; i < DP / 8; i++) {
+        adk[i][0] = adk[i][1] = adk[i][2] = adk[i][3] = 0.f;
+        adv[i][0] = adv[i][1] = adv[i][2] = adv[i][3] = 0.f;
+    }
+
+    for (int j = 0; j < nb; j++) {
+        const int buf = j & 1;
+        if (j + 1 < nb) {
+            load_q(j + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const unsigned qoff = buf * QBUF;
+        // S^T = K Q^T and dP^T = V dO^T: 16 keys x BQD queries per warp.
+        float st[BQD / 8][4], dp[BQD / 8][4];
+#pragma unroll
+        for (int i = 0; i < BQD / 8; i++) {
+            st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.f;
+            dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+        }
+#pragma unroll
+        for (int ks = 0; ks < DP / 16; ks++) {
+            unsigned ka[4], va[4];
+            ldsm_x4_a(ka, sK + a_row + ks * 32);
+            ldsm_x4_a(va, sV + a_row + ks * 32);
+#pragma unroll
+            for (int nj = 0; nj < BQD / 16; nj++) {
+                unsigned b[4], c[4];
+                const unsigned off = qoff + b_nt + nj * 16 * LD * 2 + ks * 32;
+                ldsm_x4_a(b, sQ + off);
+                ldsm_x4_a(c, sD + off);
+                mma16816<BF16>(st[2 * nj], ka, b[0], b[1]);
+                mma16816<BF16>(st[2 * nj + 1], ka, b[2], b[3]);
+                mma16816<BF16>(dp[2 * nj], va, c[0], c[1]);
+                mma16816<BF16>(dp[2 * nj + 1], va, c[2], c[3]);
+            }
+        }
+        // P^T and dS^T (element e: key row gq + 8*(e>>1), query col nt*8 + 2*tq + (e&1)).
+        const float* ql = qls + buf * BQD;
+        const float* qd = qds + buf * BQD;
+#pragma unroll
+        for (int nt = 0; nt < BQD / 8; nt++) {
+            const float2 l2 = *(const float2*)(ql + nt * 8 + 2 * tq);
+            const float2 d2 = *(const float2*)(qd + nt * 8 + 2 * tq);
+            const float la = l2.x * LOG2E, lb = l2.y * LOG2E;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float p = ex2_ftz(fmaf(st[nt][e], scale_log2, -((e & 1) ? lb : la)));
+                st[nt][e] = p;
+                dp[nt][e] = p * (dp[nt][e] - ((e & 1) ? d2.y : d2.x));
+            }
+        }
+        // dV += P^T dO, dK += dS^T Q (k = queries); dS^T to shared memory for dQ.
+#pragma unroll
+        for (int kk = 0; kk < BQD / 16; kk++) {
+            unsigned pa[4], sa[4];
+            pa[0] = pack2<BF16>(st[2 * kk][0], st[2 * kk][1]);
+            pa[1] = pack2<BF16>(st[2 * kk][2], st[2 * kk][3]);
+            pa[2] = pack2<BF16>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+            pa[3] = pack2<BF16>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+            sa[0] = pack2<BF16>(dp[2 * kk][0], dp[2 * kk][1]);
+            sa[1] = pack2<BF16>(dp[2 * kk][2], dp[2 * kk][3]);
+            sa[2] = pack2<BF16>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+            sa[3] = pack2<BF16>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            {
+                u32* row0 = (u32*)(St + (buf * BK + warp * 16 + gq) * LDT + kk * 16 + 2 * tq);
+                u32* row1 = (u32*)(St + (buf * BK + warp * 16 + gq + 8) * LDT + kk * 16 + 2 * tq);
+                row0[0] = sa[0];
+                row1[0] = sa[1];
+                row0[4] = sa[2];
+                row1[4] = sa[3];
+            }
+#pragma unroll
+            for (int fj = 0; fj < DP / 16; fj++) {
+                unsigned b[4], c[4];
+                const unsigned off = qoff + b_tr + kk * 16 * LD * 2 + fj * 32;
+                ldsm_x4_t_a(b, sD + off);
+                ldsm_x4_t_a(c, sQ + off);
+                mma16816<BF16>(adv[2 * fj], pa, b[0], b[1]);
+                mma16816<BF16>(adv[2 * fj + 1], pa, b[2], b[3]);
+                mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
+                mma16816<BF16>(adk[2 * fj + 1], sa, c[2], c[3]);
+            }
+        }
+        __syncthreads();
+        // dQ[q, :] += dS[q, keys] K[keys, :]: warp takes queries qr0.., features f0..f0+HF.
+        {
+            float aq[HF / 8][4];
+#pragma unroll
+            for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ks++) {
+                unsigned a[4];
+                ldsm_x4_t_a(a, sS + buf * BK * LDT * 2 + s_tr + ks * 16 * LDT * 2);
+#pragma unroll
+                for (int fj = 0; fj < HF / 16; fj++) {
+                    unsigned b[4];
+                    ldsm_x4_t_a(b, sK + b_tr + ks * 16 * LD * 2 + (f0 + fj * 16) * 2);
+                    mma16816<BF16>(aq[2 * fj], a, b[0], b[1]);
+                    mma16816<BF16>(aq[2 * fj + 1], a, b[2], b[3]);
+                }
+            }
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++) {
+                const int tok = j * BQD + qr0 + gq + 8 * h2;
+                if (tok < nq) {
+                    float* dst = dqacc + (bh * (long long)nq + tok) * DP + f0 + 2 * tq;
+#pragma unroll
+                    for (int nt = 0; nt < HF / 8; nt++) red_add2(dst + nt * 8, aq[nt][2 * h2], aq[nt][2 * h2 + 1]);
+                }
+            }
+        }
+        // No barrier here: the next step writes the other dS^T buffer, and its Q/dO/lse loads
+        // go to buffers whose last readers (the products before this step's barrier) are done.
+    }
+    // Store dK (scaled), dV.
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        const int tok = kbase + warp * 16 + gq + 8 * h2;
+        if (tok >= nk) continue;
+        const long long row = bh * (long long)nk + tok;
+#pragma unroll
+        for (int nt = 0; nt < DP / 8; nt++) {
+            const int f = nt * 8 + 2 * tq;
+            *(unsigned*)(dk + row * DP + f) = pack2<BF16>(adk[nt][2 * h2] * scale, adk[nt][2 * h2 + 1] * scale);
+            *(unsigned*)(dv + row * DP + f) = pack2<BF16>(adv[nt][2 * h2], adv[nt][2 * h2 + 1]);
+        }
+    }
+}
+
+#define BWD_DENSE_ENTRY(T, B, DP, BQD)                                                                    \
+    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dense_tc_##T##_d##DP##_q##BQD(           \
+        const u16* q, const u16* k, const u16* v, const u16* dout, const float* lse, const float* delta, \
+        u16* dk, u16* dv, float* dqacc, int nq, int nk, float scale, float scale_log2) {                  \
+        bwd_dense_tc<B, DP, BQD>(q, k, v, dout, lse, delta, dk, dv, dqacc, nq, nk, scale, scale_log2);    \
+    }
+BWD_DENSE_ENTRY(f16, false, 64, 32)
+BWD_DENSE_ENTRY(f16, false, 128, 32)
+BWD_DENSE_ENTRY(f16, false, 64, 64)
+BWD_DENSE_ENTRY(f16, false, 128, 64)
+BWD_DENSE_ENTRY(bf16, true, 64, 32)
+BWD_DENSE_ENTRY(bf16, true, 128, 32)
+BWD_DENSE_ENTRY(bf16, true, 64, 64)
+BWD_DENSE_ENTRY(bf16, true, 128, 64)
