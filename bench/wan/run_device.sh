@@ -5,6 +5,7 @@
 #   bench/wan/run_device.sh exports             # the dense and the local (1,7) bundle, in parallel
 #   bench/wan/run_device.sh export NAME [T,S]   # random Wan-1.3B-dims bundle -> $WORK/NAME
 #                                               # (T,S: local-window attention inside the DiT)
+#   bench/wan/run_device.sh unpack              # after staging: /opt/ortgpu + the .tbin pack
 #   bench/wan/run_device.sh materialize NAME    # a bundle from .wanstruct/NAME.tar.zst (carried;
 #                                               # bench/wan/export_structures.sh on the build
 #                                               # machine): its weights written here, < 1 min
@@ -81,22 +82,40 @@ do_export() {  # NAME [T,S]; env GRAPHS (default all four), DENSE_FORWARD (ort |
 
 do_materialize() {  # the structure exported on the build machine + the seeded model's weights
   local name=$1 pack=$ROOT/.wanstruct/$1.tar.zst
+  [ -f "$pack" ] || pack=/opt/stage/$1.tar.zst  # carried in a staging call, outside the checkout
   [ -f "$pack" ] || { echo "materialize: $pack missing (carry .wanstruct; see export_structures.sh)" >&2; exit 1; }
   python_env
   local unzstd=zstd t0=$SECONDS
   command -v zstd > /dev/null || unzstd=/opt/ortgpu/zstd  # staged with ONNX Runtime
   rm -rf "${WORK:?}/$name"
   "$unzstd" -dc "$pack" | tar xf - -C "$WORK"
-  local opt=()
-  [ "${OPTIMIZE:-0}" = 1 ] && opt=(--optimize)  # onnxscript's optimiser too (slow; materialize.py)
+  # onnxscript's optimiser: on guidance_step by default (its unoptimised form fails in the CUDA
+  # session; materialize.py), on every graph with OPTIMIZE=1 (slow).
+  local opt=(--optimize-graphs "${OPTIMIZE_GRAPHS-guidance_step}")
+  [ "${OPTIMIZE:-0}" = 1 ] && opt=(--optimize)
   (cd "$ROOT/onnx" && python3 -m fastvmt_onnx.materialize "$WORK/$name" "${opt[@]}")
   echo "materialize $name: $((SECONDS - t0)) s"
+}
+
+bench_bin() {  # .bbin/ of this checkout, else the unpacked .tbin pack (each call gets a fresh checkout)
+  if [ -x "$ROOT/.bbin/fastvmt-wan-bench" ]; then echo "$ROOT/.bbin/fastvmt-wan-bench"
+  elif [ -x /tmp/tbin/fastvmt-wan-bench ]; then echo /tmp/tbin/fastvmt-wan-bench
+  else echo "no bench binary: .bbin/fastvmt-wan-bench or /tmp/tbin (bench/wan/pack_binaries.sh)" >&2; exit 1; fi
+}
+
+do_unpack() {  # after staging: ONNX Runtime's CUDA provider, and the .tbin pack into /tmp/tbin
+  /opt/ortgpu/unpack.sh > /dev/null
+  mkdir -p /tmp/tbin
+  local pack=$ROOT/.tbin/bins.tar.zst
+  [ -f "$pack" ] || pack=/opt/stage/bins.tar.zst  # carried in a staging call, outside the checkout
+  /opt/ortgpu/zstd -dc "$pack" | tar xf - -C /tmp/tbin
+  ls /tmp/tbin
 }
 
 do_ours() {
   local name=$1 modes=$2 tag=${3:-}
   ort_env
-  "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda --modes "$modes" \
+  "$(bench_bin)" --bundle "$WORK/$name" --device cuda --modes "$modes" \
     --tag="$tag" "${COMMON[@]}" --out "$RES/ours-$name$tag.json"
 }
 
@@ -133,7 +152,7 @@ do_routes() {  # a real gradient in one guidance_step run (AMF operator on the C
   do_ours "$name" "$modes" -step
   FASTVMT_AMF_OP=cpu do_ours "$name" "$modes" -stepcpu  # Q/K through pinned host memory
   ort_env
-  "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda --modes "$modes" --two-graph \
+  "$(bench_bin)" --bundle "$WORK/$name" --device cuda --modes "$modes" --two-graph \
     --tag=-twograph "${COMMON[@]}" --out "$RES/ours-$name-twograph.json"
 }
 
@@ -144,7 +163,7 @@ do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op
   local name=$1
   ort_env
   rm -f "$LOGS"/prof_*
-  CUDA_LAUNCH_BLOCKING=${PROFILE_BLOCKING:-1} FASTVMT_ORT_PROFILE="$LOGS/prof_" "$ROOT/.bbin/fastvmt-wan-bench" --bundle "$WORK/$name" --device cuda \
+  CUDA_LAUNCH_BLOCKING=${PROFILE_BLOCKING:-1} FASTVMT_ORT_PROFILE="$LOGS/prof_" "$(bench_bin)" --bundle "$WORK/$name" --device cuda \
     --modes fastvmt --frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps 2 --guided-fraction 0.5 \
     --no-warmup --out "$LOGS/profile-run.json"
   python3 "$ROOT/bench/wan/profile_summary.py" "$LOGS"/prof_denoiser_*.json "$LOGS"/prof_guidance_*.json \
@@ -158,6 +177,7 @@ do_table() {
 case ${1:-} in
   export) do_export "$2" "${3:-}" ;;
   materialize) do_materialize "$2" ;;
+  unpack) do_unpack ;;
   exports)  # the dense and the local-window bundle side by side
     python_env
     do_export wan13-dense & a=$!

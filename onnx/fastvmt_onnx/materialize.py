@@ -25,8 +25,12 @@ export's node and Cast counts exactly (389/52 denoiser, 600/74 guidance_step, fr
 1407/130 unoptimised; ONNX Runtime's own optimiser at load folds the Casts to the same count but
 leaves Split-to-sequence patterns). It is off by default because it is slow: 16.8 min for the
 four 30-block graphs on the 2-core build machine (one graph at a time; 1 to 6 min each), against
-49 s for the weights alone. Whether the unoptimised graphs cost time on the GPU is the first
-thing to measure there (bench/wan/README.md).
+49 s for the weights alone. On the H100 (2026-11-27) the unoptimised denoiser ran as fast as the
+normal export's (plain sampling 17.9 s vs 18.1 s), but the unoptimised gradient graphs failed in
+ONNX Runtime's CUDA session: a Reshape of `text` to [B*L, 4096], computed from Shape nodes, came
+out as [1, 4096] (the CPU session computes it right; the optimiser folds that target to the
+constant [-1, 4096]). `--optimize-graphs guidance_step` (about 2 min there) is the verified
+route; run_device.sh's `materialize` does it by default.
 """
 from __future__ import annotations
 
@@ -94,10 +98,11 @@ def refresh_manifest(bundle_dir: str) -> None:
     os.replace(tmp, path)
 
 
-def materialize(bundle_dir: str, state: dict[str, torch.Tensor], optimize: bool = False) -> list[str]:
+def materialize(bundle_dir: str, state: dict[str, torch.Tensor], optimize: bool | tuple[str, ...] = False) -> list[str]:
     """Writes the external weight files of every graph in `bundle_dir` from `state` (parameter
-    name -> tensor), then (optimize) optimises each graph as the normal export does and
-    re-hashes the manifest; returns the weight files written."""
+    name -> tensor), then (optimize: True for every graph, or a tuple of graph names such as
+    ("guidance_step",)) optimises those graphs as the normal export does and re-hashes the
+    manifest; returns the weight files written."""
     import onnx
     written = []
     for name in sorted(os.listdir(bundle_dir)):
@@ -134,7 +139,7 @@ def materialize(bundle_dir: str, state: dict[str, torch.Tensor], optimize: bool 
                     f.write(raw)
             os.replace(tmp, out)  # never a half-written weight file under the final name
             written.append(out)
-        if optimize:
+        if optimize is True or (optimize and name[: -len(".onnx")] in optimize):
             optimize_graph(path)
     if optimize:
         refresh_manifest(bundle_dir)
@@ -152,6 +157,9 @@ def main():
                     help="weights' type (default: the manifest's `weights_dtype`)")
     ap.add_argument("--optimize", action="store_true",
                     help="run onnxscript's optimiser on each graph after writing its weights (slow)")
+    ap.add_argument("--optimize-graphs", default="",
+                    help="comma list of graphs to optimise (e.g. guidance_step: its unoptimised form "
+                         "failed in ONNX Runtime's CUDA session, 2026-11-27)")
     a = ap.parse_args()
     manifest = os.path.join(a.bundle, "manifest.json")
     if os.path.exists(manifest) and not a.tiny:
@@ -166,7 +174,8 @@ def main():
     wan = tiny_wan() if a.tiny else wan13_dims(a.wan13_dims)
     wan = to_dtype(wan, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype])
     state = WanGraph(wan).state_dict()
-    for f in materialize(a.bundle, state, optimize=a.optimize):
+    optimize = True if a.optimize else tuple(g for g in a.optimize_graphs.split(",") if g)
+    for f in materialize(a.bundle, state, optimize=optimize):
         print(f"wrote {f} ({os.path.getsize(f) / 2**20:.0f} MiB)")
 
 
