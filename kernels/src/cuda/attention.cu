@@ -412,6 +412,176 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 
 #define BN 64  // keys per block (forward) / per key tile (backward)
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core building blocks shared by the forward and backward kernels (shared addresses in
+// bytes; LD = row stride in u16 of the K/V/Q/dO tiles).
+
+// S[mt] += Q K^T over DP features for NS/8 key columns: Q A-fragments from registers (QF ==
+// DP/16, MT == 1) or from shared memory at sQa (+16 rows per mt); K as B at sKb (+16 rows per nj).
+template <bool BF16, int DP, int MT, int NS, int LD, int QF>
+__device__ __forceinline__ void qk_products(float (&s)[MT][NS / 8][4], const unsigned (&qf)[QF][4], unsigned sQa,
+                                            unsigned sKb) {
+#pragma unroll
+    for (int ks = 0; ks < DP / 16; ks++) {
+        unsigned a[MT][4];
+        if (QF == DP / 16) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[0][i] = qf[QF == DP / 16 ? ks : 0][i];
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) ldsm_x4_a(a[mt], sQa + mt * 16 * LD * 2 + ks * 32);
+        }
+#pragma unroll
+        for (int nj = 0; nj < NS / 16; nj++) {
+            unsigned b[4];
+            ldsm_x4_a(b, sKb + nj * 16 * LD * 2 + ks * 32);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
+                mma16816<BF16>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// Online softmax of one key block: raw logits s (unscaled; exp2 of s * sl2 - max by FMA) become
+// probabilities, the running max/sum per row advance, and acc is rescaled. MASKED: rows may see
+// no key yet (max -inf). LAZY: rescale only when some row's max moved (ex2(0) is exactly 1).
+template <int MT, int NS, int DP, bool MASKED, bool LAZY>
+__device__ __forceinline__ void online_softmax(float (&s)[MT][NS / 8][4], float (&mrow)[MT][2], float (&lrow)[MT][2],
+                                               float (&acc)[MT][DP / 8][4], float sl2) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < NS / 8; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(mrow[mt][0], mx0 * sl2), mn1 = fmaxf(mrow[mt][1], mx1 * sl2);
+        const float mu0 = MASKED && mn0 == NEG_INF ? 0.f : mn0, mu1 = MASKED && mn1 == NEG_INF ? 0.f : mn1;
+        const float a0 = ex2_ftz(mrow[mt][0] - mu0), a1 = ex2_ftz(mrow[mt][1] - mu1);
+        mrow[mt][0] = mn0;
+        mrow[mt][1] = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NS / 8; nt++) {
+            s[mt][nt][0] = ex2_ftz(fmaf(s[mt][nt][0], sl2, -mu0));
+            s[mt][nt][1] = ex2_ftz(fmaf(s[mt][nt][1], sl2, -mu0));
+            s[mt][nt][2] = ex2_ftz(fmaf(s[mt][nt][2], sl2, -mu1));
+            s[mt][nt][3] = ex2_ftz(fmaf(s[mt][nt][3], sl2, -mu1));
+            rs0 += s[mt][nt][0] + s[mt][nt][1];
+            rs1 += s[mt][nt][2] + s[mt][nt][3];
+        }
+        lrow[mt][0] = lrow[mt][0] * a0 + rs0;
+        lrow[mt][1] = lrow[mt][1] * a1 + rs1;
+        if (!LAZY || __any_sync(0xffffffffu, a0 != 1.f || a1 != 1.f)) {
+#pragma unroll
+            for (int i = 0; i < DP / 8; i++) {
+                acc[mt][i][0] *= a0; acc[mt][i][1] *= a0;
+                acc[mt][i][2] *= a1; acc[mt][i][3] *= a1;
+            }
+        }
+    }
+}
+
+// The A fragment (16 rows x 16 columns kk*16..) of a C-fragment array (rows x NC/8 tiles): the
+// register layouts match, so probabilities / dS feed the next product without shared memory.
+template <bool BF16, int NC>
+__device__ __forceinline__ void c_to_a(const float (&c)[NC / 8][4], int kk, unsigned (&a)[4]) {
+    a[0] = pack2<BF16>(c[2 * kk][0], c[2 * kk][1]);
+    a[1] = pack2<BF16>(c[2 * kk][2], c[2 * kk][3]);
+    a[2] = pack2<BF16>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[3] = pack2<BF16>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+// acc[mt] += P[mt] V for one key block: V (row-major keys x features) as B through ldmatrix.trans
+// at sVb (+16 key rows per kk).
+template <bool BF16, int DP, int MT, int NS, int LD>
+__device__ __forceinline__ void pv_products(const float (&s)[MT][NS / 8][4], float (&acc)[MT][DP / 8][4], unsigned sVb) {
+#pragma unroll
+    for (int kk = 0; kk < NS / 16; kk++) {
+        unsigned a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) c_to_a<BF16, NS>(s[mt], kk, a[mt]);
+#pragma unroll
+        for (int fj = 0; fj < DP / 16; fj++) {
+            unsigned b[4];
+            ldsm_x4_t_a(b, sVb + kk * 16 * LD * 2 + fj * 32);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
+                mma16816<BF16>(acc[mt][2 * fj + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// Backward, per warp of 16 keys: S^T = K Q^T and dP^T = V dO^T for NQ queries (K, V as A at
+// sKa / sVa; Q, dO as B at sQb / sDb, +16 query rows per nj).
+template <bool BF16, int DP, int NQ, int LD>
+__device__ __forceinline__ void st_dp_products(float (&st)[NQ / 8][4], float (&dp)[NQ / 8][4], unsigned sKa, unsigned sVa,
+                                               unsigned sQb, unsigned sDb) {
+#pragma unroll
+    for (int ks = 0; ks < DP / 16; ks++) {
+        unsigned ka[4], va[4];
+        ldsm_x4_a(ka, sKa + ks * 32);
+        ldsm_x4_a(va, sVa + ks * 32);
+#pragma unroll
+        for (int nj = 0; nj < NQ / 16; nj++) {
+            unsigned b[4], c[4];
+            const unsigned off = nj * 16 * LD * 2 + ks * 32;
+            ldsm_x4_a(b, sQb + off);
+            ldsm_x4_a(c, sDb + off);
+            mma16816<BF16>(st[2 * nj], ka, b[0], b[1]);
+            mma16816<BF16>(st[2 * nj + 1], ka, b[2], b[3]);
+            mma16816<BF16>(dp[2 * nj], va, c[0], c[1]);
+            mma16816<BF16>(dp[2 * nj + 1], va, c[2], c[3]);
+        }
+    }
+}
+
+// dV += P^T dO and dK += dS^T Q over 16 queries (pa, sa: A fragments; dO, Q as B through
+// ldmatrix.trans at sDt / sQt).
+template <bool BF16, int DP, int LD>
+__device__ __forceinline__ void dvdk_products(const unsigned (&pa)[4], const unsigned (&sa)[4], float (&adv)[DP / 8][4],
+                                              float (&adk)[DP / 8][4], unsigned sDt, unsigned sQt) {
+#pragma unroll
+    for (int fj = 0; fj < DP / 16; fj++) {
+        unsigned b[4], c[4];
+        ldsm_x4_t_a(b, sDt + fj * 32);
+        ldsm_x4_t_a(c, sQt + fj * 32);
+        mma16816<BF16>(adv[2 * fj], pa, b[0], b[1]);
+        mma16816<BF16>(adv[2 * fj + 1], pa, b[2], b[3]);
+        mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
+        mma16816<BF16>(adk[2 * fj + 1], sa, c[2], c[3]);
+    }
+}
+
+// aq = dS K over NK keys for 16 queries and HF features: dS^T (key-major, row stride LDT) and K
+// (row stride LD) both through ldmatrix.trans (at sSt / sKt, +16 keys per ks).
+template <bool BF16, int NK, int HF, int LD, int LDT>
+__device__ __forceinline__ void dq_products(float (&aq)[HF / 8][4], unsigned sSt, unsigned sKt) {
+#pragma unroll
+    for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < NK / 16; ks++) {
+        unsigned a[4];
+        ldsm_x4_t_a(a, sSt + ks * 16 * LDT * 2);
+#pragma unroll
+        for (int fj = 0; fj < HF / 16; fj++) {
+            unsigned b[4];
+            ldsm_x4_t_a(b, sKt + ks * 16 * LD * 2 + fj * 32);
+            mma16816<BF16>(aq[2 * fj], a, b[0], b[1]);
+            mma16816<BF16>(aq[2 * fj + 1], a, b[2], b[3]);
+        }
+    }
+}
+
 // Bits lo..hi (clipped to 0..n-1) set.
 __device__ __forceinline__ unsigned range_bits(int lo, int hi, int n) {
     lo = max(lo, 0);
@@ -625,28 +795,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < DP / 16; ks++) {
-                unsigned a[MT][4];
-                if (MT == 1) {
-#pragma unroll
-                    for (int i = 0; i < 4; i++) a[0][i] = qf[MT == 1 ? ks : 0][i];
-                } else {
-#pragma unroll
-                    for (int mt = 0; mt < MT; mt++)
-                        ldsm_x4_a(a[mt], sQ + a_row + mt * 16 * LD * 2 + ks * 32);
-                }
-#pragma unroll
-                for (int nj = 0; nj < BN / 16; nj++) {
-                    unsigned b[4];
-                    ldsm_x4_a(b, sK + koff + b_nt + nj * 16 * LD * 2 + ks * 32);
-#pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-                        mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
-                        mma16816<BF16>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
-                    }
-                }
-            }
+            qk_products<BF16, DP, MT, BN, LD>(s, qf, sQ + a_row, sK + koff + b_nt);
             // Mask (local video blocks and partial blocks). Raw logits stay unscaled (scale > 0
             // keeps the max); exp2 takes s * scale_log2 - m by FMA.
             const unsigned* inf = kinf + slot * BN;
@@ -663,64 +812,8 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
                         }
                 }
             }
-            const float sl2 = g.scale_log2;
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-                for (int nt = 0; nt < BN / 8; nt++) {
-                    mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
-                    mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
-                }
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-                float mn0 = fmaxf(mrow[mt][0], mx0 * sl2), mn1 = fmaxf(mrow[mt][1], mx1 * sl2);
-                float mu0 = mn0 == NEG_INF ? 0.f : mn0, mu1 = mn1 == NEG_INF ? 0.f : mn1;
-                float a0 = ex2_ftz(mrow[mt][0] - mu0), a1 = ex2_ftz(mrow[mt][1] - mu1);
-                mrow[mt][0] = mn0;
-                mrow[mt][1] = mn1;
-                float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < BN / 8; nt++) {
-                    s[mt][nt][0] = ex2_ftz(fmaf(s[mt][nt][0], sl2, -mu0));
-                    s[mt][nt][1] = ex2_ftz(fmaf(s[mt][nt][1], sl2, -mu0));
-                    s[mt][nt][2] = ex2_ftz(fmaf(s[mt][nt][2], sl2, -mu1));
-                    s[mt][nt][3] = ex2_ftz(fmaf(s[mt][nt][3], sl2, -mu1));
-                    rs0 += s[mt][nt][0] + s[mt][nt][1];
-                    rs1 += s[mt][nt][2] + s[mt][nt][3];
-                }
-                lrow[mt][0] = lrow[mt][0] * a0 + rs0;
-                lrow[mt][1] = lrow[mt][1] * a1 + rs1;
-#pragma unroll
-                for (int i = 0; i < DP / 8; i++) {
-                    acc[mt][i][0] *= a0; acc[mt][i][1] *= a0;
-                    acc[mt][i][2] *= a1; acc[mt][i][3] *= a1;
-                }
-            }
-            // O += P V.
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                unsigned a[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    a[mt][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    a[mt][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    a[mt][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    a[mt][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-                }
-#pragma unroll
-                for (int fj = 0; fj < DP / 16; fj++) {
-                    unsigned b[4];
-                    ldsm_x4_t_a(b, sV + koff + b_tr + kk * 16 * LD * 2 + fj * 32);
-#pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-                        mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
-                        mma16816<BF16>(acc[mt][2 * fj + 1], a[mt], b[2], b[3]);
-                    }
-                }
-            }
+            online_softmax<MT, BN, DP, true, false>(s, mrow, lrow, acc, g.scale_log2);
+            pv_products<BF16, DP, MT, BN, LD>(s, acc, sV + koff + b_tr);
         }  // active
         __syncthreads();
     }
@@ -853,27 +946,7 @@ __device__ void fwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
             for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < DP / 16; ks++) {
-            unsigned a[MT][4];
-            if (MT == 1) {
-#pragma unroll
-                for (int i = 0; i < 4; i++) a[0][i] = qf[MT == 1 ? ks : 0][i];
-            } else {
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) ldsm_x4_a(a[mt], sQ + a_row + mt * 16 * LD * 2 + ks * 32);
-            }
-#pragma unroll
-            for (int nj = 0; nj < BN / 16; nj++) {
-                unsigned b[4];
-                ldsm_x4_a(b, sK + koff + b_nt + nj * 16 * LD * 2 + ks * 32);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
-                    mma16816<BF16>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
-                }
-            }
-        }
+        qk_products<BF16, DP, MT, BN, LD>(s, qf, sQ + a_row, sK + koff + b_nt);
         if ((j + 1) * BN > nk) {  // key tail: columns past nk
 #pragma unroll
             for (int nt = 0; nt < BN / 8; nt++)
@@ -883,67 +956,11 @@ __device__ void fwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
 #pragma unroll
                         for (int mt = 0; mt < MT; mt++) s[mt][nt][e] = NEG_INF;
         }
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
-                mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
-                mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            // Every block has at least one valid key, so the new maxima are finite.
-            const float mn0 = fmaxf(mrow[mt][0], mx0 * scale_log2), mn1 = fmaxf(mrow[mt][1], mx1 * scale_log2);
-            const float a0 = ex2_ftz(mrow[mt][0] - mn0), a1 = ex2_ftz(mrow[mt][1] - mn1);
-            mrow[mt][0] = mn0;
-            mrow[mt][1] = mn1;
-            float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
-                s[mt][nt][0] = ex2_ftz(fmaf(s[mt][nt][0], scale_log2, -mn0));
-                s[mt][nt][1] = ex2_ftz(fmaf(s[mt][nt][1], scale_log2, -mn0));
-                s[mt][nt][2] = ex2_ftz(fmaf(s[mt][nt][2], scale_log2, -mn1));
-                s[mt][nt][3] = ex2_ftz(fmaf(s[mt][nt][3], scale_log2, -mn1));
-                rs0 += s[mt][nt][0] + s[mt][nt][1];
-                rs1 += s[mt][nt][2] + s[mt][nt][3];
-            }
-            lrow[mt][0] = lrow[mt][0] * a0 + rs0;
-            lrow[mt][1] = lrow[mt][1] * a1 + rs1;
-            // Rescale only when some row's running max moved (ex2(0) is exactly 1). (In fwd_tc
-            // the same branch made the 4x32 variant spill.)
-            if (__any_sync(0xffffffffu, a0 != 1.f || a1 != 1.f)) {
-#pragma unroll
-                for (int i = 0; i < DP / 8; i++) {
-                    acc[mt][i][0] *= a0; acc[mt][i][1] *= a0;
-                    acc[mt][i][2] *= a1; acc[mt][i][3] *= a1;
-                }
-            }
-        }
-        // O += P V.
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            unsigned a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                a[mt][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                a[mt][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                a[mt][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                a[mt][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
-#pragma unroll
-            for (int fj = 0; fj < DP / 16; fj++) {
-                unsigned b[4];
-                ldsm_x4_t_a(b, sV + koff + b_tr + kk * 16 * LD * 2 + fj * 32);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
-                    mma16816<BF16>(acc[mt][2 * fj + 1], a[mt], b[2], b[3]);
-                }
-            }
-        }
+        // Every block has at least one valid key, so the new maxima are finite; rescaling only
+        // when a max moved is kept here (19.3 -> 18.0 ms; in fwd_tc the branch made the 4x32
+        // variant spill).
+        online_softmax<MT, BN, DP, false, true>(s, mrow, lrow, acc, scale_log2);
+        pv_products<BF16, DP, MT, BN, LD>(s, acc, sV + koff + b_tr);
         __syncthreads();
     }
 #pragma unroll
@@ -1179,25 +1196,7 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
             st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.f;
             dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
         }
-        if (active) {
-#pragma unroll
-        for (int ks = 0; ks < DP / 16; ks++) {
-            unsigned ka[4], va[4];
-            ldsm_x4_a(ka, sK + a_row + ks * 32);
-            ldsm_x4_a(va, sV + a_row + ks * 32);
-#pragma unroll
-            for (int nj = 0; nj < BQ / 16; nj++) {
-                unsigned b[4], c[4];
-                const unsigned off = qoff + b_nt + nj * 16 * LD * 2 + ks * 32;
-                ldsm_x4_a(b, sQ + off);
-                ldsm_x4_a(c, sD + off);
-                mma16816<BF16>(st[2 * nj], ka, b[0], b[1]);
-                mma16816<BF16>(st[2 * nj + 1], ka, b[2], b[3]);
-                mma16816<BF16>(dp[2 * nj], va, c[0], c[1]);
-                mma16816<BF16>(dp[2 * nj + 1], va, c[2], c[3]);
-            }
-        }
-        }  // active
+        if (active) st_dp_products<BF16, DP, BQ, LD>(st, dp, sK + a_row, sV + a_row, sQ + qoff + b_nt, sD + qoff + b_nt);
         // P^T and dS^T (element e: key row gq + 8*(e>>1), query col nt*8 + 2*tq + (e&1)).
         const unsigned* inf = qinf + slot * BQ;
         const float* ql = qlse + slot * BQ;
@@ -1223,14 +1222,8 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
 #pragma unroll
         for (int kk = 0; kk < BQ / 16; kk++) {
             unsigned pa[4], sa[4];
-            pa[0] = pack2<BF16>(st[2 * kk][0], st[2 * kk][1]);
-            pa[1] = pack2<BF16>(st[2 * kk][2], st[2 * kk][3]);
-            pa[2] = pack2<BF16>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-            pa[3] = pack2<BF16>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-            sa[0] = pack2<BF16>(dp[2 * kk][0], dp[2 * kk][1]);
-            sa[1] = pack2<BF16>(dp[2 * kk][2], dp[2 * kk][3]);
-            sa[2] = pack2<BF16>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-            sa[3] = pack2<BF16>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            c_to_a<BF16, BQ>(st, kk, pa);
+            c_to_a<BF16, BQ>(dp, kk, sa);
             // dS^T to shared memory, key-major (32-bit stores), for dQ.
             {
                 u32* row0 = (u32*)(St + (warp * 16 + gq) * LDT + kk * 16 + 2 * tq);
@@ -1240,41 +1233,18 @@ __device__ void dkdv_tc(const u16* __restrict__ q, const u16* __restrict__ k, co
                 row0[4] = sa[2];
                 row1[4] = sa[3];
             }
-            if (active) {
-#pragma unroll
-            for (int fj = 0; fj < DP / 16; fj++) {
-                unsigned b[4], c[4];
-                const unsigned off = qoff + b_tr + kk * 16 * LD * 2 + fj * 32;
-                ldsm_x4_t_a(b, sD + off);
-                ldsm_x4_t_a(c, sQ + off);
-                mma16816<BF16>(adv[2 * fj], pa, b[0], b[1]);
-                mma16816<BF16>(adv[2 * fj + 1], pa, b[2], b[3]);
-                mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
-                mma16816<BF16>(adk[2 * fj + 1], sa, c[2], c[3]);
-            }
-            }  // active
+            if (active)
+                dvdk_products<BF16, DP, LD>(pa, sa, adv, adk, sD + qoff + b_tr + kk * 16 * LD * 2,
+                                            sQ + qoff + b_tr + kk * 16 * LD * 2);
         }
         __syncthreads();
         // dQ[q, :] += dS[q, keys] K[keys, :]: warp w takes queries (w&1)*16.., features (w>>1)*HF..
         {
             constexpr int HF = DP / NFP;
-            float aq[HF / 8][4];
-#pragma unroll
-            for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
             const int qr0 = (warp & 1) * 16, f0 = (warp >> 1) * HF;
             const unsigned s_tr = ((((lane & 7) + ((lane >> 4) << 3)) * LDT) + qr0 + ((lane >> 3) & 1) * 8) * 2;
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ks++) {
-                unsigned a[4];
-                ldsm_x4_t_a(a, sS + s_tr + ks * 16 * LDT * 2);
-#pragma unroll
-                for (int fj = 0; fj < HF / 16; fj++) {
-                    unsigned b[4];
-                    ldsm_x4_t_a(b, sK + b_tr + ks * 16 * LD * 2 + (f0 + fj * 16) * 2);
-                    mma16816<BF16>(aq[2 * fj], a, b[0], b[1]);
-                    mma16816<BF16>(aq[2 * fj + 1], a, b[2], b[3]);
-                }
-            }
+            float aq[HF / 8][4];
+            dq_products<BF16, BK, HF, LD, LDT>(aq, sS + s_tr, sK + b_tr + f0 * 2);
             const int* tk = qtok + slot * BQ;
 #pragma unroll
             for (int h2 = 0; h2 < 2; h2++) {
@@ -1439,23 +1409,7 @@ __device__ void bwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
             st[i][0] = st[i][1] = st[i][2] = st[i][3] = 0.f;
             dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
         }
-#pragma unroll
-        for (int ks = 0; ks < DP / 16; ks++) {
-            unsigned ka[4], va[4];
-            ldsm_x4_a(ka, sK + a_row + ks * 32);
-            ldsm_x4_a(va, sV + a_row + ks * 32);
-#pragma unroll
-            for (int nj = 0; nj < BQD / 16; nj++) {
-                unsigned b[4], c[4];
-                const unsigned off = qoff + b_nt + nj * 16 * LD * 2 + ks * 32;
-                ldsm_x4_a(b, sQ + off);
-                ldsm_x4_a(c, sD + off);
-                mma16816<BF16>(st[2 * nj], ka, b[0], b[1]);
-                mma16816<BF16>(st[2 * nj + 1], ka, b[2], b[3]);
-                mma16816<BF16>(dp[2 * nj], va, c[0], c[1]);
-                mma16816<BF16>(dp[2 * nj + 1], va, c[2], c[3]);
-            }
-        }
+        st_dp_products<BF16, DP, BQD, LD>(st, dp, sK + a_row, sV + a_row, sQ + qoff + b_nt, sD + qoff + b_nt);
         // P^T and dS^T (element e: key row gq + 8*(e>>1), query col nt*8 + 2*tq + (e&1)).
         const float* ql = qls + buf * BQD;
         const float* qd = qds + buf * BQD;
@@ -1475,14 +1429,8 @@ __device__ void bwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
 #pragma unroll
         for (int kk = 0; kk < BQD / 16; kk++) {
             unsigned pa[4], sa[4];
-            pa[0] = pack2<BF16>(st[2 * kk][0], st[2 * kk][1]);
-            pa[1] = pack2<BF16>(st[2 * kk][2], st[2 * kk][3]);
-            pa[2] = pack2<BF16>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-            pa[3] = pack2<BF16>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-            sa[0] = pack2<BF16>(dp[2 * kk][0], dp[2 * kk][1]);
-            sa[1] = pack2<BF16>(dp[2 * kk][2], dp[2 * kk][3]);
-            sa[2] = pack2<BF16>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-            sa[3] = pack2<BF16>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            c_to_a<BF16, BQD>(st, kk, pa);
+            c_to_a<BF16, BQD>(dp, kk, sa);
             {
                 u32* row0 = (u32*)(St + (buf * BK + warp * 16 + gq) * LDT + kk * 16 + 2 * tq);
                 u32* row1 = (u32*)(St + (buf * BK + warp * 16 + gq + 8) * LDT + kk * 16 + 2 * tq);
@@ -1491,36 +1439,14 @@ __device__ void bwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
                 row0[4] = sa[2];
                 row1[4] = sa[3];
             }
-#pragma unroll
-            for (int fj = 0; fj < DP / 16; fj++) {
-                unsigned b[4], c[4];
-                const unsigned off = qoff + b_tr + kk * 16 * LD * 2 + fj * 32;
-                ldsm_x4_t_a(b, sD + off);
-                ldsm_x4_t_a(c, sQ + off);
-                mma16816<BF16>(adv[2 * fj], pa, b[0], b[1]);
-                mma16816<BF16>(adv[2 * fj + 1], pa, b[2], b[3]);
-                mma16816<BF16>(adk[2 * fj], sa, c[0], c[1]);
-                mma16816<BF16>(adk[2 * fj + 1], sa, c[2], c[3]);
-            }
+            dvdk_products<BF16, DP, LD>(pa, sa, adv, adk, sD + qoff + b_tr + kk * 16 * LD * 2,
+                                        sQ + qoff + b_tr + kk * 16 * LD * 2);
         }
         __syncthreads();
         // dQ[q, :] += dS[q, keys] K[keys, :]: warp takes queries qr0.., features f0..f0+HF.
         {
             float aq[HF / 8][4];
-#pragma unroll
-            for (int i = 0; i < HF / 8; i++) aq[i][0] = aq[i][1] = aq[i][2] = aq[i][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ks++) {
-                unsigned a[4];
-                ldsm_x4_t_a(a, sS + buf * BK * LDT * 2 + s_tr + ks * 16 * LDT * 2);
-#pragma unroll
-                for (int fj = 0; fj < HF / 16; fj++) {
-                    unsigned b[4];
-                    ldsm_x4_t_a(b, sK + b_tr + ks * 16 * LD * 2 + (f0 + fj * 16) * 2);
-                    mma16816<BF16>(aq[2 * fj], a, b[0], b[1]);
-                    mma16816<BF16>(aq[2 * fj + 1], a, b[2], b[3]);
-                }
-            }
+            dq_products<BF16, BK, HF, LD, LDT>(aq, sS + buf * BK * LDT * 2 + s_tr, sK + b_tr + f0 * 2);
 #pragma unroll
             for (int h2 = 0; h2 < 2; h2++) {
                 const int tok = j * BQD + qr0 + gq + 8 * h2;
