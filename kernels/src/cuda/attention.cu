@@ -582,6 +582,22 @@ __device__ __forceinline__ void dq_products(float (&aq)[HF / 8][4], unsigned sSt
     }
 }
 
+// Rows first..first+ROWS of two row-major [*, DP] tensors a, b (already offset to the head) into
+// shared tiles da, db (row stride LD), 16-byte cp.async chunks; rows at or past n are zero-filled.
+template <int ROWS, int DP, int LD, int NT>
+__device__ __forceinline__ void copy_row_pairs(u16* da, u16* db, const u16* a, const u16* b, int first, int n, int tid) {
+    constexpr int CH = DP / 8;
+#pragma unroll
+    for (int u = tid; u < ROWS * CH; u += NT) {
+        const int r = u / CH, c = u % CH;
+        const int tok = first + r;
+        const bool ok = tok < n;
+        const long long row = ok ? tok : 0;
+        cp_async16(da + r * LD + c * 8, a + row * DP + c * 8, ok ? 16 : 0);
+        cp_async16(db + r * LD + c * 8, b + row * DP + c * 8, ok ? 16 : 0);
+    }
+}
+
 // Bits lo..hi (clipped to 0..n-1) set.
 __device__ __forceinline__ unsigned range_bits(int lo, int hi, int n) {
     lo = max(lo, 0);
@@ -894,17 +910,7 @@ __device__ void fwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
         cp_async16(Qs + r * LD + c * 8, q + row * DP + c * 8, ok ? 16 : 0);
     }
     auto load_kv = [&](int j, int buf) {
-        u16* Kd = Ks + buf * BN * LD;
-        u16* Vd = Vs + buf * BN * LD;
-#pragma unroll
-        for (int u = tid; u < BN * CH; u += NT) {
-            int r = u / CH, c = u % CH;
-            int tok = j * BN + r;
-            bool ok = tok < nk;
-            long long row = ok ? tok : 0;
-            cp_async16(Kd + r * LD + c * 8, kh + row * DP + c * 8, ok ? 16 : 0);
-            cp_async16(Vd + r * LD + c * 8, vh + row * DP + c * 8, ok ? 16 : 0);
-        }
+        copy_row_pairs<BN, DP, LD, NT>(Ks + buf * BN * LD, Vs + buf * BN * LD, kh, vh, j * BN, nk, tid);
     };
     load_kv(0, 0);
     cp_async_commit();
@@ -1344,26 +1350,9 @@ __device__ void bwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
     const float* dh = delta + bh * (long long)nq;
 
     // K, V tile (rows past nk zero-filled).
-    for (int u = tid; u < BK * CH; u += NT) {
-        int r = u / CH, c = u % CH;
-        int tok = kbase + r;
-        bool ok = tok < nk;
-        long long row = bh * (long long)nk + (ok ? tok : 0);
-        cp_async16(Ks + r * LD + c * 8, k + row * DP + c * 8, ok ? 16 : 0);
-        cp_async16(Vs + r * LD + c * 8, v + row * DP + c * 8, ok ? 16 : 0);
-    }
+    copy_row_pairs<BK, DP, LD, NT>(Ks, Vs, k + bh * (long long)nk * DP, v + bh * (long long)nk * DP, kbase, nk, tid);
     auto load_q = [&](int j, int buf) {
-        u16* Qd = Qs + buf * BQD * LD;
-        u16* Dd = Ds + buf * BQD * LD;
-#pragma unroll
-        for (int u = tid; u < BQD * CH; u += NT) {
-            int r = u / CH, c = u % CH;
-            int tok = j * BQD + r;
-            bool ok = tok < nq;
-            long long row = ok ? tok : 0;
-            cp_async16(Qd + r * LD + c * 8, qh + row * DP + c * 8, ok ? 16 : 0);
-            cp_async16(Dd + r * LD + c * 8, doh + row * DP + c * 8, ok ? 16 : 0);
-        }
+        copy_row_pairs<BQD, DP, LD, NT>(Qs + buf * BQD * LD, Ds + buf * BQD * LD, qh, doh, j * BQD, nq, tid);
         if (tid < BQD) {
             int tok = j * BQD + tid;
             bool ok = tok < nq;
