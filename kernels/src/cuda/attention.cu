@@ -13,6 +13,12 @@
 //       see the tile (per-axis inverse window ranges); dK, dV in registers; dQ += dS K through
 //       f32 atomics into a scratch accumulator; attn_dq_convert_<T> scales and converts it.
 //   attn_delta_<T>           delta = rowsum(dO * O).
+//   attn_fwd_dense_tc_<T>_d<DP>_m<MT>, attn_bwd_dense_tc_<T>_d<DP>_q<BQ>: the Dense mask with
+//       d == dv == DP (64/128) without the window machinery (raster blocks, no codes); the
+//       backward keeps dS^T key-major in two shared buffers (one barrier per query block).
+//   Shared pieces (qk_products, online_softmax, pv_products, st_dp_products, dvdk_products,
+//   dq_products, copy_row_pairs) are device functions; shared addresses are 32-bit, computed
+//   once per thread. kernels/BENCHMARKS.md has the profile that motivated each.
 // SIMT path (f32, and any other head size up to 256): one warp per query (forward, dQ) or per
 // key (dK/dV), iterating exactly the visible set. Correctness first, not tuned.
 // DP = head dims padded to 32/64/128 (features beyond d / dv are zero-filled in shared memory).
