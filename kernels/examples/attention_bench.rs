@@ -53,6 +53,40 @@ fn time<F: FnMut() -> Result<(), KernelError>>(
     Ok(median(ts))
 }
 
+/// Times `f` once per value of the comma list in `list_var`, each with `switch_var` set to it
+/// (the kernels read their variant switch per call), and prints ms, TF/s and the ratio to the
+/// first value. Does nothing when `list_var` is unset.
+#[allow(clippy::too_many_arguments)]
+fn time_variants<F: FnMut() -> Result<(), KernelError>>(
+    cu: &CudaAttention,
+    label: &str,
+    what: &str,
+    list_var: &str,
+    switch_var: &str,
+    flops: f64,
+    reps: usize,
+    mut f: F,
+) -> Result<(), KernelError> {
+    let Ok(list) = std::env::var(list_var) else {
+        return Ok(());
+    };
+    let mut base = None;
+    for var in list.split(',') {
+        // SAFETY (set_var): the benchmark is single-threaded.
+        std::env::set_var(switch_var, var);
+        let t = time(cu, &mut f, reps);
+        std::env::remove_var(switch_var);
+        let t = t?;
+        let b = *base.get_or_insert(t);
+        println!(
+            "{label} {what} {switch_var}={var}: {t:.3} ms, {:.1} TF/s, {:.2}x vs the first",
+            flops / t / 1e9,
+            b / t
+        );
+    }
+    Ok(())
+}
+
 fn rand_bits(n: usize, seed: u64, bf: bool, amp: f32) -> Vec<u16> {
     let mut x = seed | 1;
     (0..n)
@@ -200,54 +234,39 @@ fn run() -> Result<(), KernelError> {
                 mask: *mask,
                 scale: 1.0 / (d as f32).sqrt(),
             };
-            // ATTN_BENCH_FWD_DENSE="0,1,2": the dense forward with the general kernel (0) and the
-            // dense kernel's row tiles per warp, side by side (FASTVMT_ATTN_FWD_DENSE).
-            if let (Ok(list), AttentionMask::Dense) = (std::env::var("ATTN_BENCH_FWD_DENSE"), mask)
-            {
+            if let AttentionMask::Dense = mask {
+                let fwd = || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) };
+                let bwd = || unsafe {
+                    cu.backward_raw(dt, &spec, dop, qp, kp, vp, op, lp, dqp, dkp, dvp, raw)
+                };
                 let flops_f = 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
-                let mut base = None;
-                for var in list.split(',') {
-                    // SAFETY (set_var): the benchmark is single-threaded.
-                    std::env::set_var("FASTVMT_ATTN_FWD_DENSE", var);
-                    let tf = time(
-                        &cu,
-                        || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) },
-                        reps,
-                    )?;
-                    std::env::remove_var("FASTVMT_ATTN_FWD_DENSE");
-                    let b = *base.get_or_insert(tf);
-                    println!(
-                        "{mname:<12} {name:>5}   forward FASTVMT_ATTN_FWD_DENSE={var}: {tf:.3} ms, {:.1} TF/s, {:.2}x vs the first",
-                        flops_f / tf / 1e9,
-                        b / tf
-                    );
+                let label = format!("{mname:<12} {name:>5}  ");
+                // ATTN_BENCH_FWD_DENSE="0,1,2": the general kernel (0) and the dense kernel's row
+                // tiles per warp; ATTN_BENCH_BWD_DENSE="0,32,64": the general kernel and the dense
+                // kernel's query blocks (the backward reads the forward's lse: run it once first).
+                time_variants(
+                    &cu,
+                    &label,
+                    "forward",
+                    "ATTN_BENCH_FWD_DENSE",
+                    "FASTVMT_ATTN_FWD_DENSE",
+                    flops_f,
+                    reps,
+                    fwd,
+                )?;
+                if std::env::var_os("ATTN_BENCH_BWD_DENSE").is_some() {
+                    fwd()?;
                 }
-            }
-            // ATTN_BENCH_BWD_DENSE="0,32,64": the dense backward with the general kernel (0) and
-            // the dense kernel's query blocks, side by side (FASTVMT_ATTN_BWD_DENSE).
-            if let (Ok(list), AttentionMask::Dense) = (std::env::var("ATTN_BENCH_BWD_DENSE"), mask)
-            {
-                unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) }?;
-                let flops_b = 2.5 * 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
-                let mut base = None;
-                for var in list.split(',') {
-                    // SAFETY (set_var): the benchmark is single-threaded.
-                    std::env::set_var("FASTVMT_ATTN_BWD_DENSE", var);
-                    let tb = time(
-                        &cu,
-                        || unsafe {
-                            cu.backward_raw(dt, &spec, dop, qp, kp, vp, op, lp, dqp, dkp, dvp, raw)
-                        },
-                        reps,
-                    )?;
-                    std::env::remove_var("FASTVMT_ATTN_BWD_DENSE");
-                    let b = *base.get_or_insert(tb);
-                    println!(
-                        "{mname:<12} {name:>5}   backward FASTVMT_ATTN_BWD_DENSE={var}: {tb:.3} ms, {:.1} TF/s, {:.2}x vs the first",
-                        flops_b / tb / 1e9,
-                        b / tb
-                    );
-                }
+                time_variants(
+                    &cu,
+                    &label,
+                    "backward",
+                    "ATTN_BENCH_BWD_DENSE",
+                    "FASTVMT_ATTN_BWD_DENSE",
+                    2.5 * flops_f,
+                    reps,
+                    bwd,
+                )?;
             }
             let fwd = || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) };
             let bwd = || unsafe {
