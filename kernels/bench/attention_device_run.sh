@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.g
 if [ -z "${SKIP_NVCC:-}" ] && command -v nvcc >/dev/null; then
   timeout 240 nvcc -cubin -arch=sm_90 -std=c++17 -Xptxas -v -o $OUT/attn.cubin kernels/src/cuda/attention.cu > $OUT/ptxas.log 2>&1
   echo "nvcc rc=$? $(( $(date +%s) - t0 ))s"
-  grep -A1 -E "Compiling entry function '(attn_fwd_tc_bf16_d(32|128)_w(4|8)|attn_dkdv_tc_bf16_d(32|128))'" $OUT/ptxas.log | grep -E "entry|registers|spill" | head -24
+  grep -A1 -E "Compiling entry function '(attn_fwd_tc_bf16_d(32|128)_w(4|8)|attn_fwd_ws_bf16_d128|attn_dkdv_tc_bf16_d(32|128))'" $OUT/ptxas.log | grep -E "entry|registers|spill" | head -24
   grep -E "spill stores" $OUT/ptxas.log | sort | uniq -c | head -5
   cuobjdump -sass $OUT/attn.cubin > $OUT/attn.sass 2>&1
   awk '/Function :/ {f=$3} /HMMA/ {n[f]++} END {for (k in n) if (k ~ /bf16_d128|bf16_d32_w4/) print "HMMA", k, n[k]}' $OUT/attn.sass | sort
@@ -35,6 +35,10 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   FASTVMT_ATTN_BWD_WARPS=4 ATTN_TEST_SMALL=1 timeout 120 $B/attention_cuda --nocapture --test-threads=1 cuda_matches >> $OUT/tests.log 2>&1
   echo "tests (bwd 4 warps) rc=$? $(( $(date +%s) - t0 ))s"
   sed -n '/=== 4-warp/,$p' $OUT/tests.log | grep -E "worst|test result|panicked" | head -6
+  echo "=== block-synchronous local forward (FASTVMT_ATTN_FWD_WS=0)" >> $OUT/tests.log
+  FASTVMT_ATTN_FWD_WS=0 timeout 150 $B/attention_cuda --nocapture --test-threads=1 cuda_matches >> $OUT/tests.log 2>&1
+  echo "tests (fwd_tc local) rc=$? $(( $(date +%s) - t0 ))s"
+  sed -n '/=== block-synchronous/,$p' $OUT/tests.log | grep -E "worst|test result|panicked" | head -6
 fi
 if [ -z "${SKIP_SAN:-}" ]; then
   ATTN_TEST_SMALL=1 timeout 240 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 \

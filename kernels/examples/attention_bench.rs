@@ -268,6 +268,21 @@ fn run() -> Result<(), KernelError> {
                     bwd,
                 )?;
             }
+            if let AttentionMask::Local(_) = mask {
+                // ATTN_BENCH_FWD_WS="1,0": the warp-specialised local forward and fwd_tc.
+                let fwd = || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) };
+                let flops_f = 4.0 * (heads * n) as f64 * *vis as f64 * d as f64;
+                time_variants(
+                    &cu,
+                    &format!("{mname:<12} {name:>5}  "),
+                    "forward",
+                    "ATTN_BENCH_FWD_WS",
+                    "FASTVMT_ATTN_FWD_WS",
+                    flops_f,
+                    reps,
+                    fwd,
+                )?;
+            }
             let fwd = || unsafe { cu.forward_raw(dt, &spec, qp, kp, vp, op, lp, raw) };
             let bwd = || unsafe {
                 cu.backward_raw(dt, &spec, dop, qp, kp, vp, op, lp, dqp, dkp, dvp, raw)

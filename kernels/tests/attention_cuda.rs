@@ -243,6 +243,12 @@ fn cases() -> Vec<(&'static str, AttentionSpec)> {
             "local d128 4x6x10 r1/2 text7",
             local(4, 6, 10, 1, 2, 7, 1, 2, 128),
         ),
+        // More (tile, head) items than an H100 has SMs: the persistent local forward
+        // (attn_fwd_ws) then runs several tiles per block, its stage stream crossing tiles.
+        (
+            "local 8x16x24 r1/3 12 heads d128",
+            local(8, 16, 24, 1, 3, 0, 1, 12, 128),
+        ),
     ];
     if !small {
         v.push(("local 3x12x20 r1/3", local(3, 12, 20, 1, 3, 0, 1, 1, 64)));

@@ -8,7 +8,10 @@
 //! (FlashAttention-2 style, mma.sync m16n8k16, f32 accumulation, head dims zero-padded to
 //! 32/64/128). `Local` query blocks are 3D tiles of the token grid that iterate the union box of
 //! their windows (and dK/dV key tiles the box of queries that see them) with an exact per-pair
-//! mask; dQ is accumulated in f32 scratch by vector reductions. Everything else — f32 always,
+//! mask; on sm_90 the Local forward runs a persistent warp-specialised kernel (producer warps
+//! stream key blocks through an mbarrier-guarded ring, consumer warps skip the blocks their rows
+//! do not see; `FASTVMT_ATTN_FWD_WS=0` selects the block-synchronous one). dQ is accumulated in
+//! f32 scratch by vector reductions. Everything else — f32 always,
 //! and f16/bf16 of other head dims up to 256 — runs SIMT kernels (a warp per query or key over
 //! exactly the visible set: correct, not tuned). Larger head dims are an error.
 //! `FASTVMT_ATTN_NO_TC` forces the SIMT path; `FASTVMT_ATTN_FWD_WARPS`, `FASTVMT_ATTN_FWD_MT`,
@@ -248,6 +251,8 @@ pub struct CudaAttention {
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     sm_count: usize,
+    /// sm_90 or newer: the warp-specialised local forward (212 KB of shared memory at d = 128).
+    hopper: bool,
 }
 
 impl std::fmt::Debug for CudaAttention {
@@ -337,6 +342,30 @@ fn fwd_dense_rows() -> usize {
     }
 }
 
+/// Pipeline stages of `attn_fwd_ws_*_d<dp>` (as its entry points in attention.cu): as many
+/// 64-key stages as fit the H100's 227 KB of shared memory (a 128-row Q tile takes one stage).
+fn fwd_ws_stages(dp: usize) -> usize {
+    if dp == 128 {
+        6
+    } else {
+        9
+    }
+}
+
+fn fwd_ws_smem(dp: usize) -> usize {
+    let n = fwd_ws_stages(dp);
+    2 * n * BN * (dp + 8) * 2 + n * BN * 8 + n * 16 + 32 + 3 * n * 8
+}
+
+/// Query rows per tile of the warp-specialised local forward (8 consumer warps x 16).
+const FWD_WS_ROWS: usize = 128;
+
+/// Whether a Local forward with head dims padded to `dp` runs `attn_fwd_ws` (sm_90, dp 64/128)
+/// rather than `attn_fwd_tc`; `FASTVMT_ATTN_FWD_WS=0` keeps the latter (benchmarks, tests).
+fn fwd_ws(dp: usize, hopper: bool) -> bool {
+    hopper && dp >= 64 && env_usize("FASTVMT_ATTN_FWD_WS") != Some(0)
+}
+
 /// The dense backward kernel's query block for this call, or `None` for the general
 /// `attn_dkdv_tc` (see [`dense_kernels`]). Query block 64 unless `FASTVMT_ATTN_BWD_DENSE=32`;
 /// `FASTVMT_ATTN_BWD_DENSE=0` keeps the general kernel (for side-by-side benchmarks).
@@ -354,7 +383,7 @@ fn bwd_dense_queries(dp: usize, spec: &AttentionSpec) -> Option<usize> {
 /// Default query block of `attn_bwd_dense_tc`.
 const BWD_DENSE_QUERIES: usize = 64;
 
-fn function_names() -> Vec<(String, usize)> {
+fn function_names(hopper: bool) -> Vec<(String, usize)> {
     let mut v = Vec::new();
     for t in ["f32", "f16", "bf16"] {
         for k in [
@@ -382,6 +411,9 @@ fn function_names() -> Vec<(String, usize)> {
                 if dp >= 64 || nw == 4 {
                     v.push((format!("attn_dkdv_tc_{t}_d{dp}_w{nw}"), dkdv_smem(dp, nw)));
                 }
+            }
+            if dp >= 64 && hopper {
+                v.push((format!("attn_fwd_ws_{t}_d{dp}"), fwd_ws_smem(dp)));
             }
             if dp >= 64 {
                 for mt in [1, 2] {
@@ -429,7 +461,7 @@ impl CudaAttention {
         let ptx = compile(arch)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let mut funcs = HashMap::new();
-        for (name, smem) in function_names() {
+        for (name, smem) in function_names(major >= 9) {
             let f = module.load_function(&name).map_err(drv)?;
             if smem > 48 * 1024 {
                 f.set_attribute(
@@ -452,6 +484,7 @@ impl CudaAttention {
             _module: module,
             funcs,
             sm_count,
+            hopper: major >= 9,
         })
     }
 
@@ -552,6 +585,9 @@ impl CudaAttention {
                 }
                 .map_err(drv)?;
             }
+            Some(dp) if matches!(spec.mask, AttentionMask::Local(_)) && fwd_ws(dp, self.hopper) => {
+                self.forward_ws(&st, t, dp, spec, &g, p.bh, [q, k, v, out, lse])?;
+            }
             Some(dp) => {
                 let local = matches!(spec.mask, AttentionMask::Local(_));
                 let (nw, mt) = fwd_config(dp, local, g.rs as usize);
@@ -594,6 +630,66 @@ impl CudaAttention {
             }
         }
         Ok(())
+    }
+
+    /// The warp-specialised Local forward: one persistent block per SM taking (tile, head) items
+    /// from a counter in stream-ordered scratch (zeroed here, freed after the launch).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_ws(
+        &self,
+        st: &Arc<CudaStream>,
+        t: &str,
+        dp: usize,
+        spec: &AttentionSpec,
+        g: &Geo,
+        bh: usize,
+        ptrs: [u64; 5],
+    ) -> Result<(), KernelError> {
+        let [q, k, v, out, lse] = ptrs;
+        let (f, h, w) = (g.f as usize, g.h as usize, g.w as usize);
+        let text = (spec.shape.kv_len - g.video as usize).div_ceil(BN);
+        let (tf, ty, tx) = tile_override(FWD_WS_ROWS).unwrap_or_else(|| {
+            tile_shape(
+                FWD_WS_ROWS,
+                (f, h, w),
+                (g.rt as usize, g.rs as usize),
+                BN,
+                text,
+            )
+        });
+        let (ntf, nty, ntx) = (f.div_ceil(tf), h.div_ceil(ty), w.div_ceil(tx));
+        // The kernel indexes items as i32.
+        i32of(ntf * nty * ntx * bh, "tiles x heads")?;
+        let blocks = (ntf * nty * ntx * bh).min(self.sm_count);
+        let (tf, ty, tx, nty, ntx) = (tf as i32, ty as i32, tx as i32, nty as i32, ntx as i32);
+        let func = self.f(&format!("attn_fwd_ws_{t}_d{dp}"))?;
+        let raw = st.cu_stream();
+        let counter = unsafe { cudarc::driver::result::malloc_async(raw, 4) }.map_err(drv)?;
+        let res = unsafe {
+            cudarc::driver::result::memset_d8_async(counter, 0, 4, raw)
+                .map_err(drv)
+                .and_then(|()| {
+                    st.launch_builder(func)
+                        .arg(&q)
+                        .arg(&k)
+                        .arg(&v)
+                        .arg(&out)
+                        .arg(&lse)
+                        .arg(g)
+                        .arg(&tf)
+                        .arg(&ty)
+                        .arg(&tx)
+                        .arg(&nty)
+                        .arg(&ntx)
+                        .arg(&counter)
+                        .launch(cfg((blocks, 1), 32 * 12, fwd_ws_smem(dp)))
+                        .map(|_| ())
+                        .map_err(drv)
+                })
+        };
+        let freed = unsafe { cudarc::driver::result::free_async(counter, raw) }.map_err(drv);
+        res?;
+        freed
     }
 
     /// Backward: writes `dq, dk, dv` from `dout` and the forward's `out`, `lse`.

@@ -8,6 +8,9 @@
 //       blocks of 64 gathered from the union box of the tile's windows (flattened in raster
 //       order), then the text keys; exact per-element mask; cp.async double-buffered K/V;
 //       ldmatrix + mma.sync m16n8k16 (f32 accumulation); online softmax in registers.
+//   attn_fwd_ws_<T>_d<DP>    Local on sm_90 (DP 64/128): the same tiles, persistent and warp-
+//       specialised (4 producer warps fill a ring of key-block stages guarded by mbarriers, 8
+//       consumer warps of 16 rows skip the blocks they do not see without waiting for the others).
 //   attn_dkdv_tc_<T>_d<DP>   one block of 4 warps per key tile of 64 (3D box for video keys,
 //       raster for text keys / Dense); iterates query blocks of 32 from the box of queries that
 //       see the tile (per-axis inverse window ranges); dK, dV in registers; dQ += dS K through
@@ -616,6 +619,90 @@ __device__ __forceinline__ unsigned range_bits(int lo, int hi, int n) {
 // M = 1<<a | 1<<(TF+b) | 1<<(TF+TY+c). A partner column gets the code of the tile positions
 // it is visible to, per axis; the pair is visible iff (code & M) == M.
 
+// A Local query tile and the keys it iterates (attn_fwd_ws): the union box of its windows (per-
+// axis clamp rule on the tile's first and last coordinate), flattened in raster order into nkb
+// blocks of BN, then the text keys in blocks of BN; nb blocks in all. (fwd_tc computes the same
+// inline: holding this struct there cost it 176 bytes of spills.)
+struct LocalTile {
+    Box qb, kb;
+    int nbox, nkb, nb;
+};
+// Tile t of the (ntf, nty, ntx) grid of TF x TY x TX tiles over the Local mask's video grid.
+__device__ __forceinline__ LocalTile local_tile(const Geo& g, int t, int TF, int TY, int TX, int nty, int ntx) {
+    LocalTile lt;
+    const int tx = t % ntx, ty = (t / ntx) % nty, tf = t / (ntx * nty);
+    Box& qb = lt.qb;
+    qb.f0 = tf * TF; qb.y0 = ty * TY; qb.x0 = tx * TX;
+    qb.nf = min(TF, g.F - qb.f0); qb.ny = min(TY, g.h - qb.y0); qb.nx = min(TX, g.w - qb.x0);
+    Box& kb = lt.kb;
+    kb.f0 = wstart(qb.f0, g.rt, g.F, g.fsz);
+    kb.nf = wstart(qb.f0 + qb.nf - 1, g.rt, g.F, g.fsz) + g.fsz - kb.f0;
+    kb.y0 = wstart(qb.y0, g.rs, g.h, g.ysz);
+    kb.ny = wstart(qb.y0 + qb.ny - 1, g.rs, g.h, g.ysz) + g.ysz - kb.y0;
+    kb.x0 = wstart(qb.x0, g.rs, g.w, g.xsz);
+    kb.nx = wstart(qb.x0 + qb.nx - 1, g.rs, g.w, g.xsz) + g.xsz - kb.x0;
+    lt.nbox = kb.n();
+    lt.nkb = (lt.nbox + BN - 1) / BN;
+    lt.nb = lt.nkb + (g.nk - g.video + BN - 1) / BN;
+    return lt;
+}
+// Visibility code of key (f, y, x) for a query tile at qb of nominal dims TF x TY x TX: per
+// axis, the bits of the tile coordinates whose window contains the key's.
+__device__ __forceinline__ unsigned key_code(const Geo& g, const Box& qb, int TF, int TY, int TX, int f, int y, int x) {
+    return range_bits(qlo(f, g.rt, g.F, g.fsz) - qb.f0, qhi(f, g.rt, g.F, g.fsz) - qb.f0, TF) |
+           range_bits(qlo(y, g.rs, g.h, g.ysz) - qb.y0, qhi(y, g.rs, g.h, g.ysz) - qb.y0, TY) << TF |
+           range_bits(qlo(x, g.rs, g.w, g.xsz) - qb.x0, qhi(x, g.rs, g.w, g.xsz) - qb.x0, TX) << (TF + TY);
+}
+// Key idx of block jj of a Local tile: token (-1 = none) and visibility code (all bits for text
+// keys, 0 for none).
+__device__ __forceinline__ void block_key(const Geo& g, const LocalTile& lt, int TF, int TY, int TX, int jj, int idx,
+                                          int& tok, unsigned& code) {
+    tok = -1;
+    code = 0u;
+    if (jj < lt.nkb) {
+        const int i = jj * BN + idx;
+        if (i < lt.nbox) {
+            int f, y, x;
+            tok = lt.kb.decode(i, g, f, y, x);
+            code = key_code(g, lt.qb, TF, TY, TX, f, y, x);
+        }
+    } else {
+        const int t = g.video + (jj - lt.nkb) * BN + idx;
+        if (t < g.nk) {
+            tok = t;
+            code = 0xffffffffu;
+        }
+    }
+}
+
+// Forward epilogue: O = acc / l (rows with token >= 0; dv features) and lse = (m + log2 l) / log2 e
+// (m in log2 units) for the thread's rows (16-row tile mt, half h2: row gq + 8*h2).
+template <bool BF16, int DP, int MT>
+__device__ __forceinline__ void store_rows(const float (&acc)[MT][DP / 8][4], const float (&mrow)[MT][2],
+                                           const float (&lrow)[MT][2], const int (&tokq)[MT][2], long long bh,
+                                           u16* __restrict__ o, float* __restrict__ lse, const Geo& g, int tq) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; h2++) {
+            float l = lrow[mt][h2];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            if (tokq[mt][h2] < 0) continue;
+            float inv = 1.f / l;
+            long long row = bh * g.nq + tokq[mt][h2];
+#pragma unroll
+            for (int nt = 0; nt < DP / 8; nt++) {
+                int f = nt * 8 + 2 * tq;
+                if (f < g.dv) {
+                    unsigned pr = pack2<BF16>(acc[mt][nt][2 * h2] * inv, acc[mt][nt][2 * h2 + 1] * inv);
+                    *(unsigned*)(o + row * g.dv + f) = pr;
+                }
+            }
+            if (tq == 0) lse[row] = (mrow[mt][h2] + log2f(l)) / LOG2E;
+        }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward, tensor cores. grid (ntiles, BH), block 32*NW, MT 16-row tiles per warp, dynamic smem
 // (16*MT*NW + 4*BN) * (DP+8) * 2 + 3*BN*8 + 64 bytes. Tile t = (tf, ty, tx) with tile dims
@@ -683,13 +770,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
                 if (i < nbox) {
                     int f, y, x;
                     tok = kb.decode(i, gg, f, y, x);
-                    if (g.local) {
-                        code = range_bits(qlo(f, g.rt, g.F, g.fsz) - qb.f0, qhi(f, g.rt, g.F, g.fsz) - qb.f0, TF) |
-                               range_bits(qlo(y, g.rs, g.h, g.ysz) - qb.y0, qhi(y, g.rs, g.h, g.ysz) - qb.y0, TY) << TF |
-                               range_bits(qlo(x, g.rs, g.w, g.xsz) - qb.x0, qhi(x, g.rs, g.w, g.xsz) - qb.x0, TX) << (TF + TY);
-                    } else {
-                        code = 0xffffffffu;
-                    }
+                    code = g.local ? key_code(g, qb, TF, TY, TX, f, y, x) : 0xffffffffu;
                 }
             } else {
                 int t = g.video + (jj - nkb) * BN + tid;
@@ -839,27 +920,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
         }  // active
         __syncthreads();
     }
-    // Epilogue.
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; h2++) {
-            float l = lrow[mt][h2];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            if (tokq[mt][h2] < 0) continue;
-            float inv = 1.f / l;
-            long long row = bh * g.nq + tokq[mt][h2];
-#pragma unroll
-            for (int nt = 0; nt < DP / 8; nt++) {
-                int f = nt * 8 + 2 * tq;
-                if (f < g.dv) {
-                    unsigned pr = pack2<BF16>(acc[mt][nt][2 * h2] * inv, acc[mt][nt][2 * h2 + 1] * inv);
-                    *(unsigned*)(o + row * g.dv + f) = pr;
-                }
-            }
-            if (tq == 0) lse[row] = (mrow[mt][h2] + log2f(l)) / LOG2E;
-        }
+    store_rows<BF16, DP, MT>(acc, mrow, lrow, tokq, bh, o, lse, g, tq);
 }
 
 #define FWD_TC_ENTRY(T, B, DP, NW, MT)                                                                    \
@@ -879,6 +940,274 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     FWD_TC_ENTRY(T, B, 128, 4, 2)
 FWD_TC_DT(f16, false)
 FWD_TC_DT(bf16, true)
+
+// ---------------------------------------------------------------------------------------------
+// Local forward, warp-specialised (sm_90). Why: fwd_tc puts a block barrier around every 64-key
+// block, so each warp waits for the slowest one although it sees only part of its tile's union
+// box (at 1/7 a 4-row warp sees ~60% of the box's blocks); the H100 profile showed it latency-
+// bound (33% of issue slots busy, 10% of samples at the closing barrier). Here 4 producer warps
+// decode key blocks (tokens, visibility codes) and copy them with cp.async into NSTG shared-
+// memory stages; per stage one mbarrier publishes the codes, another completes when the copies
+// land. 8 consumer warps of 16 query rows each wait only on the stage they read, skip a block
+// none of their rows sees without waiting for its data and release the stage through a third
+// mbarrier, so warps run up to NSTG blocks apart. (One cp.async.bulk per key row instead was
+// 2.3x slower than fwd_tc; a single producer warp 1.6x: its outstanding copies were too few.)
+// Persistent: one block per SM takes (tile, head) items from an atomic counter (zeroed by the
+// host before the launch); the stream of stages runs across items, each item's Q tile (128 rows
+// = one stage) first, which the consumers load into registers. Tiles have 128 rows (TF x TY x TX
+// as fwd_tc's cost model picks).
+// Dynamic smem: 2*NSTG*BN*(DP+8)*2 + NSTG*BN*8 + NSTG*16 + 32 + 3*NSTG*8 bytes.
+
+__device__ __forceinline__ void mbar_init(unsigned a, unsigned count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(a), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned a) {
+    asm volatile("{ .reg .b64 st; mbarrier.arrive.shared.b64 st, [%0]; }" ::"r"(a) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned a, unsigned parity) {
+    unsigned ok;
+    do {
+#if __CUDA_ARCH__ >= 900
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(ok) : "r"(a), "r"(parity) : "memory");
+#else
+        asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(ok) : "r"(a), "r"(parity) : "memory");
+#endif
+    } while (!ok);
+}
+// Arrive on mbar when this thread's cp.async copies issued so far have landed (counts as one of
+// the expected arrivals).
+__device__ __forceinline__ void mbar_arrive_cp_async(unsigned a) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(a) : "memory");
+}
+
+template <bool BF16, int DP, int NSTG>
+__device__ void fwd_local_ws(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                             u16* __restrict__ o, float* __restrict__ lse, Geo g, int TF, int TY, int TX, int nty,
+                             int ntx, int* __restrict__ counter) {
+    constexpr int NC = 8;         // consumer warps
+    constexpr int BM = 16 * NC;   // query rows per tile (== 2 * BN: a Q tile fills one stage)
+    constexpr int LD = DP + 8;
+    constexpr int NP = 4;         // producer warps
+    constexpr int PT = 32 * NP;   // producer threads
+    constexpr int CH = DP / 8;    // 16-byte chunks per row
+    constexpr int RS = PT / CH;   // rows per producer copy step
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* Ks = (u16*)smem;                               // [NSTG][BN][LD]
+    u16* Vs = Ks + NSTG * BN * LD;                      // [NSTG][BN][LD]
+    unsigned* kinf = (unsigned*)(Vs + NSTG * BN * LD);  // [NSTG][BN] visibility codes
+    int* ktok = (int*)(kinf + NSTG * BN);               // [NSTG][BN] key tokens (producers)
+    int* meta = ktok + NSTG * BN;                       // [NSTG][4]: item (-1: end), block (-1: Q tile), OR, AND
+    int* pshare = meta + NSTG * 4;                      // [8]: producers' item (x2), OR and AND partials (x2)
+    // full[NSTG] (copies landed), empty[NSTG] (released), mfull[NSTG] (codes and meta)
+    unsigned long long* bars = (unsigned long long*)(pshare + 8);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const unsigned sK = smem_u32(Ks), sV = smem_u32(Vs), sbar = smem_u32(bars);
+    auto full_bar = [&](int s) { return sbar + s * 8; };
+    auto empty_bar = [&](int s) { return sbar + (NSTG + s) * 8; };
+    auto meta_bar = [&](int s) { return sbar + (2 * NSTG + s) * 8; };
+    const int ntiles = ((g.F + TF - 1) / TF) * nty * ntx;
+    const int nitems = ntiles * g.bh;
+
+    if (tid == 0) {
+        for (int s = 0; s < NSTG; s++) {
+            mbar_init(full_bar(s), PT);   // every producer thread's copies
+            mbar_init(empty_bar(s), NC);  // one arrival per consumer warp
+            mbar_init(meta_bar(s), 1);    // producer thread 0
+        }
+    }
+    __syncthreads();
+
+    if (warp >= NC) {
+        // Producers (4 warps: one warp's outstanding copies could not keep the consumers fed):
+        // 16-byte chunk lc of rows lr0, lr0 + RS, ... (features past d / dv and rows without a
+        // key are zero-filled by the copies). Named barrier 1 syncs the producer threads.
+        const int ptid = tid - 32 * NC;
+        const int lc = ptid % CH, lr0 = ptid / CH;
+        const bool kcol = lc * 8 < g.d, vcol = lc * 8 < g.dv;
+        int t = 0;
+        // Stage s of step t is free (released, and its previous copies landed: consumers that
+        // skipped a block release it without waiting for them).
+        auto acquire = [&](int s) {
+            mbar_wait(empty_bar(s), ((t / NSTG) & 1) ^ 1);
+            if (t >= NSTG) mbar_wait(full_bar(s), ((t / NSTG) - 1) & 1);
+        };
+        for (int pi = 0;; pi++) {
+            if (ptid == 0) pshare[pi & 1] = atomicAdd(counter, 1);
+            asm volatile("bar.sync 1, %0;" ::"n"(PT) : "memory");
+            const int item = pshare[pi & 1];
+            if (item >= nitems) {
+                if (ptid == 0) {
+                    const int s = t % NSTG;
+                    mbar_wait(empty_bar(s), ((t / NSTG) & 1) ^ 1);
+                    meta[s * 4] = -1;
+                    mbar_arrive(meta_bar(s));
+                }
+                break;
+            }
+            const int tile = item % ntiles;
+            const long long bh = item / ntiles;
+            const LocalTile lt = local_tile(g, tile, TF, TY, TX, nty, ntx);
+            const u16* kh = k + bh * (long long)g.nk * g.d + (kcol ? lc * 8 : 0);
+            const u16* vh = v + bh * (long long)g.nk * g.dv + (vcol ? lc * 8 : 0);
+            // The Q tile goes through a stage (block -1): rows 0..BN-1 in its K half, the rest in
+            // its V half. (A separate Q buffer left room for one stage less: 4% slower at 1/7.)
+            {
+                const int s = t % NSTG;
+                acquire(s);
+                if (ptid == 0) {
+                    meta[s * 4] = item;
+                    meta[s * 4 + 1] = -1;
+                    mbar_arrive(meta_bar(s));
+                }
+                const int nqb = lt.qb.n();
+                for (int r = lr0; r < BM; r += RS) {
+                    long long row = 0;
+                    if (r < nqb) {
+                        int f, y, x;
+                        row = bh * g.nq + lt.qb.decode(r, g, f, y, x);
+                    }
+                    const unsigned dst = (r < BN ? sK + (s * BN + r) * LD * 2 : sV + (s * BN + r - BN) * LD * 2) + lc * 16;
+                    cp_async16_a(dst, q + row * g.d + (kcol ? lc * 8 : 0), r < nqb && kcol ? 16 : 0);
+                }
+                mbar_arrive_cp_async(full_bar(s));
+                t++;
+            }
+            for (int j = 0; j < lt.nb; j++, t++) {
+                const int s = t % NSTG;
+                // Decode before waiting for the stage.
+                int tok = -1;
+                unsigned code = 0u, orv = 0u, andv = 0u;
+                if (ptid < BN) {
+                    block_key(g, lt, TF, TY, TX, j, ptid, tok, code);
+                    orv = __reduce_or_sync(0xffffffffu, code);
+                    andv = __reduce_and_sync(0xffffffffu, code);
+                }
+                acquire(s);
+                if (ptid < BN) {
+                    kinf[s * BN + ptid] = code;
+                    ktok[s * BN + ptid] = tok;
+                    if (lane == 0) {
+                        pshare[2 + warp - NC] = (int)orv;
+                        pshare[4 + warp - NC] = (int)andv;
+                    }
+                }
+                asm volatile("bar.sync 1, %0;" ::"n"(PT) : "memory");
+                // Codes and meta first: a consumer that sees none of the block moves on without
+                // waiting for its copies.
+                if (ptid == 0) {
+                    meta[s * 4] = item;
+                    meta[s * 4 + 1] = j;
+                    meta[s * 4 + 2] = pshare[2] | pshare[3];
+                    meta[s * 4 + 3] = pshare[4] & pshare[5];
+                    mbar_arrive(meta_bar(s));
+                }
+                const unsigned soff = ((s * BN + lr0) * LD + lc * 8) * 2;
+#pragma unroll
+                for (int i = 0; i < BN / RS; i++) {
+                    const int kt = ktok[s * BN + lr0 + i * RS];
+                    const bool ok = kt >= 0;
+                    const long long tt = ok ? kt : 0;
+                    const unsigned off = soff + i * RS * LD * 2;
+                    cp_async16_a(sK + off, kh + tt * g.d, ok && kcol ? 16 : 0);
+                    cp_async16_a(sV + off, vh + tt * g.dv, ok && vcol ? 16 : 0);
+                }
+                mbar_arrive_cp_async(full_bar(s));  // when this thread's copies land
+            }
+        }
+        return;
+    }
+
+    // Consumers: warp rows warp*16 + gq (+8) of the current tile.
+    const int gq = lane >> 2, tq = lane & 3;
+    const unsigned a_row = ((warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8) * 2;
+    const unsigned b_nt = (((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned b_tr = ((lane & 15) * LD + (lane >> 4) * 8) * 2;
+    unsigned qf[DP / 16][4];
+    float acc[1][DP / 8][4];
+    float mrow[1][2], lrow[1][2];
+    unsigned msel[2];
+    int tokq[1][2];
+    long long bh = -1;
+    for (int t = 0;; t++) {
+        const int s = t % NSTG;
+        const unsigned par = (t / NSTG) & 1;
+        mbar_wait(meta_bar(s), par);
+        const int item = meta[s * 4], j = meta[s * 4 + 1];
+        const unsigned orv = (unsigned)meta[s * 4 + 2], andv = (unsigned)meta[s * 4 + 3];
+        if (j < 0 || item < 0) {
+            if (bh >= 0) store_rows<BF16, DP, 1>(acc, mrow, lrow, tokq, bh, o, lse, g, tq);
+            if (item < 0) break;
+            // A new tile (its Q stage): the rows' tokens and selectors, Q into registers.
+            const int tile = item % ntiles;
+            bh = item / ntiles;
+            const int tx = tile % ntx, ty = (tile / ntx) % nty, tf = tile / (ntx * nty);
+            Box qb;
+            qb.f0 = tf * TF; qb.y0 = ty * TY; qb.x0 = tx * TX;
+            qb.nf = min(TF, g.F - qb.f0); qb.ny = min(TY, g.h - qb.y0); qb.nx = min(TX, g.w - qb.x0);
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++) {
+                const int r = warp * 16 + gq + 8 * h2;
+                msel[h2] = 1u;
+                tokq[0][h2] = -1;
+                if (r < qb.n()) {
+                    int f, y, x;
+                    tokq[0][h2] = qb.decode(r, g, f, y, x);
+                    msel[h2] = (1u << (f - qb.f0)) | (1u << (TF + y - qb.y0)) | (1u << (TF + TY + x - qb.x0));
+                }
+            }
+            mbar_wait(full_bar(s), par);
+            const unsigned qa = (warp < NC / 2 ? sK : sV - BN * LD * 2) + s * BN * LD * 2 + a_row;
+#pragma unroll
+            for (int ks = 0; ks < DP / 16; ks++) ldsm_x4_a(qf[ks], qa + ks * 32);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty_bar(s));
+#pragma unroll
+            for (int i = 0; i < DP / 8; i++) acc[0][i][0] = acc[0][i][1] = acc[0][i][2] = acc[0][i][3] = 0.f;
+            mrow[0][0] = mrow[0][1] = NEG_INF;
+            lrow[0][0] = lrow[0][1] = 0.f;
+            continue;
+        }
+        const bool mine = (tokq[0][0] >= 0 && (orv & msel[0]) == msel[0]) || (tokq[0][1] >= 0 && (orv & msel[1]) == msel[1]);
+        if (__any_sync(0xffffffffu, mine)) {
+            mbar_wait(full_bar(s), par);
+            const unsigned koff = s * BN * LD * 2;
+            float sc[1][BN / 8][4];
+#pragma unroll
+            for (int i = 0; i < BN / 8; i++) sc[0][i][0] = sc[0][i][1] = sc[0][i][2] = sc[0][i][3] = 0.f;
+            qk_products<BF16, DP, 1, BN, LD, DP / 16>(sc, qf, 0u, sK + koff + b_nt);
+            if (andv != 0xffffffffu) {
+                const unsigned* inf = kinf + s * BN;
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; nt++) {
+                    const uint2 cc = *(const uint2*)(inf + nt * 8 + 2 * tq);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const unsigned code = (e & 1) ? cc.y : cc.x, m = msel[e >> 1];
+                        if ((code & m) != m) sc[0][nt][e] = NEG_INF;
+                    }
+                }
+            }
+            online_softmax<1, BN, DP, true, false>(sc, mrow, lrow, acc, g.scale_log2);
+            pv_products<BF16, DP, 1, BN, LD>(sc, acc, sV + koff + b_tr);
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty_bar(s));
+    }
+}
+
+// NSTG: as many stages as fit 227 KB of shared memory.
+#define FWD_WS_ENTRY(T, B, DP, NSTG)                                                                       \
+    extern "C" __global__ void __launch_bounds__(384, 1) attn_fwd_ws_##T##_d##DP(                         \
+        const u16* q, const u16* k, const u16* v, u16* o, float* lse, Geo g, int TF, int TY, int TX,      \
+        int nty, int ntx, int* counter) {                                                                 \
+        fwd_local_ws<B, DP, NSTG>(q, k, v, o, lse, g, TF, TY, TX, nty, ntx, counter);                     \
+    }
+FWD_WS_ENTRY(f16, false, 64, 9)
+FWD_WS_ENTRY(f16, false, 128, 6)
+FWD_WS_ENTRY(bf16, true, 64, 9)
+FWD_WS_ENTRY(bf16, true, 128, 6)
 
 // ---------------------------------------------------------------------------------------------
 // Forward for the Dense mask, tensor cores: fwd_tc without the mask machinery. The H100 profile
