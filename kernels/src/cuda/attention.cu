@@ -619,6 +619,17 @@ __device__ __forceinline__ unsigned range_bits(int lo, int hi, int n) {
 // M = 1<<a | 1<<(TF+b) | 1<<(TF+TY+c). A partner column gets the code of the tile positions
 // it is visible to, per axis; the pair is visible iff (code & M) == M.
 
+// Key union box of a Local query box: windows of its first / last coordinate per axis.
+__device__ __forceinline__ Box union_box(const Geo& g, const Box& qb) {
+    Box kb;
+    kb.f0 = wstart(qb.f0, g.rt, g.F, g.fsz);
+    kb.nf = wstart(qb.f0 + qb.nf - 1, g.rt, g.F, g.fsz) + g.fsz - kb.f0;
+    kb.y0 = wstart(qb.y0, g.rs, g.h, g.ysz);
+    kb.ny = wstart(qb.y0 + qb.ny - 1, g.rs, g.h, g.ysz) + g.ysz - kb.y0;
+    kb.x0 = wstart(qb.x0, g.rs, g.w, g.xsz);
+    kb.nx = wstart(qb.x0 + qb.nx - 1, g.rs, g.w, g.xsz) + g.xsz - kb.x0;
+    return kb;
+}
 // A Local query tile and the keys it iterates (attn_fwd_ws): the union box of its windows (per-
 // axis clamp rule on the tile's first and last coordinate), flattened in raster order into nkb
 // blocks of BN, then the text keys in blocks of BN; nb blocks in all. (fwd_tc computes the same
@@ -634,14 +645,8 @@ __device__ __forceinline__ LocalTile local_tile(const Geo& g, int t, int TF, int
     Box& qb = lt.qb;
     qb.f0 = tf * TF; qb.y0 = ty * TY; qb.x0 = tx * TX;
     qb.nf = min(TF, g.F - qb.f0); qb.ny = min(TY, g.h - qb.y0); qb.nx = min(TX, g.w - qb.x0);
-    Box& kb = lt.kb;
-    kb.f0 = wstart(qb.f0, g.rt, g.F, g.fsz);
-    kb.nf = wstart(qb.f0 + qb.nf - 1, g.rt, g.F, g.fsz) + g.fsz - kb.f0;
-    kb.y0 = wstart(qb.y0, g.rs, g.h, g.ysz);
-    kb.ny = wstart(qb.y0 + qb.ny - 1, g.rs, g.h, g.ysz) + g.ysz - kb.y0;
-    kb.x0 = wstart(qb.x0, g.rs, g.w, g.xsz);
-    kb.nx = wstart(qb.x0 + qb.nx - 1, g.rs, g.w, g.xsz) + g.xsz - kb.x0;
-    lt.nbox = kb.n();
+    lt.kb = union_box(g, qb);
+    lt.nbox = lt.kb.n();
     lt.nkb = (lt.nbox + BN - 1) / BN;
     lt.nb = lt.nkb + (g.nk - g.video + BN - 1) / BN;
     return lt;
@@ -675,12 +680,13 @@ __device__ __forceinline__ void block_key(const Geo& g, const LocalTile& lt, int
     }
 }
 
-// Forward epilogue: O = acc / l (rows with token >= 0; dv features) and lse = (m + log2 l) / log2 e
-// (m in log2 units) for the thread's rows (16-row tile mt, half h2: row gq + 8*h2).
+// Forward epilogue: O = acc / l (rows with token >= 0 of head bh's nq rows; dv features) and
+// lse = (m + log2 l) / log2 e (m in log2 units) for the thread's rows (16-row tile mt, half h2:
+// row gq + 8*h2).
 template <bool BF16, int DP, int MT>
 __device__ __forceinline__ void store_rows(const float (&acc)[MT][DP / 8][4], const float (&mrow)[MT][2],
                                            const float (&lrow)[MT][2], const int (&tokq)[MT][2], long long bh,
-                                           u16* __restrict__ o, float* __restrict__ lse, const Geo& g, int tq) {
+                                           u16* __restrict__ o, float* __restrict__ lse, int nq, int dv, int tq) {
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -690,13 +696,13 @@ __device__ __forceinline__ void store_rows(const float (&acc)[MT][DP / 8][4], co
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             if (tokq[mt][h2] < 0) continue;
             float inv = 1.f / l;
-            long long row = bh * g.nq + tokq[mt][h2];
+            long long row = bh * nq + tokq[mt][h2];
 #pragma unroll
             for (int nt = 0; nt < DP / 8; nt++) {
                 int f = nt * 8 + 2 * tq;
-                if (f < g.dv) {
+                if (f < dv) {
                     unsigned pr = pack2<BF16>(acc[mt][nt][2 * h2] * inv, acc[mt][nt][2 * h2 + 1] * inv);
-                    *(unsigned*)(o + row * g.dv + f) = pr;
+                    *(unsigned*)(o + row * dv + f) = pr;
                 }
             }
             if (tq == 0) lse[row] = (mrow[mt][h2] + log2f(l)) / LOG2E;
@@ -743,12 +749,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
     Box kb;
     int nbox, nkb, ntb;
     if (g.local) {
-        kb.f0 = wstart(qb.f0, g.rt, g.F, g.fsz);
-        kb.nf = wstart(qb.f0 + qb.nf - 1, g.rt, g.F, g.fsz) + g.fsz - kb.f0;
-        kb.y0 = wstart(qb.y0, g.rs, g.h, g.ysz);
-        kb.ny = wstart(qb.y0 + qb.ny - 1, g.rs, g.h, g.ysz) + g.ysz - kb.y0;
-        kb.x0 = wstart(qb.x0, g.rs, g.w, g.xsz);
-        kb.nx = wstart(qb.x0 + qb.nx - 1, g.rs, g.w, g.xsz) + g.xsz - kb.x0;
+        kb = union_box(g, qb);
         nbox = kb.n();
         nkb = (nbox + BN - 1) / BN;
         ntb = (g.nk - g.video + BN - 1) / BN;
@@ -920,7 +921,7 @@ __device__ void fwd_tc(const u16* __restrict__ q, const u16* __restrict__ k, con
         }  // active
         __syncthreads();
     }
-    store_rows<BF16, DP, MT>(acc, mrow, lrow, tokq, bh, o, lse, g, tq);
+    store_rows<BF16, DP, MT>(acc, mrow, lrow, tokq, bh, o, lse, g.nq, g.dv, tq);
 }
 
 #define FWD_TC_ENTRY(T, B, DP, NW, MT)                                                                    \
@@ -1137,7 +1138,7 @@ __device__ void fwd_local_ws(const u16* __restrict__ q, const u16* __restrict__ 
         const int item = meta[s * 4], j = meta[s * 4 + 1];
         const unsigned orv = (unsigned)meta[s * 4 + 2], andv = (unsigned)meta[s * 4 + 3];
         if (j < 0 || item < 0) {
-            if (bh >= 0) store_rows<BF16, DP, 1>(acc, mrow, lrow, tokq, bh, o, lse, g, tq);
+            if (bh >= 0) store_rows<BF16, DP, 1>(acc, mrow, lrow, tokq, bh, o, lse, g.nq, g.dv, tq);
             if (item < 0) break;
             // A new tile (its Q stage): the rows' tokens and selectors, Q into registers.
             const int tile = item % ntiles;
@@ -1304,24 +1305,15 @@ __device__ void fwd_dense_tc(const u16* __restrict__ q, const u16* __restrict__ 
         pv_products<BF16, DP, MT, BN, LD>(s, acc, sV + koff + b_tr);
         __syncthreads();
     }
+    int tokq[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h2 = 0; h2 < 2; h2++) {
-            float l = lrow[mt][h2];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
             const int tok = q0 + warp * 16 * MT + mt * 16 + gq + 8 * h2;
-            if (tok >= nq) continue;
-            const float inv = 1.f / l;
-            const long long row = bh * (long long)nq + tok;
-#pragma unroll
-            for (int nt = 0; nt < DP / 8; nt++) {
-                const int f = nt * 8 + 2 * tq;
-                *(unsigned*)(o + row * DP + f) = pack2<BF16>(acc[mt][nt][2 * h2] * inv, acc[mt][nt][2 * h2 + 1] * inv);
-            }
-            if (tq == 0) lse[row] = (mrow[mt][h2] + log2f(l)) / LOG2E;
+            tokq[mt][h2] = tok < nq ? tok : -1;
         }
+    store_rows<BF16, DP, MT>(acc, mrow, lrow, tokq, bh, o, lse, nq, DP, tq);
 }
 
 #define FWD_DENSE_ENTRY(T, B, DP, MT)                                                                     \
