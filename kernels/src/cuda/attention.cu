@@ -425,6 +425,17 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 // Tensor-core building blocks shared by the forward and backward kernels (shared addresses in
 // bytes; LD = row stride in u16 of the K/V/Q/dO tiles).
 
+// C[mt][j], C[mt][j+1] += A[mt] B for the two 8-column halves of one ldmatrix.x4 B fragment, for
+// every 16-row tile mt (each B fragment serves all MT row tiles).
+template <bool BF16, int MT, int NC>
+__device__ __forceinline__ void mma_x2(float (&c)[MT][NC][4], int j, const unsigned (&a)[MT][4], const unsigned (&b)[4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        mma16816<BF16>(c[mt][j], a[mt], b[0], b[1]);
+        mma16816<BF16>(c[mt][j + 1], a[mt], b[2], b[3]);
+    }
+}
+
 // S[mt] += Q K^T over DP features for NS/8 key columns: Q A-fragments from registers (QF ==
 // DP/16, MT == 1) or from shared memory at sQa (+16 rows per mt); K as B at sKb (+16 rows per nj).
 template <bool BF16, int DP, int MT, int NS, int LD, int QF>
@@ -444,11 +455,7 @@ __device__ __forceinline__ void qk_products(float (&s)[MT][NS / 8][4], const uns
         for (int nj = 0; nj < NS / 16; nj++) {
             unsigned b[4];
             ldsm_x4_a(b, sKb + nj * 16 * LD * 2 + ks * 32);
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                mma16816<BF16>(s[mt][2 * nj], a[mt], b[0], b[1]);
-                mma16816<BF16>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
-            }
+            mma_x2<BF16, MT>(s, 2 * nj, a, b);
         }
     }
 }
@@ -521,11 +528,7 @@ __device__ __forceinline__ void pv_products(const float (&s)[MT][NS / 8][4], flo
         for (int fj = 0; fj < DP / 16; fj++) {
             unsigned b[4];
             ldsm_x4_t_a(b, sVb + kk * 16 * LD * 2 + fj * 32);
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                mma16816<BF16>(acc[mt][2 * fj], a[mt], b[0], b[1]);
-                mma16816<BF16>(acc[mt][2 * fj + 1], a[mt], b[2], b[3]);
-            }
+            mma_x2<BF16, MT>(acc, 2 * fj, a, b);
         }
     }
 }
