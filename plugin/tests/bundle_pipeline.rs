@@ -248,6 +248,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
             fraction: 0.5,
             inner_steps: inner,
             reuse_interval: 3,
+            cached_step_scale: fastvmt_plugin::sampler::CACHED_STEP_SCALE,
             lr: 0.015,
             lr_end_ratio: 0.7,
             weight_decay: 0.01,

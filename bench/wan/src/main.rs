@@ -144,6 +144,7 @@ fn settings(
             fraction: args.guided_fraction,
             inner_steps: args.inner_steps,
             reuse_interval: args.reuse_interval.max(1),
+            cached_step_scale: fastvmt_plugin::sampler::CACHED_STEP_SCALE,
             lr: args.lr,
             lr_end_ratio: 0.7,
             weight_decay: 0.01,

@@ -78,6 +78,10 @@ struct Args {
     /// (DiTFlow's mask); 0 = every entry. Default: the sampler node's.
     #[arg(long, default_value_t = fastvmt_plugin::sampler::FASTVMT_MOVING_THRESHOLD)]
     moving_threshold: f32,
+    /// fastvmt/adaptive: learning-rate factor of the inner steps that reuse the cached gradient
+    /// (0: they make no update).
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::CACHED_STEP_SCALE)]
+    cached_scale: f32,
     /// Guidance learning rate (default: the bundle's `guidance_lr`).
     #[arg(long)]
     lr: Option<f32>,
@@ -176,6 +180,7 @@ fn main() -> Result<()> {
                     fraction: args.guided_fraction,
                     inner_steps: args.inner_steps,
                     reuse_interval: args.reuse_interval.max(1),
+                    cached_step_scale: args.cached_scale,
                     lr: args
                         .lr
                         .unwrap_or(m.default_f64("guidance_lr", 0.015) as f32),

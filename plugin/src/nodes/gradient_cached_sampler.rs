@@ -13,7 +13,7 @@ use super::NodeClass;
 use crate::model::ModelError;
 use crate::sampler::{
     self, GuidanceMode, GuidanceSettings, PromptEmbeddings, SampleError, SampleSettings,
-    ADAPTIVE_RULE, FASTVMT_MOVING_THRESHOLD,
+    ADAPTIVE_RULE, CACHED_STEP_SCALE, FASTVMT_MOVING_THRESHOLD,
 };
 
 pub const CLASS: NodeClass = NodeClass {
@@ -148,6 +148,7 @@ impl Node for GradientCachedSampler {
                 fraction: inputs.float("guided_fraction")? as f32,
                 inner_steps: inputs.int("inner_steps")?.max(1) as usize,
                 reuse_interval: inputs.int("reuse_interval")?.max(1) as usize,
+                cached_step_scale: CACHED_STEP_SCALE,
                 lr,
                 lr_end_ratio: 0.7,
                 weight_decay: 0.01,

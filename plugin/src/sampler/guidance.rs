@@ -108,6 +108,9 @@ pub struct GuidanceSettings {
     pub fraction: f32,
     pub inner_steps: usize,
     pub reuse_interval: usize,
+    /// Learning-rate factor of the inner steps that reuse the cached gradient (0: they make no
+    /// update at all, not even Adam's moment update).
+    pub cached_step_scale: f32,
     /// Learning rate at the first guided step, decaying linearly to `lr * lr_end_ratio`.
     pub lr: f32,
     pub lr_end_ratio: f32,
@@ -548,7 +551,14 @@ impl<'m> Guide<'m> {
             let grad = cached
                 .as_ref()
                 .expect("a gradient exists after a real pass");
-            opt.step(x, grad, lr);
+            let step_lr = if need_real {
+                lr
+            } else {
+                lr * s.cached_step_scale
+            };
+            if step_lr > 0.0 {
+                opt.step(x, grad, step_lr);
+            }
             if x.iter().any(|v| !v.is_finite()) {
                 stats.stopped_on_nan = Some(format!("the latent became non-finite at guided step {}, inner step {j} (learning rate {lr} too high?); guidance stopped, sampling went on unguided", ctx.step));
                 *x = snapshot;

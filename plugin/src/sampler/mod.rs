@@ -31,6 +31,10 @@ pub const ADAPTIVE_RULE: AdaptiveRule = AdaptiveRule {
 /// without the mask, 0.52 with it, `ditflow` (always masked) 0.49.
 pub const FASTVMT_MOVING_THRESHOLD: f32 = 0.5;
 
+/// `fastvmt`/`adaptive`: the learning-rate factor of an inner step that reuses the cached
+/// gradient (1 = FastVMT's reuse as the paper describes it; 0 = such steps make no update).
+pub const CACHED_STEP_SCALE: f32 = 1.0;
+
 /// Everything a sampling run needs besides the model and the prompts.
 #[derive(Debug, Clone)]
 pub struct SampleSettings {
