@@ -11,6 +11,8 @@
 //! forward (`FASTVMT_AMF_FWD_STORED`; fwd column), `bf16-legacy` = the run-3 kernels
 //! (`FASTVMT_AMF_LEGACY`), `f32` = CUDA-core kernels; all in
 //! the same process, so before/after numbers come from the same card and run.
+//! `AMF_BENCH_SHAPES`, `AMF_BENCH_MODES` (substrings) and `AMF_BENCH_DTYPES` (comma lists)
+//! restrict the table, e.g. for a profiler run.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -107,7 +109,17 @@ fn run() -> Result<(), KernelError> {
         "SIMT floor",
         "floor/fb"
     );
+    // Filters for profiling runs: comma lists of shape names, mode-name substrings, dtypes.
+    let pick = |var: &str, name: &str, exact: bool| {
+        std::env::var(var).map_or(true, |v| {
+            v.split(',')
+                .any(|p| if exact { p == name } else { name.contains(p) })
+        })
+    };
     for (sname, hn, f, gh, gw, d) in shapes {
+        if !pick("AMF_BENCH_SHAPES", sname, true) {
+            continue;
+        }
         let n = hn * f * gh * gw * d;
         let mut rng = Rng(0x9E3779B97F4A7C15 ^ n as u64);
         let q32: Vec<f32> = (0..n).map(|_| rng.next() * 1.5).collect();
@@ -115,6 +127,9 @@ fn run() -> Result<(), KernelError> {
         let qb: Vec<bf16> = q32.iter().map(|&v| bf16::from_f32(v)).collect();
         let kb: Vec<bf16> = k32.iter().map(|&v| bf16::from_f32(v)).collect();
         for (mname, pairs, window) in &modes {
+            if !pick("AMF_BENCH_MODES", mname, false) {
+                continue;
+            }
             let spec = AmfSpec {
                 heads: hn,
                 frames: f,
@@ -159,6 +174,9 @@ fn run() -> Result<(), KernelError> {
                     } else {
                         std::env::remove_var(var);
                     }
+                }
+                if !pick("AMF_BENCH_DTYPES", dtype, true) {
+                    continue;
                 }
                 if dtype == "f32" && (sname == "2x" || !mname.contains("query")) {
                     continue; // CUDA-core path: one mode at the small and FastVMT shapes
