@@ -7,7 +7,8 @@
 #   bench/wan/export_structures.sh NAME [T,S]   # -> .wanstruct/NAME.tar.zst
 #
 # Same settings as run_device.sh's export (LAYERS, DTYPE, MOTION, DENSE_FORWARD, FUSED_NORMS);
-# JOBS graphs at a time (default 2: each process holds the whole model).
+# JOBS graphs at a time (default 2: each process holds the whole model). GRAPHS (default all
+# four) exports fewer, e.g. GRAPHS=denoiser for a bundle that only samples in mode none.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 NAME=$1 WINDOW=${2:-}
@@ -21,7 +22,7 @@ args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-
 [ "${FUSED_NORMS:-0}" = 1 ] && args+=(--fused-norms)
 export PYTHONPATH=$ROOT/onnx${PYTHONPATH:+:$PYTHONPATH}
 t0=$SECONDS
-printf '%s\n' denoiser guidance_head guidance_grad guidance_step \
+printf '%s\n' ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step} \
   | xargs -P "$JOBS" -I{} sh -c 'python3 -m fastvmt_onnx.export_wan "$@" --graphs {} > "$0/export-{}.log" 2>&1 || { tail -20 "$0/export-{}.log"; exit 1; }' "$OUTDIR" "${args[@]}"
 python3 -m fastvmt_onnx.export_wan "${args[@]}" --manifest-only
 rm -f "$OUTDIR"/export-*.log

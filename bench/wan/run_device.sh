@@ -156,7 +156,8 @@ do_routes() {  # a real gradient in one guidance_step run (AMF operator on the C
     --tag=-twograph "${COMMON[@]}" --out "$RES/ours-$name-twograph.json"
 }
 
-do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op and provider.
+do_profile() {  # ONNX Runtime's per-node trace of one guided step (PROFILE_MODE=none: of plain
+  # sampling), summed by op and provider.
   # ONNX Runtime times a CUDA node by its host-side launch, so without blocking launches the
   # times land on whichever node waits on a full launch queue (2026-11-27: 37 % on Cast);
   # CUDA_LAUNCH_BLOCKING=1 (PROFILE_BLOCKING=0 to drop it) makes each node's time its kernels'.
@@ -164,10 +165,9 @@ do_profile() {  # ONNX Runtime's per-node trace of one guided step, summed by op
   ort_env
   rm -f "$LOGS"/prof_*
   CUDA_LAUNCH_BLOCKING=${PROFILE_BLOCKING:-1} FASTVMT_ORT_PROFILE="$LOGS/prof_" "$(bench_bin)" --bundle "$WORK/$name" --device cuda \
-    --modes fastvmt --frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps 2 --guided-fraction 0.5 \
-    --no-warmup --out "$LOGS/profile-run.json"
-  python3 "$ROOT/bench/wan/profile_summary.py" "$LOGS"/prof_denoiser_*.json "$LOGS"/prof_guidance_*.json \
-    | tee "$RES/profile-$name.txt"
+    --modes "${PROFILE_MODE:-fastvmt}" --frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps 2 \
+    --guided-fraction 0.5 --no-warmup --out "$LOGS/profile-run.json"
+  python3 "$ROOT/bench/wan/profile_summary.py" "$LOGS"/prof_*.json | tee "$RES/profile-$name.txt"
 }
 
 do_table() {

@@ -319,8 +319,8 @@ def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, 
     files = {}
     for key in ("text_encoder", "denoiser", "guidance_head", "guidance_grad", "guidance_step"):
         p = os.path.join(out_dir, key + ".onnx")
-        if key == "guidance_step" and not os.path.exists(p):
-            continue  # optional: older exports and --graphs without it
+        if key.startswith("guidance_") and not os.path.exists(p):
+            continue  # optional (the bundle then samples in mode none only): --graphs without it
         ins, outs = io_spec(p)
         files[key] = {"path": key + ".onnx", "sha256": sha256(p), "bytes": os.path.getsize(p),
                       "inputs": ins, "outputs": outs}
