@@ -19,7 +19,7 @@ rm -rf "$OUTDIR" && mkdir -p "$OUTDIR"
 args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-attention --structure-only
       --bundle-name "$NAME" --out "$OUTDIR" --dense-forward "${DENSE_FORWARD:-ort}")
 [ -n "$WINDOW" ] && args+=(--local-window "$WINDOW")
-[ "${FUSED_NORMS:-0}" = 1 ] && args+=(--fused-norms)
+[ "${FUSED_NORMS:-1}" = 1 ] && args+=(--fused-norms)
 export PYTHONPATH=$ROOT/onnx${PYTHONPATH:+:$PYTHONPATH}
 t0=$SECONDS
 printf '%s\n' ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step} \

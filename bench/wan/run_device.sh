@@ -25,8 +25,8 @@
 # MOTION, the motion block (14, FastVMT's); DENSE_FORWARD, the dense attention of the forward-only
 # graphs: ort (default, ONNX Runtime's MultiHeadAttention: 1.46x faster plain sampling, measured
 # in results/2026-11-27-h100-lease2) or fastvmt (our fused operator, as in the first table);
-# FUSED_NORMS=1, RMSNorm and tanh-GELU as single ONNX Runtime nodes (export_wan.py --fused-norms;
-# not yet measured on the GPU: export a second bundle with it and compare).
+# FUSED_NORMS (default 1), RMSNorm and tanh-GELU as single ONNX Runtime nodes (export_wan.py
+# --fused-norms; plain sampling 17.96 -> 13.91 s, results/2026-11-27-h100-lease5); 0 = decomposed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-/tmp/wanbench}
@@ -61,13 +61,13 @@ ort_env() {
   export ORT_DYLIB_PATH=$lib LD_LIBRARY_PATH=/opt/ortgpu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 }
 
-do_export() {  # NAME [T,S]; env GRAPHS (default all four), DENSE_FORWARD (ort | fastvmt), FUSED_NORMS (0 | 1)
+do_export() {  # NAME [T,S]; env GRAPHS (default all four), DENSE_FORWARD (ort | fastvmt), FUSED_NORMS (1 | 0)
   local name=$1 window=${2:-}
   python_env
   local args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-attention
               --bundle-name "$name" --out "$WORK/$name" --dense-forward "${DENSE_FORWARD:-ort}")
   [ -n "$window" ] && args+=(--local-window "$window")
-  [ "${FUSED_NORMS:-0}" = 1 ] && args+=(--fused-norms)
+  [ "${FUSED_NORMS:-1}" = 1 ] && args+=(--fused-norms)
   local t0=$SECONDS pids=() g
   # One process per graph: the exporter is single-threaded and the host has cores to spare.
   for g in ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step}; do
