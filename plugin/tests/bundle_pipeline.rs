@@ -392,6 +392,44 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
         .any(|(a, b)| (a - b).abs() > 1e-4));
 }
 
+/// `cached_step_scale` 0 turns the cached inner steps into no-ops (no update, no Adam step), so
+/// fastvmt's real gradients on inner steps 0 and 3 of 4 must give exactly what 2 inner steps
+/// with a real gradient each give; at scale 1 the cached steps move the latent.
+#[test]
+fn cached_steps_at_scale_zero_are_no_ops() {
+    let model = model();
+    let r = reference(&model, 4, 4);
+    let mut skipped = settings(GuidanceMode::FastVmt, 4, 4);
+    skipped.guidance.cached_step_scale = 0.0;
+    let mut two_real = settings(GuidanceMode::FastVmt, 4, 2);
+    two_real.guidance.reuse_interval = 1;
+    let a = run(&model, &r, &skipped).unwrap();
+    let b = run(&model, &r, &two_real).unwrap();
+    assert_eq!((a.stats.real_backward, a.stats.cached_steps), (4, 4));
+    assert_eq!((b.stats.real_backward, b.stats.cached_steps), (4, 0));
+    assert_eq!(
+        a.stats.real_losses,
+        b.stats
+            .real_losses
+            .iter()
+            .map(|&(s, j, l)| (s, if j == 1 { 3 } else { j }, l))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        a.latent == b.latent,
+        "scale 0 must leave only the real steps' updates"
+    );
+    let reused = run(&model, &r, &settings(GuidanceMode::FastVmt, 4, 4)).unwrap();
+    assert!(
+        reused
+            .latent
+            .iter()
+            .zip(&a.latent)
+            .any(|(x, y)| (x - y).abs() > 1e-5),
+        "at scale 1 the cached steps change the result"
+    );
+}
+
 #[test]
 fn bad_inputs_are_refused_with_the_input_named() {
     let model = model();
