@@ -4,12 +4,7 @@
 #   run(command="bash kernels/bench/amf_ncu.sh", carry=[".kbin"])
 # KERNELS (regex) chooses the kernels; DTYPES the bench rows (default bf16). Writes
 # $OUT/amf_ncu.txt (details) and prints a short summary per kernel.
-set -u
-B=${B:-.kbin}
-OUT=${OUT:-/tmp/ncu_out}
-mkdir -p "$OUT"
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+. "$(dirname "$0")/ncu_env.sh"
 AMF_BENCH_SHAPES=fastvmt AMF_BENCH_MODES="span4 r10 query" AMF_BENCH_DTYPES=${DTYPES:-bf16} \
   timeout 400 "$NCU" --clock-control none \
   --kernel-name "regex:${KERNELS:-amf_(logits3_|rows|pack_d|dq2p_|dk2p_)}" --launch-skip ${SKIP:-12} --launch-count ${COUNT:-6} \

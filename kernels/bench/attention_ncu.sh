@@ -4,12 +4,7 @@
 #   run(command="bash kernels/bench/attention_ncu.sh", carry=[".kbin"])
 # MASKS (default "dense,local1/7") and KERNELS (regex, default the tensor-core fwd and dK/dV
 # kernels) choose what is profiled; writes $OUT/ncu_<mask>.txt (details) and a short summary.
-set -u
-B=${B:-.kbin}
-OUT=${OUT:-/tmp/ncu_out}
-mkdir -p "$OUT"
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+. "$(dirname "$0")/ncu_env.sh"
 for m in $(echo "${MASKS:-dense,local1/7}" | tr , ' '); do
   tag=$(echo "$m" | tr '/' '_')
   ATTN_BENCH_MASKS=$m ATTN_BENCH_DTYPES=bf16 ATTN_BENCH_REPS=1 timeout 300 "$NCU" --clock-control none \
