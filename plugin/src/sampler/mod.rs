@@ -33,6 +33,8 @@ pub const FASTVMT_MOVING_THRESHOLD: f32 = 0.5;
 
 /// `fastvmt`/`adaptive`: the learning-rate factor of an inner step that reuses the cached
 /// gradient (1 = FastVMT's reuse as the paper describes it; 0 = such steps make no update).
+/// Kept at 1 by the harness (32 clips, `harness/README.md`, "What the cached steps are
+/// worth"): MF 0.351 at 1, 0.310 at 0, 0.284 at 0.33 — within a standard error of each other.
 pub const CACHED_STEP_SCALE: f32 = 1.0;
 
 /// Everything a sampling run needs besides the model and the prompts.
