@@ -104,7 +104,8 @@ bench_bin() {  # .bbin/ of this checkout, else the unpacked .tbin pack (each cal
 }
 
 do_unpack() {  # after staging: ONNX Runtime's CUDA provider, and the .tbin pack into /tmp/tbin
-  /opt/ortgpu/unpack.sh > /dev/null
+  # unpack.sh removes the parts it joined, so a second run on the same machine would fail
+  ls /opt/ortgpu/libonnxruntime.so.* > /dev/null 2>&1 || /opt/ortgpu/unpack.sh > /dev/null
   mkdir -p /tmp/tbin
   local pack=$ROOT/.tbin/bins.tar.zst
   [ -f "$pack" ] || pack=/opt/stage/bins.tar.zst  # carried in a staging call, outside the checkout
