@@ -47,10 +47,15 @@ export PYTHONUNBUFFERED=1
 trap '[ -n "${OUT:-}" ] && cp "$RES"/* "$OUT"/ 2>/dev/null; true' EXIT
 
 python_env() {
-  if [ -d "$ROOT/.whl" ] && [ ! -d /tmp/site/diffusers ] && ! python3 -c 'import diffusers' 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$ROOT"/.whl/*.whl
-  fi
+  # One installer at a time (parallel materialize calls raced on /tmp/site): the lock is held
+  # while checking and installing, so the others find the wheels in place.
+  (
+    flock 9
+    if [ -d "$ROOT/.whl" ] && [ ! -d /tmp/site/diffusers ] && ! python3 -c 'import diffusers' 2>/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$ROOT"/.whl/*.whl
+    fi
+  ) 9> /tmp/site.lock
   export PYTHONPATH=/tmp/site:$ROOT/onnx${PYTHONPATH:+:$PYTHONPATH}
 }
 
