@@ -50,7 +50,7 @@ python_env() {
   # One installer at a time (parallel materialize calls raced on /tmp/site): the lock is held
   # while checking and installing, so the others find the wheels in place.
   (
-    flock 9
+    if command -v flock > /dev/null; then flock 9; fi
     if [ -d "$ROOT/.whl" ] && [ ! -d /tmp/site/diffusers ] && ! python3 -c 'import diffusers' 2>/dev/null; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$ROOT"/.whl/*.whl
