@@ -971,6 +971,15 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int byt
                  "r"(bytes)
                  : "memory");
 }
+__device__ __forceinline__ void cp_async16_u32(unsigned smem, const void* gmem, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_u32(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -1067,53 +1076,81 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
     const int nch = zc < nch_all ? (nch_all - zc + zn - 1) / zn : 0;  // chunks of this block
     const int total = nch * nst;
     const long long hstride = (long long)F * S * d;
+    // Everything a stage needs that does not change from stage to stage is computed here: the
+    // shared-memory offsets of this thread's copies and fragments, and the rows' global
+    // addresses; a stage then only adds its feature offset. (This kernel was bound by
+    // instruction issue: in the profile of 2026-11-27 mma was 8 % of its instructions, the rest
+    // mostly index arithmetic and divisions recomputed per stage.)
+    const unsigned smem0 = smem_u32(l3_smem);
+    constexpr unsigned kStageBytes = L3_STAGE * 2;
     // A rows of this thread: u = tid + i * 256 -> row u >> 3, 16-byte chunk u & 7.
-    long long abase[3];
-    bool aok[3];
+    unsigned a_dst[3];
+    const u16* a_src[3];
+    int a_bytes[3];
 #pragma unroll
     for (int i = 0; i < 3; i++) {
         const int u = tid + i * 256, r = u >> 3;
         const int tok = r_tok[r];
-        aok[i] = tok >= 0;
-        const int fi = aok[i] ? pairs[r_pair[r]].x : 0;
-        abase[i] = ((long long)fi * S + (aok[i] ? tok : 0)) * d + (u & 7) * 8;
+        const bool ok = tok >= 0;
+        const int fi = ok ? pairs[r_pair[r]].x : 0;
+        a_dst[i] = (unsigned)(r * L3_LD + (u & 7) * 8) * 2;
+        a_src[i] = q + ((long long)fi * S + (ok ? tok : 0)) * d + (u & 7) * 8;
+        a_bytes[i] = ok ? 16 : 0;
     }
-    long long kbase[4];
-    bool kok[4];
-    int kchunk = -1;
-    auto issue = [&](int s) {
-        const int cl = s / nst, st = s - cl * nst;
-        const int c = zc + cl * zn;  // key chunk
-        if (c != kchunk) {
-            kchunk = c;
+    unsigned b_dst[4];
+    const u16* b_src[4];
+    int b_bytes[4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int u = tid + i * 256, n = c * L3_N + (u >> 3);
-                kok[i] = n < nkeys;
-                int kt = 0;
-                if (kok[i]) {
-                    const int yy = n / bw;
-                    kt = (by0 + yy) * w + bx0 + (n - yy * bw);
-                }
-                kbase[i] = ((long long)fj * S + kt) * d + (u & 7) * 8;
-            }
-        }
-        const int hh = st / dstages, cb = (st - hh * dstages) * L3_DC;
-        const long long off = hh * hstride + cb;
-        u16* A = l3_smem + (s % L3_ST) * L3_STAGE;
-        u16* B = A + L3_M * L3_LD;
-#pragma unroll
-        for (int i = 0; i < 3; i++) {
-            const int u = tid + i * 256;
-            cp_async16(A + (u >> 3) * L3_LD + (u & 7) * 8, aok[i] ? q + off + abase[i] : q, aok[i] ? 16 : 0);
-        }
+    for (int i = 0; i < 4; i++) {
+        const int u = tid + i * 256;
+        b_dst[i] = (unsigned)((L3_M + (u >> 3)) * L3_LD + (u & 7) * 8) * 2;
+    }
+    auto set_chunk = [&](int c) {  // key chunk c of the box: this thread's 4 key rows
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int u = tid + i * 256;
-            cp_async16(B + (u >> 3) * L3_LD + (u & 7) * 8, kok[i] ? k + off + kbase[i] : k, kok[i] ? 16 : 0);
+            const int u = tid + i * 256, n = c * L3_N + (u >> 3);
+            const bool ok = n < nkeys;
+            int kt = 0;
+            if (ok) {
+                const int yy = n / bw;
+                kt = (by0 + yy) * w + bx0 + (n - yy * bw);
+            }
+            b_src[i] = k + ((long long)fj * S + kt) * d + (u & 7) * 8;
+            b_bytes[i] = ok ? 16 : 0;
+        }
+    };
+    // Producer position: ring slot, stage within the chunk, feature block within the head, and
+    // the offset of (head, feature block) in Q and K (in bounds for every row, so the copies
+    // of rows outside the box, which read 0 bytes, can add it too).
+    int p_ring = 0, p_st = 0, p_fb = 0, p_cl = 0;
+    long long p_off = 0;
+    if (nch > 0) set_chunk(zc);
+    auto issue = [&]() {
+        const unsigned base = smem0 + p_ring * kStageBytes;
+#pragma unroll
+        for (int i = 0; i < 3; i++) cp_async16_u32(base + a_dst[i], a_src[i] + p_off, a_bytes[i]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) cp_async16_u32(base + b_dst[i], b_src[i] + p_off, b_bytes[i]);
+        p_ring = p_ring + 1 == L3_ST ? 0 : p_ring + 1;
+        p_off += L3_DC;
+        if (++p_fb == dstages) { p_fb = 0; p_off += hstride - d; }
+        if (++p_st == nst) {
+            p_st = 0;
+            p_fb = 0;
+            p_off = 0;
+            if (++p_cl < nch) set_chunk(zc + p_cl * zn);
         }
     };
     const int wm = warp & 1, wn = warp >> 1;  // rows wm*48 .. +48, keys wn*32 .. +32
+    // ldmatrix addresses (bytes, within a stage) of this warp's A rows and B keys at ks = 0.
+    unsigned a_ld[3], b_ld[2];
+#pragma unroll
+    for (int mt = 0; mt < 3; mt++)
+        a_ld[mt] = (unsigned)((wm * 48 + mt * 16 + (lane & 15)) * L3_LD + (lane >> 4) * 8) * 2;
+#pragma unroll
+    for (int np = 0; np < 2; np++)
+        b_ld[np] = (unsigned)((L3_M + wn * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L3_LD +
+                              ((lane >> 3) & 1) * 8) * 2;
     float acc[3][4][4];
 #pragma unroll
     for (int a = 0; a < 3; a++)
@@ -1123,29 +1160,26 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
             for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
 #pragma unroll
     for (int s = 0; s < L3_ST - 1; s++) {
-        if (s < total) issue(s);
+        if (s < total) issue();
         cp_async_commit();
     }
+    // Consumer position: ring slot, stage within the chunk, first key of the chunk.
+    int c_ring = 0, c_st = 0, kc = zc * L3_N;
     for (int it = 0; it < total; it++) {
         cp_async_wait<L3_ST - 2>();
         __syncthreads();
-        if (it + L3_ST - 1 < total) issue(it + L3_ST - 1);
+        if (it + L3_ST - 1 < total) issue();
         cp_async_commit();
-        const u16* A = l3_smem + (it % L3_ST) * L3_STAGE;
-        const u16* B = A + L3_M * L3_LD;
+        const unsigned base = smem0 + c_ring * kStageBytes;
         // Warps whose 32 keys lie past the box (last chunk) skip the product.
-        const bool live = (zc + (it / nst) * zn) * L3_N + wn * 32 < nkeys;
-        if (live) {
+        if (kc + wn * 32 < nkeys) {
 #pragma unroll
             for (int ks = 0; ks < L3_DC / 16; ks++) {
                 unsigned a[3][4], b[2][4];
 #pragma unroll
-                for (int mt = 0; mt < 3; mt++)
-                    ldsm_x4(a[mt], A + (wm * 48 + mt * 16 + (lane & 15)) * L3_LD + ks * 16 + (lane >> 4) * 8);
+                for (int mt = 0; mt < 3; mt++) ldsm_x4_u32(a[mt], base + a_ld[mt] + ks * 32);
 #pragma unroll
-                for (int np = 0; np < 2; np++)
-                    ldsm_x4(b[np], B + (wn * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L3_LD + ks * 16 +
-                                       ((lane >> 3) & 1) * 8);
+                for (int np = 0; np < 2; np++) ldsm_x4_u32(b[np], base + b_ld[np] + ks * 32);
 #pragma unroll
                 for (int mt = 0; mt < 3; mt++)
 #pragma unroll
@@ -1153,9 +1187,10 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
                         mma16816<BF16>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
             }
         }
-        if (FUSED && (it + 1) % nst == 0) {
+        c_ring = c_ring + 1 == L3_ST ? 0 : c_ring + 1;
+        const bool chunk_done = ++c_st == nst;
+        if (FUSED && chunk_done) {
             // Chunk done: fold this warp's in-window logits into its rows' statistics.
-            const int kc = (zc + (it / nst) * zn) * L3_N;
             int kyy[8], kxx[8];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
@@ -1228,9 +1263,8 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
                     __syncwarp();
                 }
         }
-        if (!FUSED && (it + 1) % nst == 0) {
+        if (!FUSED && chunk_done) {
             // Chunk done: keep each row's in-window keys, scaled.
-            const int kc = (zc + (it / nst) * zn) * L3_N;
 #pragma unroll
             for (int nt = 0; nt < 4; nt++)
 #pragma unroll
@@ -1251,6 +1285,10 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
                             acc[mt][nt][hf * 2 + e1] = 0.f;
                         }
                 }
+        }
+        if (chunk_done) {
+            c_st = 0;
+            kc += zn * L3_N;
         }
     }
     if (FUSED) {
