@@ -283,3 +283,77 @@ fn raw_pointer_entry_matches_the_host_entry() {
     let (dq, dk) = (dev.to_host(&dqd).unwrap(), dev.to_host(&dkd).unwrap());
     assert!(rel_err32(&dq, &want.dq) < 1e-5 && rel_err32(&dk, &want.dk) < 1e-5);
 }
+
+/// The f32 raw-pointer forward (the guidance head's Q/K in ONNX Runtime's device memory,
+/// converted on the device) against the host entry fed the same values rounded on the host:
+/// identical fields, for each dtype, local and dense; a NaN is refused with its tensor and index.
+#[test]
+fn raw_f32_forward_matches_the_host_entry() {
+    use cudarc::driver::DevicePtr;
+    let Some(gpu) = cuda() else { return };
+    let dev = CudaAmf::get(0).unwrap();
+    fn round<T: Element>(v: &[f32]) -> Vec<T> {
+        v.iter().map(|&x| T::from_f32(x)).collect()
+    }
+    fn raw<T: Element>(
+        dev: &CudaAmf,
+        s: &AmfSpec,
+        q: &[f32],
+        k: &[f32],
+    ) -> Result<AmfField, KernelError> {
+        let (qd, kd) = (dev.to_device(q).unwrap(), dev.to_device(k).unwrap());
+        dev.synchronize().unwrap();
+        let stream = dev.stream();
+        let (qp, _a) = qd.device_ptr(stream);
+        let (kp, _b) = kd.device_ptr(stream);
+        // SAFETY: two live f32 allocations of q.len() values on device 0, written above.
+        unsafe { dev.compute_amf_raw::<T>(s, qp, kp, q.len(), Readout::Argmax) }
+    }
+    for (i, s) in [
+        spec(2, 4, 11, 13, 64, PairSet::Forward { span: 3 }, local(3)),
+        spec(2, 3, 6, 5, 128, PairSet::AllOrdered, KeyWindow::Full),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let len = s.heads * s.frames * s.grid_h * s.grid_w * s.head_dim;
+        let q = rand_vec(len, 81 + i as u64, 1.5);
+        let k = rand_vec(len, 91 + i as u64, 1.5);
+        let want = compute_amf(&gpu, &q, &k, s, Readout::Argmax).unwrap();
+        assert_eq!(
+            raw::<f32>(&dev, s, &q, &k).unwrap().disp,
+            want.disp,
+            "f32, case {i}"
+        );
+        let want = compute_amf(
+            &gpu,
+            &round::<f16>(&q),
+            &round::<f16>(&k),
+            s,
+            Readout::Argmax,
+        )
+        .unwrap();
+        assert_eq!(
+            raw::<f16>(&dev, s, &q, &k).unwrap().disp,
+            want.disp,
+            "f16, case {i}"
+        );
+        let want = compute_amf(
+            &gpu,
+            &round::<bf16>(&q),
+            &round::<bf16>(&k),
+            s,
+            Readout::Argmax,
+        )
+        .unwrap();
+        let got = raw::<bf16>(&dev, s, &q, &k).unwrap();
+        assert_eq!(got.disp, want.disp, "bf16, case {i}");
+        assert_eq!(got.pairs, want.pairs);
+        let mut bad = k.clone();
+        bad[len / 3] = f32::NAN;
+        match raw::<bf16>(&dev, s, &q, &bad) {
+            Err(KernelError::NonFinite { tensor: "k", index }) => assert_eq!(index, len / 3),
+            other => panic!("a NaN in k gave {other:?}"),
+        }
+    }
+}

@@ -52,6 +52,24 @@ extern "C" __global__ void amf_fill(float* p, long long n, float v) {
     for (; i < n; i += step) p[i] = v;
 }
 
+// f32 -> f16/bf16 (round to nearest even), for Q/K that arrive in f32 on the device (ONNX
+// Runtime's outputs) when the tensor-core kernels should read them.
+extern "C" __global__ void amf_cast16(const float* __restrict__ src, u16* __restrict__ dst, long long n,
+                                      int bf16) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += step) dst[i] = f32_to_16(src[i], bf16);
+}
+
+// Lowest flat index of a NaN or infinity in v (first stays at its initial ~0 when none).
+extern "C" __global__ void amf_first_nonfinite(const float* __restrict__ v, long long n,
+                                               unsigned long long* first) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += step)
+        if ((__float_as_uint(v[i]) & 0x7f800000u) == 0x7f800000u) atomicMin(first, (unsigned long long)i);
+}
+
 __device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 // mode 0: full window (start 0,0); 1: centred on the query; 2: centred on the rounded coarse

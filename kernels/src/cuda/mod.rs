@@ -60,6 +60,8 @@ const PACK_BYTES: usize = 2 << 30;
 
 const FUNCS: &[&str] = &[
     "amf_fill",
+    "amf_cast16",
+    "amf_first_nonfinite",
     "amf_windows",
     "amf_rows",
     "amf_logits_f32",
@@ -1440,6 +1442,102 @@ impl CudaAmf {
             unsafe { cudarc::driver::result::memcpy_htod_sync(loss_out, &[value]) }.map_err(drv)?;
         }
         Ok((value, kept))
+    }
+
+    /// [`Self::compute_amf_device`] on f32 device buffers this crate does not own (ONNX
+    /// Runtime's outputs, e.g. the guidance head's Q/K bound to device memory), read as `T`:
+    /// f16/bf16 are converted on the device first (the tensor-core kernels), so nothing crosses
+    /// to the host but the field. Non-finite inputs are refused as by the host entry (found on
+    /// the device).
+    ///
+    /// # Safety
+    /// `q`, `k` hold `len` f32 values on this device, written (the producing stream
+    /// synchronised) before the call and valid until it returns.
+    pub unsafe fn compute_amf_raw<T: Element>(
+        &self,
+        spec: &AmfSpec,
+        q: u64,
+        k: u64,
+        len: usize,
+        readout: Readout,
+    ) -> Result<AmfField, KernelError> {
+        /// A view of memory someone else frees (see `loss_and_grad_raw`).
+        struct Borrowed(Option<CudaSlice<f32>>);
+        impl Drop for Borrowed {
+            fn drop(&mut self) {
+                if let Some(view) = self.0.take() {
+                    view.leak();
+                }
+            }
+        }
+        // SAFETY: the caller's contract: `len` f32 on this device.
+        let (qv, kv) = unsafe {
+            (
+                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(q, len))),
+                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(k, len))),
+            )
+        };
+        let (Some(qs), Some(ks)) = (qv.0.as_ref(), kv.0.as_ref()) else {
+            unreachable!("both views were just created")
+        };
+        for (tensor, v) in [("q", qs), ("k", ks)] {
+            if let Some(index) = self.first_nonfinite(v)? {
+                return Err(KernelError::NonFinite { tensor, index });
+            }
+        }
+        if T::CUDA_SUFFIX == "f32" {
+            self.compute_amf_device(spec, qs, ks, readout)
+        } else {
+            let bf16 = i32::from(T::CUDA_SUFFIX == "bf16");
+            let (q16, k16) = (self.cast16::<T>(qs, bf16)?, self.cast16::<T>(ks, bf16)?);
+            self.compute_amf_device(spec, &q16, &k16, readout)
+        }
+    }
+
+    /// The lowest flat index of a NaN or infinity in `v`, found on the device.
+    fn first_nonfinite(&self, v: &CudaSlice<f32>) -> Result<Option<usize>, KernelError> {
+        let mut first = self.upload(&[u64::MAX])?;
+        let f = self.f("amf_first_nonfinite")?;
+        let n = v.len() as i64;
+        let blocks = v.len().div_ceil(256).clamp(1, 8192);
+        // SAFETY: argument list matches amf_first_nonfinite in amf.cu.
+        unsafe {
+            self.stream
+                .launch_builder(f)
+                .arg(v)
+                .arg(&n)
+                .arg(&mut first)
+                .launch(cfg((blocks, 1, 1), 256))
+        }
+        .map_err(drv)?;
+        let index = self.stream.clone_dtoh(&first).map_err(drv)?[0];
+        Ok((index != u64::MAX).then_some(index as usize))
+    }
+
+    /// `src` rounded to f16 (`bf16 == 0`) or bf16 in a new buffer of `T` (a 16-bit type).
+    fn cast16<T: Element>(
+        &self,
+        src: &CudaSlice<f32>,
+        bf16: i32,
+    ) -> Result<CudaSlice<T>, KernelError> {
+        let n = src.len();
+        // SAFETY: written in full by amf_cast16 below before anything reads it.
+        let mut dst = unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(drv)?;
+        let f = self.f("amf_cast16")?;
+        let n64 = n as i64;
+        let blocks = n.div_ceil(256).clamp(1, 8192);
+        // SAFETY: argument list matches amf_cast16 in amf.cu; `dst` holds n 16-bit values.
+        unsafe {
+            self.stream
+                .launch_builder(f)
+                .arg(src)
+                .arg(&mut dst)
+                .arg(&n64)
+                .arg(&bf16)
+                .launch(cfg((blocks, 1, 1), 256))
+        }
+        .map_err(drv)?;
+        Ok(dst)
     }
 
     /// Copy host data to a new device buffer on this device's stream (for callers of the
