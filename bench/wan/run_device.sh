@@ -9,7 +9,7 @@
 #   bench/wan/run_device.sh materialize NAME    # a bundle from .wanstruct/NAME.tar.zst (carried;
 #                                               # bench/wan/export_structures.sh on the build
 #                                               # machine): its weights written here, < 1 min
-#   bench/wan/run_device.sh ours NAME MODES [TAG]
+#   bench/wan/run_device.sh ours NAME MODES [TAG]   # BENCH_ARGS: extra bench flags
 #   bench/wan/run_device.sh torch MODES
 #   bench/wan/run_device.sh peak | table
 #   bench/wan/run_device.sh arenas NAME MODES   # FASTVMT_CUDA_ARENA=shrink|shared|keep side by side
@@ -118,11 +118,12 @@ do_unpack() {  # after staging: ONNX Runtime's CUDA provider, and the .tbin pack
   ls /tmp/tbin
 }
 
-do_ours() {
+do_ours() {  # BENCH_ARGS: more flags of the bench binary (e.g. --host-reference)
   local name=$1 modes=$2 tag=${3:-}
   ort_env
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   "$(bench_bin)" --bundle "$WORK/$name" --device cuda --modes "$modes" \
-    --tag="$tag" "${COMMON[@]}" --out "$RES/ours-$name$tag.json"
+    --tag="$tag" "${COMMON[@]}" ${BENCH_ARGS:-} --out "$RES/ours-$name$tag.json"
 }
 
 do_torch() {
@@ -172,7 +173,7 @@ do_profile() {  # ONNX Runtime's per-node trace of one guided step (PROFILE_MODE
   rm -f "$LOGS"/prof_*
   CUDA_LAUNCH_BLOCKING=${PROFILE_BLOCKING:-1} FASTVMT_ORT_PROFILE="$LOGS/prof_" "$(bench_bin)" --bundle "$WORK/$name" --device cuda \
     --modes "${PROFILE_MODE:-fastvmt}" --frames "$FRAMES" --height "$HEIGHT" --width "$WIDTH" --steps 2 \
-    --guided-fraction 0.5 --no-warmup --out "$LOGS/profile-run.json"
+    --guided-fraction 0.5 --no-warmup ${BENCH_ARGS:-} --out "$LOGS/profile-run.json"
   python3 "$ROOT/bench/wan/profile_summary.py" "$LOGS"/prof_*.json | tee "$RES/profile-$name.txt"
 }
 

@@ -265,6 +265,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
             adaptive: fastvmt_plugin::sampler::ADAPTIVE_RULE,
             moving_threshold: None,
             fused_step: true,
+            device_reference: true,
         },
     }
 }

@@ -71,6 +71,10 @@ struct Args {
     /// one-run guidance_step graph (to compare the two routes).
     #[arg(long)]
     two_graph: bool,
+    /// Copy the guidance head's Q/K to the host for each reference AMF (the route before the
+    /// device-resident reference; to compare the two).
+    #[arg(long)]
+    host_reference: bool,
     #[arg(long)]
     out: PathBuf,
 }
@@ -164,6 +168,7 @@ fn settings(
             adaptive: ADAPTIVE_RULE,
             moving_threshold: Some(FASTVMT_MOVING_THRESHOLD),
             fused_step: !args.two_graph,
+            device_reference: !args.host_reference,
         },
     })
 }
@@ -345,6 +350,11 @@ fn main() -> Result<()> {
             "guidance_step (AMF operator on device buffers)"
         } else {
             "guidance_step"
+        },
+        "reference_route": if device == Device::Cuda && !args.host_reference {
+            "guidance_head with Q/K bound to device memory, AMF on them"
+        } else {
+            "guidance_head, Q/K through the host"
         },
         "rows": rows,
     });

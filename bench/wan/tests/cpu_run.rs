@@ -33,6 +33,21 @@ fn tiny_wan_bundle_matches_pytorch_on_cpu() {
     let dx = model
         .guidance_grad(&latent, &t, &text, &rope, &dq, &dk, &never)
         .unwrap();
+    // The IoBinding route (on CUDA: the reference AMF's Q/K left on the device) gives the
+    // same values as the plain run; on CPU the pointers lent are host memory.
+    let (bq, bk) = model
+        .with_guidance_qk_on_device(&latent, &t, &text, &rope, &never, |qp, kp, len| {
+            // SAFETY: two live f32 host buffers of `len` values, lent for this call.
+            let read =
+                |p: u64| unsafe { std::slice::from_raw_parts(p as *const f32, len) }.to_vec();
+            (read(qp), read(kp))
+        })
+        .unwrap();
+    assert_eq!(
+        (bq, bk),
+        (q.clone(), k.clone()),
+        "bound outputs differ from a plain run"
+    );
     // fp16 weights and activations on both sides, different kernels: measured 7e-4 to 8e-4.
     for (name, got) in [("velocity", &v), ("q", &q), ("k", &k), ("dx", &dx)] {
         let err = rel_err(got, &vector(name).1);

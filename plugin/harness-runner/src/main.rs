@@ -196,6 +196,7 @@ fn main() -> Result<()> {
                     moving_threshold: (args.moving_threshold > 0.0)
                         .then_some(args.moving_threshold),
                     fused_step: true,
+                    device_reference: true,
                 },
             };
             let out = sampler::sample(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ort::session::{RunOptions, Session};
-use ort::value::TensorRef;
+use ort::value::{Tensor, TensorRef};
 
 use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
 use super::{rope, tokenizer};
@@ -275,8 +275,13 @@ impl DitModel {
         self.guidance_step.is_some()
     }
 
+    /// Whether guided sampling can run: the head (reference AMF) and a way to a real gradient,
+    /// `guidance_step` (one run) or `guidance_grad` (the two-graph route). A bundle with only
+    /// `guidance_step` refuses, naming `guidance_grad`, the settings it cannot express
+    /// (`GuidanceSettings::fused_step` off, or an AMF outside the operator's config).
     pub fn has_guidance(&self) -> bool {
-        self.guidance_head.is_some() && self.guidance_grad.is_some()
+        self.guidance_head.is_some()
+            && (self.guidance_step.is_some() || self.guidance_grad.is_some())
     }
 
     /// Runs one graph with f32/i64 inputs, terminating it when `cancel` turns true.
@@ -313,8 +318,35 @@ impl DitModel {
             .map_err(|e| onnx(format!("input '{name}': {e}")))?;
             values.push((name.to_string(), value));
         }
-        let done = std::sync::atomic::AtomicBool::new(false);
         let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
+        Self::watching_cancel(&options, cancel, || {
+            let outs = session
+                .run_with_options(values, &options)
+                .map_err(|e| onnx(e.to_string()))?;
+            outputs
+                .iter()
+                .map(|name| {
+                    let (shape, data) = outs[*name]
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| onnx(format!("output '{name}': {e}")))?;
+                    Ok(Output {
+                        shape: shape.iter().map(|&d| d as usize).collect(),
+                        data: data.to_vec(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Runs `work` (one ONNX Runtime run with `options`) while a watcher thread polls `cancel`
+    /// and terminates the run through `options`; a run that fails after cancellation reports
+    /// [`ModelError::Cancelled`].
+    fn watching_cancel<R>(
+        options: &RunOptions,
+        cancel: CancelCheck<'_>,
+        work: impl FnOnce() -> Result<R, ModelError>,
+    ) -> Result<R, ModelError> {
+        let done = std::sync::atomic::AtomicBool::new(false);
         let result = std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
@@ -325,23 +357,7 @@ impl DitModel {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             });
-            let r = (|| -> Result<Vec<Output>, ModelError> {
-                let outs = session
-                    .run_with_options(values, &options)
-                    .map_err(|e| onnx(e.to_string()))?;
-                outputs
-                    .iter()
-                    .map(|name| {
-                        let (shape, data) = outs[*name]
-                            .try_extract_tensor::<f32>()
-                            .map_err(|e| onnx(format!("output '{name}': {e}")))?;
-                        Ok(Output {
-                            shape: shape.iter().map(|&d| d as usize).collect(),
-                            data: data.to_vec(),
-                        })
-                    })
-                    .collect()
-            })();
+            let r = work();
             done.store(true, std::sync::atomic::Ordering::Relaxed);
             r
         });
@@ -502,6 +518,113 @@ impl DitModel {
         let q = out.next().map(|o| o.data).unwrap_or_default();
         let k = out.next().map(|o| o.data).unwrap_or_default();
         Ok((q, k))
+    }
+
+    /// The guidance head with its Q/K left where the session computed them (IoBinding): in
+    /// device memory on a CUDA model, host memory on a CPU one. `use_qk` borrows them as raw
+    /// pointers to `len` f32 each (`[B, heads, tokens, head_dim]`, written and synchronised)
+    /// and they are freed when this returns. On CUDA the reference AMF reads them in place
+    /// instead of copying 2 x 4 bytes x `len` to the host and the converted halves back (issue
+    /// #7: at Wan scale 400 MB each way per guided step).
+    pub fn with_guidance_qk_on_device<R>(
+        &self,
+        x: &Latent<'_>,
+        t: &[f32],
+        text: &[f32],
+        rope: &Rope,
+        cancel: CancelCheck<'_>,
+        use_qk: impl FnOnce(u64, u64, usize) -> R,
+    ) -> Result<R, ModelError> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        use ort::value::{DynTensorValueType, TensorElementType};
+        let graph = self
+            .guidance_head
+            .as_ref()
+            .ok_or(ModelError::MissingGraph("guidance_head"))?;
+        let onnx = |message: String| ModelError::Onnx {
+            file: graph.file.clone(),
+            message,
+        };
+        if cancel() {
+            return Err(ModelError::Cancelled);
+        }
+        let ts = self.text_shape(x.shape[0], text)?;
+        let mut options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
+        if graph.shrink_arena {
+            options
+                .set("memory.enable_memory_arena_shrinkage", "gpu:0")
+                .map_err(|e| onnx(e.to_string()))?;
+        }
+        let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut binding = session.create_binding().map_err(|e| onnx(e.to_string()))?;
+        for (name, input) in Self::dit_inputs(x, t, text, rope, ts) {
+            // Owned copies: ort binds a borrowed view by cloning it through a private identity
+            // session of its own, which never returned here (hung on CPU and CUDA alike).
+            let bound = match input {
+                Input::F32(shape, data) => Tensor::from_array((shape, data.to_vec()))
+                    .and_then(|v| binding.bind_input(name, &v)),
+                Input::I64(shape, data) => Tensor::from_array((shape, data.to_vec()))
+                    .and_then(|v| binding.bind_input(name, &v)),
+            };
+            bound.map_err(|e| onnx(format!("input '{name}': {e}")))?;
+        }
+        // The session's own memory: the CUDA provider's device (ort's default device 0, as in
+        // `open_session`), or host memory on a CPU model.
+        let memory = match self.device {
+            Device::Cuda => AllocationDevice::CUDA,
+            Device::Cpu => AllocationDevice::CPU,
+        };
+        let device = MemoryInfo::new(
+            memory.clone(),
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| onnx(e.to_string()))?;
+        for name in ["q", "k"] {
+            binding
+                .bind_output_to_device(name, &device)
+                .map_err(|e| onnx(format!("output '{name}': {e}")))?;
+        }
+        Self::watching_cancel(&options, cancel, || {
+            let outs = session
+                .run_binding_with_options(&binding, &options)
+                .map_err(|e| onnx(e.to_string()))?;
+            binding
+                .synchronize_outputs()
+                .map_err(|e| onnx(e.to_string()))?;
+            let mut ptrs = [0u64; 2];
+            let mut len = 0;
+            for (slot, name) in ptrs.iter_mut().zip(["q", "k"]) {
+                let value = outs[name]
+                    .view()
+                    .downcast::<DynTensorValueType>()
+                    .map_err(|e| onnx(format!("output '{name}': {e}")))?;
+                if *value.data_type() != TensorElementType::Float32 {
+                    return Err(onnx(format!(
+                        "output '{name}' is {}, expected f32",
+                        value.data_type()
+                    )));
+                }
+                let n: usize = value.shape().iter().map(|&d| d.max(0) as usize).product();
+                if len != 0 && n != len {
+                    return Err(onnx(format!(
+                        "outputs q and k differ in size ({len} vs {n})"
+                    )));
+                }
+                len = n;
+                let placed = value.memory_info().allocation_device();
+                if placed != memory {
+                    return Err(onnx(format!(
+                        "output '{name}' came back in {} memory, not {}",
+                        placed.as_str(),
+                        memory.as_str()
+                    )));
+                }
+                *slot = value.data_ptr() as u64;
+            }
+            Ok(use_qk(ptrs[0], ptrs[1], len))
+        })
     }
 
     /// dL/dx given dL/dQ and dL/dK of the motion block (the VJP through blocks 0..L).

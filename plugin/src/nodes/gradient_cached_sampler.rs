@@ -160,6 +160,7 @@ impl Node for GradientCachedSampler {
                     _ => None,
                 },
                 fused_step: true,
+                device_reference: true,
             },
         };
         let prompts = PromptEmbeddings {

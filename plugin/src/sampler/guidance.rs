@@ -33,7 +33,7 @@ use half::{bf16, f16};
 
 use super::adamw::AdamW;
 use super::{SampleError, SampleStats};
-use crate::model::dit::{CancelCheck, Latent, ModelError, Rope};
+use crate::model::dit::{CancelCheck, Device, Latent, ModelError, Rope};
 use crate::model::DitModel;
 use crate::runtime::amf_ops::OpConfig;
 
@@ -126,6 +126,11 @@ pub struct GuidanceSettings {
     /// AMF then runs on the graph's Q/K dtype, whatever `amf.precision` says); `false` keeps
     /// the two-graph route (for comparisons).
     pub fused_step: bool,
+    /// On a CUDA model with the CUDA AMF back end, compute each guided step's reference AMF
+    /// from the guidance head's Q/K where they are, in device memory
+    /// ([`DitModel::with_guidance_qk_on_device`]); `false` copies them through the host (for
+    /// comparisons; CPU models always do).
+    pub device_reference: bool,
 }
 
 /// How `adaptive` picks the gap to its next real gradient from the measured loss trend.
@@ -328,23 +333,66 @@ impl<'m> Guide<'m> {
             .zip(ctx.ref_noise)
             .map(|(r, e)| (1.0 - rt) * r + rt * e)
             .collect();
+        let latent = Latent {
+            shape: *ctx.shape,
+            data: &x_ref,
+        };
         let timer = Instant::now();
-        let (q, k) = self.model.guidance_qk(
-            &Latent {
-                shape: *ctx.shape,
-                data: &x_ref,
-            },
-            &[rt],
-            ctx.empty_text,
-            self.rope,
-            cancel,
-        )?;
+        if let (true, Device::Cuda, Backend::Cuda { device }) = (
+            self.settings.device_reference,
+            self.model.device,
+            self.settings.amf.backend,
+        ) {
+            // The head's run and the AMF are timed together here (the Q/K never leave the
+            // device; the AMF is ~2 ms of the ~0.2 s at Wan scale, kernels/BENCHMARKS.md).
+            let field = self.model.with_guidance_qk_on_device(
+                &latent,
+                &[rt],
+                ctx.empty_text,
+                self.rope,
+                cancel,
+                |q, k, len| self.amf_on_device(device, q, k, len),
+            )?;
+            stats.real_forward += 1;
+            stats.guidance_model_s += timer.elapsed().as_secs_f64();
+            return Ok(field?);
+        }
+        let (q, k) = self
+            .model
+            .guidance_qk(&latent, &[rt], ctx.empty_text, self.rope, cancel)?;
         stats.real_forward += 1;
         stats.guidance_model_s += timer.elapsed().as_secs_f64();
         let timer = Instant::now();
         let field = self.amf(&q, &k)?;
         stats.guidance_amf_s += timer.elapsed().as_secs_f64();
         Ok(field)
+    }
+
+    /// [`Self::amf`] on f32 Q/K in device memory (`len` values each), converted to the
+    /// configured precision there.
+    fn amf_on_device(
+        &self,
+        device: usize,
+        q: u64,
+        k: u64,
+        len: usize,
+    ) -> Result<AmfField, fastvmt_kernels::KernelError> {
+        let amf = fastvmt_kernels::cuda::CudaAmf::get(device)?;
+        // SAFETY: `with_guidance_qk_on_device` lends two live, synchronised f32 buffers of
+        // `len` values on the CUDA provider's device for the duration of this call.
+        unsafe {
+            match self.settings.amf.precision {
+                AmfPrecision::F32 => {
+                    amf.compute_amf_raw::<f32>(&self.spec, q, k, len, Readout::Argmax)
+                }
+                AmfPrecision::F16 => {
+                    amf.compute_amf_raw::<f16>(&self.spec, q, k, len, Readout::Argmax)
+                }
+                AmfPrecision::Bf16 => {
+                    amf.compute_amf_raw::<bf16>(&self.spec, q, k, len, Readout::Argmax)
+                }
+            }
+        }
     }
 
     /// The fused operator's config for this guide, or `None` where it cannot express the

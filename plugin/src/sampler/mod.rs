@@ -225,7 +225,7 @@ fn sample_job(
             return Err(SampleError::Input {
                 input: "mode",
                 message: format!(
-                    "guidance mode '{}' needs the bundle's guidance_head and guidance_grad graphs, which {} lacks; use mode 'none'",
+                    "guidance mode '{}' needs the bundle's guidance_head graph and its guidance_step or guidance_grad graph, which {} lacks; use mode 'none'",
                     settings.guidance.mode.name(),
                     model.bundle.dir.display()
                 ),

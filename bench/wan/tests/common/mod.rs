@@ -47,8 +47,7 @@ pub fn compare_routes(
     backend: fastvmt_kernels::Backend,
 ) -> (f32, f32, f64, StepInputs) {
     use fastvmt_kernels::{
-        amf_loss_and_grad, compute_amf, AmfSpec, Backend, KeyWindow, LossSpec, PairSet,
-        PairWeights, Readout, WindowCentre,
+        amf_loss_and_grad, compute_amf, Backend, LossSpec, PairWeights, Readout,
     };
     use fastvmt_plugin::model::dit::Latent;
     use fastvmt_plugin::runtime::amf_ops::OpConfig;
@@ -58,21 +57,8 @@ pub fn compare_routes(
     let (_, text) = vector("text");
     let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
     let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
-    let (f, h, w) = rope.grid;
-    let m = model.manifest();
-    let spec = AmfSpec {
-        heads: m.heads,
-        frames: f,
-        grid_h: h,
-        grid_w: w,
-        head_dim: m.head_dim,
-        tau: 2.0,
-        pairs: PairSet::Forward { span: 3 },
-        window: KeyWindow::Local {
-            radius: 1,
-            centre: WindowCentre::Query,
-        },
-    };
+    let (_, h, w) = rope.grid;
+    let spec = fixture_spec(model, &rope);
     let loss_spec = LossSpec {
         pair_weights: PairWeights::LinearDecay {
             first: 1.0,
@@ -130,6 +116,68 @@ pub fn compare_routes(
     (lg.loss, loss, rel_err(&dx_one, &dx_two), inputs)
 }
 
+/// The AMF of the fixture's checks: forward pairs within 3 frames, a radius-1 key window.
+fn fixture_spec(
+    model: &fastvmt_plugin::model::DitModel,
+    rope: &fastvmt_plugin::model::dit::Rope,
+) -> fastvmt_kernels::AmfSpec {
+    use fastvmt_kernels::{AmfSpec, KeyWindow, PairSet, WindowCentre};
+    let (f, h, w) = rope.grid;
+    let m = model.manifest();
+    AmfSpec {
+        heads: m.heads,
+        frames: f,
+        grid_h: h,
+        grid_w: w,
+        head_dim: m.head_dim,
+        tau: 2.0,
+        pairs: PairSet::Forward { span: 3 },
+        window: KeyWindow::Local {
+            radius: 1,
+            centre: WindowCentre::Query,
+        },
+    }
+}
+
+/// The reference AMF from the guidance head's Q/K left on the device
+/// (`with_guidance_qk_on_device`, the kernels' f32 raw entry) against the same through the
+/// host (`guidance_qk`, then `compute_amf` on the CUDA back end): the fraction of displacement
+/// values that differ (argmax read-out of the same f32 kernels: 0 unless ONNX Runtime's two
+/// runs differ).
+pub fn device_reference_mismatch(model: &fastvmt_plugin::model::DitModel) -> f64 {
+    use fastvmt_kernels::{compute_amf, cuda::CudaAmf, Backend, Readout};
+    use fastvmt_plugin::model::dit::Latent;
+    let never = || false;
+    let (xs, x) = vector("x");
+    let (_, t) = vector("t");
+    let (_, text) = vector("text");
+    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
+    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
+    let spec = fixture_spec(model, &rope);
+    let latent = Latent { shape, data: &x };
+    let (q, k) = model
+        .guidance_qk(&latent, &t, &text, &rope, &never)
+        .unwrap();
+    let want = compute_amf(&Backend::Cuda { device: 0 }, &q, &k, &spec, Readout::Argmax).unwrap();
+    let amf = CudaAmf::get(0).unwrap();
+    let got = model
+        .with_guidance_qk_on_device(&latent, &t, &text, &rope, &never, |qp, kp, len| {
+            assert_eq!(len, q.len());
+            // SAFETY: the model lends two synchronised f32 device buffers of `len` values.
+            unsafe { amf.compute_amf_raw::<f32>(&spec, qp, kp, len, Readout::Argmax) }
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.pairs, want.pairs);
+    let differ = got
+        .disp
+        .iter()
+        .zip(&want.disp)
+        .filter(|(a, b)| a != b)
+        .count();
+    differ as f64 / want.disp.len() as f64
+}
+
 /// What [`compare_routes`] fed `guidance_step`, for further calls.
 pub struct StepInputs {
     pub x: Vec<f32>,
@@ -166,4 +214,10 @@ pub fn check_cuda_session_route(test: &str, route: &str) {
     assert!(want > 0.0);
     assert!(loss_err < 1e-3, "loss {loss} vs {want}");
     assert!(dx_err < 5e-3, "dx relative error {dx_err:.3e}");
+    let mismatch = device_reference_mismatch(&model);
+    println!("reference AMF on the device vs through the host: {mismatch:.2e} of values differ");
+    assert!(
+        mismatch < 1e-3,
+        "reference fields differ in {mismatch:.2e} of values"
+    );
 }
