@@ -61,7 +61,7 @@ impl DType {
             _ => DType::F32,
         }
     }
-    fn suffix(self) -> &'static str {
+    pub fn suffix(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
