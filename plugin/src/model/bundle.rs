@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::runtime::{amf_ops, attention_ops};
+use crate::runtime::{amf_ops, attention_ops, norm_ops};
 
 pub const FORMAT: &str = "fastvmt-bundle";
 pub const FORMAT_VERSION: u32 = 1;
@@ -365,9 +365,10 @@ impl Bundle {
 /// Whether this plugin registers custom-op `domain` at `version`; the refusal names both the
 /// version asked for and the one available.
 /// The custom-operator domains this plugin registers, with their versions.
-const CUSTOM_DOMAINS: [(&str, u32); 2] = [
+const CUSTOM_DOMAINS: [(&str, u32); 3] = [
     (attention_ops::DOMAIN, attention_ops::VERSION),
     (amf_ops::DOMAIN, amf_ops::VERSION),
+    (norm_ops::DOMAIN, norm_ops::VERSION),
 ];
 
 fn check_custom_op_version(domain: &str, version: i64) -> Result<(), String> {

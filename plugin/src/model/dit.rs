@@ -14,7 +14,7 @@ use ort::value::{Tensor, TensorRef};
 use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
 use super::{rope, tokenizer};
 use crate::runtime::cuda_arena::{self, ArenaPolicy};
-use crate::runtime::{amf_ops, attention_ops, ort_env};
+use crate::runtime::{amf_ops, attention_ops, norm_ops, ort_env};
 
 /// Where the DiT runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,7 +131,8 @@ fn open_session(
         let _registering = attention_ops::registration_lock();
         let mut builder = Session::builder(env)?
             .with_operators(attention_ops::domain()?)?
-            .with_operators(amf_ops::domain()?)?;
+            .with_operators(amf_ops::domain()?)?
+            .with_operators(norm_ops::domain()?)?;
         if let Some(n) = intra_threads() {
             builder = builder.with_intra_threads(n)?;
         }

@@ -4,6 +4,7 @@ pub mod amf_ops;
 pub mod attention_ops;
 pub mod cuda_arena;
 pub mod diagnostics;
+pub mod norm_ops;
 pub mod ort_env;
 
 use node_abi::Diagnostic;
