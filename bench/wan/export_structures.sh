@@ -6,7 +6,8 @@
 #
 #   bench/wan/export_structures.sh NAME [T,S]   # -> .wanstruct/NAME.tar.zst
 #
-# Same settings as run_device.sh's export (LAYERS, DTYPE, MOTION, DENSE_FORWARD, FUSED_NORMS);
+# Same settings as run_device.sh's export (LAYERS, DTYPE, MOTION, DENSE_FORWARD, FUSED_NORMS,
+# FUSED_MODULATION);
 # JOBS graphs at a time (default 2: each process holds the whole model). GRAPHS (default all
 # four) exports fewer, e.g. GRAPHS=denoiser for a bundle that only samples in mode none.
 set -euo pipefail
@@ -20,6 +21,7 @@ args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-
       --bundle-name "$NAME" --out "$OUTDIR" --dense-forward "${DENSE_FORWARD:-ort}")
 [ -n "$WINDOW" ] && args+=(--local-window "$WINDOW")
 [ "${FUSED_NORMS:-1}" = 1 ] && args+=(--fused-norms)
+[ "${FUSED_MODULATION:-0}" = 1 ] && args+=(--fused-modulation)
 export PYTHONPATH=$ROOT/onnx${PYTHONPATH:+:$PYTHONPATH}
 t0=$SECONDS
 printf '%s\n' ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step} \

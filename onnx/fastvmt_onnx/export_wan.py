@@ -56,6 +56,23 @@ class WanGraph(nn.Module):
             self.patch.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
             self.patch.bias.copy_(conv.bias)
         self.patch.to(self.dtype)
+        # Wan's fp32 norm/modulation islands and gated residuals as fastvmt.norm nodes
+        # (fused_modulation.py); forward graphs only (no backward for them).
+        self.fuse_modulation = False
+
+    def _modulated_norm(self, norm, h, mul, add):
+        """`(norm(h.float()) * mul + add).type_as(h)` (norm: a LayerNorm without affine)."""
+        if self.fuse_modulation:
+            from .fused_modulation import modulated_layer_norm
+            return modulated_layer_norm(h, mul, add, norm.eps)
+        return (norm(h.float()) * mul + add).type_as(h)
+
+    def _gated_residual(self, h, o, gate):
+        """`(h.float() + o * gate).type_as(h)` (gate float32)."""
+        if self.fuse_modulation:
+            from .fused_modulation import gated_residual
+            return gated_residual(h, o, gate)
+        return (h.float() + o.float() * gate).type_as(h)
 
     def patchify(self, x):
         B, C, Fr, H, W = x.shape
@@ -68,7 +85,7 @@ class WanGraph(nn.Module):
 
     def self_qk(self, blk, h, mods, cos, sin):
         shift, scale = mods[0], mods[1]
-        xn = (blk.norm1(h.float()) * (1 + scale) + shift).type_as(h)
+        xn = self._modulated_norm(blk.norm1, h, 1 + scale, shift)
         a = blk.attn1
         # RoPE in float32 (as diffusers' Wan does), back to the weights' dtype after.
         q = apply_rope(self._heads(a.norm_q(a.to_q(xn))).float(), cos, sin).type_as(xn)
@@ -82,16 +99,20 @@ class WanGraph(nn.Module):
         # grid marks the video self-attention: a local window applies here when configured
         o = attention(q, k, v, grid=grid).transpose(1, 2).flatten(2)
         o = blk.attn1.to_out[1](blk.attn1.to_out[0](o))
-        h = (h.float() + o * mods[2]).type_as(h)
+        h = self._gated_residual(h, o, mods[2])
         a = blk.attn2
-        xn = blk.norm2(h.float()).type_as(h)
+        if self.fuse_modulation and isinstance(blk.norm2, nn.LayerNorm) and blk.norm2.weight is not None:
+            from .fused_modulation import modulated_layer_norm
+            xn = modulated_layer_norm(h, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+        else:
+            xn = blk.norm2(h.float()).type_as(h)
         cq = self._heads(a.norm_q(a.to_q(xn)))
         ck = self._heads(a.norm_k(a.to_k(text)))
         cv = self._heads(a.to_v(text))
         o = attention(cq, ck, cv).transpose(1, 2).flatten(2)
         h = h + a.to_out[1](a.to_out[0](o))
-        xn = (blk.norm3(h.float()) * (1 + mods[4]) + mods[3]).type_as(h)
-        h = (h.float() + blk.ffn(xn).float() * mods[5]).type_as(h)
+        xn = self._modulated_norm(blk.norm3, h, 1 + mods[4], mods[3])
+        h = self._gated_residual(h, blk.ffn(xn), mods[5])
         return h
 
     def grid(self, x):
@@ -109,7 +130,7 @@ class WanGraph(nn.Module):
         for blk in self.wan.blocks:
             h = self.block(blk, h, text, tproj, cos, sin, grid)
         shift, scale = (self.wan.scale_shift_table + temb.unsqueeze(1).float()).chunk(2, dim=1)
-        h = (self.wan.norm_out(h.float()) * (1 + scale) + shift).type_as(h)
+        h = self._modulated_norm(self.wan.norm_out, h, 1 + scale, shift)
         h = self.wan.proj_out(h)
         B, C, Fr, H, W = x.shape
         pt, ph, pw = self.patch_size
@@ -207,13 +228,15 @@ WAN_GRAPHS = ("denoiser", "guidance_head", "guidance_grad", "guidance_step")
 
 
 def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_window=None, graphs=WAN_GRAPHS,
-               dense_forward="fastvmt", fused_norms=False, structure_only=False):
+               dense_forward="fastvmt", fused_norms=False, structure_only=False, fused_modulation=False):
     """local_window=(T, S) (needs custom_attention): every block's self-attention sees only the 3D
     window of temporal radius T and spatial radius S tokens; cross-attention stays dense.
     dense_forward="ort" (needs custom_attention): in the forward-only graphs (denoiser,
     guidance_head) every dense attention is ONNX Runtime's com.microsoft.MultiHeadAttention
     (ort_attention.py); the gradient graphs keep fastvmt.Attention for its backward.
     fused_norms=True: RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py).
+    fused_modulation=True: in the forward-only graphs, the fp32 norm/modulation islands and gated
+    residuals as fastvmt.norm nodes (fused_modulation.py; the plugin computes them).
     structure_only=True: graphs whose weights are external references to files not written
     (materialize.py fills them in from the seeded model where the graphs run)."""
     from .export import export_graph, SYM
@@ -246,13 +269,22 @@ def export_wan(wan, out_dir, motion_block=None, custom_attention=False, local_wi
             forward_table = {**fused, **ort_table(cfg.num_attention_heads)}
     else:
         set_attention_impl("math", local=local_window)
+    if fused_modulation:
+        from .fused_modulation import translation_table as modulation_table
+        forward_table = {**(forward_table or {}), **modulation_table()}
+
+    def forward_graph(mode):
+        g = WanGraph(wan, mode, motion_block)
+        g.fuse_modulation = fused_modulation
+        return g
+
     if "denoiser" in graphs:
-        paths["denoiser"] = export_graph(WanGraph(wan, "denoiser", motion_block), example(wan), base, ["velocity"],
+        paths["denoiser"] = export_graph(forward_graph("denoiser"), example(wan), base, ["velocity"],
                                          os.path.join(out_dir, "denoiser.onnx"), stand,
                                          custom_attention=custom_attention, extra_translation=forward_table,
                                          optimize=not structure_only)
     if "guidance_head" in graphs:
-        paths["guidance_head"] = export_graph(WanGraph(wan, "guidance_head", motion_block), example(wan), base,
+        paths["guidance_head"] = export_graph(forward_graph("guidance_head"), example(wan), base,
                                               ["q", "k"], os.path.join(out_dir, "guidance_head.onnx"), stand,
                                               custom_attention=custom_attention, extra_translation=forward_table,
                                               optimize=not structure_only)
@@ -308,7 +340,7 @@ def random_text_encoder(path, dim, vocab=BENCH_VOCAB, seed=0):
 
 
 def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, dtype, custom_attention,
-                       local_window, defaults=None, dense_forward="fastvmt"):
+                       local_window, defaults=None, dense_forward="fastvmt", fused_modulation=False):
     """manifest.json for an exported Wan bundle. The latent is Wan's VAE latent (16 channels, 4x
     temporal and 8x spatial compression), but the VAE and umT5 are not in the bundle: such a bundle
     is sampled from a latent by the library (bench/wan), not by the VIDEO nodes."""
@@ -353,6 +385,9 @@ def write_wan_manifest(wan, out_dir, name, description, motion_block, text_len, 
     }
     if dense_forward == "ort":  # informative: the forward graphs' dense attention is ONNX Runtime's
         man["attention"]["dense_forward"] = "com.microsoft.MultiHeadAttention"
+    if fused_modulation:
+        from .fused_modulation import DOMAIN as NORM_DOMAIN, VERSION as NORM_VERSION
+        man.setdefault("custom_ops", {})[NORM_DOMAIN] = NORM_VERSION
     if "guidance_step" in files:
         from .amf_op import DOMAIN as AMF_DOMAIN, VERSION as AMF_VERSION
         man.setdefault("custom_ops", {})[AMF_DOMAIN] = AMF_VERSION
@@ -414,6 +449,9 @@ def main():
                          "fastvmt.Attention or as ONNX Runtime's com.microsoft.MultiHeadAttention")
     ap.add_argument("--fused-norms", action="store_true",
                     help="RMSNorm and tanh-GELU as single ONNX Runtime contrib nodes (fused_ops.py)")
+    ap.add_argument("--fused-modulation", action="store_true",
+                    help="forward graphs: fp32 norm/modulation and gated residuals as fastvmt.norm nodes "
+                         "(fused_modulation.py; run by the plugin)")
     ap.add_argument("--structure-only", action="store_true",
                     help="write the graphs without their weights (external references; "
                          "python -m fastvmt_onnx.materialize fills them in from the seeded model)")
@@ -446,13 +484,15 @@ def main():
     if any(g not in WAN_GRAPHS for g in graphs):
         ap.error(f"--graphs: choose from {','.join(WAN_GRAPHS)}")
     paths = {} if a.manifest_only else export_wan(wan, a.out, a.motion_block, a.custom_attention, local, graphs,
-                                                  a.dense_forward, a.fused_norms, a.structure_only)
+                                                  a.dense_forward, a.fused_norms, a.structure_only,
+                                                  a.fused_modulation)
     if a.bundle_name and (a.manifest_only or len(graphs) == len(WAN_GRAPHS)):
         random_text_encoder(os.path.join(a.out, "text_encoder.onnx"), wan.config.text_dim)
         desc = (f"Random-initialised WanTransformer3DModel, {wan.config.num_layers} blocks, "
                 f"{a.dtype} weights, for timing only (bench/wan); text: a random embedding table.")
         write_wan_manifest(wan, a.out, a.bundle_name, desc, a.motion_block, a.text_len, a.dtype,
-                           a.custom_attention, local, dense_forward=a.dense_forward)
+                           a.custom_attention, local, dense_forward=a.dense_forward,
+                           fused_modulation=a.fused_modulation)
         print("wrote bundle", a.out)
     if a.custom_attention:
         import onnx

@@ -6,6 +6,12 @@ PyTorch model it came from (eager, the custom attention op's own torch implement
     cd onnx && python3 scripts/make_wan_tiny_fixture.py [--out ../bench/wan/tests/fixtures/wan-tiny]
 
 The Rust test bench/wan/tests/cpu_run.rs loads it with the plugin on CPU.
+
+    python3 scripts/make_wan_tiny_fixture.py --fused-modulation   # -> fixtures/wan-tiny-fm
+
+writes the forward graphs only (denoiser, guidance_head) with Wan's fp32 norm/modulation islands
+as fastvmt.norm nodes (export_wan.py --fused-modulation); its vectors come from the unfused
+PyTorch model, so the test checks the fused graph against diffusers' own computation.
 """
 from __future__ import annotations
 
@@ -32,14 +38,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "../../bench/wan/tests/fixtures/wan-tiny"))
+    ap.add_argument("--fused-modulation", action="store_true",
+                    help="the forward graphs with fastvmt.norm nodes, into fixtures/wan-tiny-fm by default")
     a = ap.parse_args()
-    out = os.path.abspath(a.out)
+    fm = a.fused_modulation
+    out = os.path.abspath(a.out + "-fm" if fm and a.out == ap.get_default("out") else a.out)
     wan = to_dtype(tiny_wan(), torch.float16)
-    export_wan(wan, out, MOTION_BLOCK, custom_attention=True, local_window=LOCAL)
+    graphs = ("denoiser", "guidance_head") if fm else ("denoiser", "guidance_head", "guidance_grad", "guidance_step")
+    export_wan(wan, out, MOTION_BLOCK, custom_attention=True, local_window=LOCAL, graphs=graphs,
+               fused_modulation=fm)
     random_text_encoder(os.path.join(out, "text_encoder.onnx"), wan.config.text_dim)
-    write_wan_manifest(wan, out, "wan-tiny-fp16-local", "diffusers' tiny random Wan, fp16, local window (1,1): "
-                       "the benchmark's export route at test size (onnx/scripts/make_wan_tiny_fixture.py)",
-                       MOTION_BLOCK, TEXT_LEN, "fp16", True, LOCAL)
+    write_wan_manifest(wan, out, "wan-tiny-fp16-local" + ("-fm" if fm else ""),
+                       "diffusers' tiny random Wan, fp16, local window (1,1): the benchmark's export route at "
+                       "test size (onnx/scripts/make_wan_tiny_fixture.py)"
+                       + (", norm/modulation as fastvmt.norm nodes" if fm else ""),
+                       MOTION_BLOCK, TEXT_LEN, "fp16", True, LOCAL, fused_modulation=fm)
 
     # Test vectors: one latent of 4 frames x 8 x 10 (token grid 4 x 4 x 5), through the torch
     # graphs with the custom op's eager implementation (the exact reference of the ORT op).
@@ -56,10 +69,14 @@ def main():
     dq, dk = torch.randn(q.shape, generator=g), torch.randn(k.shape, generator=g)
     dx = WanGraph(wan, "guidance_grad", MOTION_BLOCK)(x, t, text, cos, sin, dq, dk)
     set_attention_impl("math")
+    if fm:  # forward graphs only
+        dq = dk = dx = None
     vec = os.path.join(out, "vectors")
     os.makedirs(vec, exist_ok=True)
     index = {}
     for name, arr in dict(x=x, t=t, text=text, velocity=v, q=q, k=k, dq=dq, dk=dk, dx=dx).items():
+        if arr is None:
+            continue
         arr = arr.detach().float().numpy().astype("<f4")
         arr.tofile(os.path.join(vec, name + ".bin"))
         index[name] = list(arr.shape)

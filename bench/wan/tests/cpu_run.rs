@@ -56,6 +56,13 @@ fn tiny_wan_bundle_matches_pytorch_on_cpu() {
     }
 }
 
+/// The forward graphs with Wan's fp32 norm/modulation islands and gated residuals as
+/// `fastvmt.norm` nodes (the plugin's operators) against the unfused PyTorch model.
+#[test]
+fn fused_modulation_bundle_matches_pytorch_on_cpu() {
+    common::fused_modulation_matches_pytorch(Device::Cpu);
+}
+
 #[test]
 fn guidance_step_matches_the_two_graph_route() {
     use fastvmt_plugin::model::dit::Latent;
