@@ -21,7 +21,7 @@ args=(--wan13-dims "$LAYERS" --dtype "$DTYPE" --motion-block "$MOTION" --custom-
       --bundle-name "$NAME" --out "$OUTDIR" --dense-forward "${DENSE_FORWARD:-ort}")
 [ -n "$WINDOW" ] && args+=(--local-window "$WINDOW")
 [ "${FUSED_NORMS:-1}" = 1 ] && args+=(--fused-norms)
-[ "${FUSED_MODULATION:-0}" = 1 ] && args+=(--fused-modulation)
+[ "${FUSED_MODULATION:-1}" = 1 ] && args+=(--fused-modulation)
 export PYTHONPATH=$ROOT/onnx${PYTHONPATH:+:$PYTHONPATH}
 t0=$SECONDS
 printf '%s\n' ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step} \

@@ -27,8 +27,9 @@
 # in results/2026-11-27-h100-lease2) or fastvmt (our fused operator, as in the first table);
 # FUSED_NORMS (default 1), RMSNorm and tanh-GELU as single ONNX Runtime nodes (export_wan.py
 # --fused-norms; plain sampling 17.96 -> 13.91 s, results/2026-11-27-h100-lease5); 0 = decomposed.
-# FUSED_MODULATION (default 0): the forward graphs' fp32 norm/modulation islands and gated
-# residuals as fastvmt.norm nodes (export_wan.py --fused-modulation; bench/wan/README.md).
+# FUSED_MODULATION (default 1): the forward graphs' fp32 norm/modulation islands and gated
+# residuals as fastvmt.norm nodes (export_wan.py --fused-modulation; plain sampling with the
+# local window 7.52 -> 6.16 s, results/2026-11-27-h100-lease8 and -lease9); 0 = decomposed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-/tmp/wanbench}
@@ -75,7 +76,7 @@ do_export() {  # NAME [T,S]; env GRAPHS (default all four), DENSE_FORWARD (ort |
               --bundle-name "$name" --out "$WORK/$name" --dense-forward "${DENSE_FORWARD:-ort}")
   [ -n "$window" ] && args+=(--local-window "$window")
   [ "${FUSED_NORMS:-1}" = 1 ] && args+=(--fused-norms)
-  [ "${FUSED_MODULATION:-0}" = 1 ] && args+=(--fused-modulation)
+  [ "${FUSED_MODULATION:-1}" = 1 ] && args+=(--fused-modulation)
   local t0=$SECONDS pids=() g
   # One process per graph: the exporter is single-threaded and the host has cores to spare.
   for g in ${GRAPHS:-denoiser guidance_head guidance_grad guidance_step}; do
