@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{compare_routes, fixture, rel_err, vector};
-use fastvmt_plugin::model::dit::Latent;
+use common::{compare_routes, fixture, rel_err, vector, Inputs};
 use fastvmt_plugin::model::{Device, DitModel};
 use serde_json::Value;
 
@@ -16,27 +15,18 @@ fn tiny_wan_bundle_matches_pytorch_on_cpu() {
     let m = model.manifest();
     assert!(!m.is_pixel_space(), "a Wan bundle's latent is a VAE latent");
     let never = || false;
-    let (xs, x) = vector("x");
-    let (_, t) = vector("t");
-    let (_, text) = vector("text");
-    let latent = Latent {
-        shape: [xs[0], xs[1], xs[2], xs[3], xs[4]],
-        data: &x,
-    };
-    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
-    let v = model.velocity(&latent, &t, &text, &rope, &never).unwrap();
-    let (q, k) = model
-        .guidance_qk(&latent, &t, &text, &rope, &never)
-        .unwrap();
+    let inputs = Inputs::load(&model, &fixture());
+    let (v, q, k) = inputs.forward(&model);
+    let (latent, t, text, rope) = (inputs.latent(), &inputs.t, &inputs.text, &inputs.rope);
     let (_, dq) = vector("dq");
     let (_, dk) = vector("dk");
     let dx = model
-        .guidance_grad(&latent, &t, &text, &rope, &dq, &dk, &never)
+        .guidance_grad(&latent, t, text, rope, &dq, &dk, &never)
         .unwrap();
     // The IoBinding route (on CUDA: the reference AMF's Q/K left on the device) gives the
     // same values as the plain run; on CPU the pointers lent are host memory.
     let (bq, bk) = model
-        .with_guidance_qk_on_device(&latent, &t, &text, &rope, &never, |qp, kp, len| {
+        .with_guidance_qk_on_device(&latent, t, text, rope, &never, |qp, kp, len| {
             // SAFETY: two live f32 host buffers of `len` values, lent for this call.
             let read =
                 |p: u64| unsafe { std::slice::from_raw_parts(p as *const f32, len) }.to_vec();

@@ -32,7 +32,7 @@ use cudarc::driver::{
 };
 
 use super::{AttentionMask, AttentionSpec};
-use crate::cuda::{cached_device_state, compile_source};
+use crate::cuda::{cached_device_state, caller_stream, compile_source, loaded};
 use crate::element::Element;
 use crate::error::KernelError;
 
@@ -489,9 +489,7 @@ impl CudaAttention {
     }
 
     fn f(&self, name: &str) -> Result<&CudaFunction, KernelError> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| KernelError::CudaDriver(format!("kernel {name} not loaded")))
+        loaded(&self.funcs, name)
     }
 
     /// The device's name (e.g. "NVIDIA H100 80GB HBM3").
@@ -515,13 +513,9 @@ impl CudaAttention {
     }
 
     fn stream_for(&self, raw: CUstream) -> Result<Arc<CudaStream>, KernelError> {
-        self.ctx.bind_to_thread().map_err(drv)?;
-        Ok(if raw.is_null() {
-            self.stream.clone()
-        } else {
-            // SAFETY: the caller guarantees `raw` is a live stream of this device's context.
-            unsafe { self.ctx.wrap_borrowed_stream(raw) }
-        })
+        // SAFETY: the raw entries' callers guarantee `raw` is null or a live stream of this
+        // device's context.
+        unsafe { caller_stream(&self.ctx, &self.stream, raw) }
     }
 
     /// Forward: writes `out` and `lse`.

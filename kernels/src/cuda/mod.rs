@@ -207,6 +207,35 @@ fn profiling() -> bool {
 /// A back end's per-device state, created on first use and kept for the process (one per
 /// device: the module is compiled once). Checks the driver and the device index first, so a
 /// machine without CUDA gets `CudaUnavailable(reason)`, never a panic.
+/// A loaded kernel by name; a typed error naming it where the module lacks it.
+pub(crate) fn loaded<'a, K: std::borrow::Borrow<str> + std::hash::Hash + Eq>(
+    funcs: &'a HashMap<K, CudaFunction>,
+    name: &str,
+) -> Result<&'a CudaFunction, KernelError> {
+    funcs
+        .get(name)
+        .ok_or_else(|| KernelError::CudaDriver(format!("kernel {name} not loaded")))
+}
+
+/// The stream a raw-pointer entry launches on: the caller's `raw` stream (e.g. ONNX Runtime's),
+/// or `own` where `raw` is null. Binds `ctx` to this thread first.
+///
+/// # Safety
+/// `raw` is null or a live stream of `ctx`.
+pub(crate) unsafe fn caller_stream(
+    ctx: &Arc<CudaContext>,
+    own: &Arc<CudaStream>,
+    raw: cudarc::driver::sys::CUstream,
+) -> Result<Arc<CudaStream>, KernelError> {
+    ctx.bind_to_thread().map_err(drv)?;
+    Ok(if raw.is_null() {
+        own.clone()
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { ctx.wrap_borrowed_stream(raw) }
+    })
+}
+
 pub(crate) fn cached_device_state<S>(
     cache: &'static OnceLock<Mutex<HashMap<usize, Arc<S>>>>,
     device: usize,
@@ -438,9 +467,7 @@ impl CudaAmf {
     }
 
     fn f(&self, name: &str) -> Result<&CudaFunction, KernelError> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| KernelError::CudaDriver(format!("kernel {name} not loaded")))
+        loaded(&self.funcs, name)
     }
 
     fn fill(&self, buf: &mut CudaSlice<f32>, v: f32) -> Result<(), KernelError> {

@@ -12,7 +12,7 @@ use cudarc::driver::{
 
 use super::RowsShape;
 use crate::attention::cuda::DType;
-use crate::cuda::{cached_device_state, compile_source};
+use crate::cuda::{cached_device_state, caller_stream, compile_source, loaded};
 use crate::error::KernelError;
 
 const SRC: &str = include_str!("../cuda/norm.cu");
@@ -91,9 +91,7 @@ impl CudaNorm {
     }
 
     fn f(&self, name: &str) -> Result<&CudaFunction, KernelError> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| KernelError::CudaDriver(format!("kernel {name} not loaded")))
+        loaded(&self.funcs, name)
     }
 
     /// The state's own stream, used when a raw entry gets a null stream.
@@ -102,13 +100,9 @@ impl CudaNorm {
     }
 
     fn stream_for(&self, raw: CUstream) -> Result<Arc<CudaStream>, KernelError> {
-        self.ctx.bind_to_thread().map_err(drv)?;
-        Ok(if raw.is_null() {
-            self.stream.clone()
-        } else {
-            // SAFETY: the caller guarantees `raw` is a live stream of this device's context.
-            unsafe { self.ctx.wrap_borrowed_stream(raw) }
-        })
+        // SAFETY: the raw entries' callers guarantee `raw` is null or a live stream of this
+        // device's context.
+        unsafe { caller_stream(&self.ctx, &self.stream, raw) }
     }
 
     /// `ModulatedLayerNorm` on device buffers; `mul_rows`/`add_rows` are 1 or `shape.batch`

@@ -70,6 +70,20 @@ struct Graph {
     shrink_arena: bool,
 }
 
+impl Graph {
+    /// Run options of one run: with the arena given back at its end where the session shrinks
+    /// (see [`cuda_arena`]).
+    fn run_options(&self) -> Result<RunOptions, String> {
+        let mut options = RunOptions::new().map_err(|e| e.to_string())?;
+        if self.shrink_arena {
+            options
+                .set("memory.enable_memory_arena_shrinkage", "gpu:0")
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(options)
+    }
+}
+
 /// A model bundle with its sessions.
 pub struct DitModel {
     pub bundle: Bundle,
@@ -299,12 +313,7 @@ impl DitModel {
         if cancel() {
             return Err(ModelError::Cancelled);
         }
-        let mut options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
-        if graph.shrink_arena {
-            options
-                .set("memory.enable_memory_arena_shrinkage", "gpu:0")
-                .map_err(|e| onnx(e.to_string()))?;
-        }
+        let options = graph.run_options().map_err(onnx)?;
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(inputs.len());
         for (name, input) in &inputs {
@@ -550,12 +559,7 @@ impl DitModel {
             return Err(ModelError::Cancelled);
         }
         let ts = self.text_shape(x.shape[0], text)?;
-        let mut options = RunOptions::new().map_err(|e| onnx(e.to_string()))?;
-        if graph.shrink_arena {
-            options
-                .set("memory.enable_memory_arena_shrinkage", "gpu:0")
-                .map_err(|e| onnx(e.to_string()))?;
-        }
+        let options = graph.run_options().map_err(onnx)?;
         let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut binding = session.create_binding().map_err(|e| onnx(e.to_string()))?;
         for (name, input) in Self::dit_inputs(x, t, text, rope, ts) {

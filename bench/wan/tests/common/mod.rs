@@ -38,6 +38,52 @@ pub fn vector_in(bundle: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     (shape, data)
 }
 
+/// A fixture's test inputs: the latent (shape and values), t, the text states and the RoPE
+/// tables of the latent's token grid.
+pub struct Inputs {
+    pub shape: [usize; 5],
+    pub x: Vec<f32>,
+    pub t: Vec<f32>,
+    pub text: Vec<f32>,
+    pub rope: fastvmt_plugin::model::dit::Rope,
+}
+
+impl Inputs {
+    pub fn load(model: &fastvmt_plugin::model::DitModel, bundle: &Path) -> Inputs {
+        let (xs, x) = vector_in(bundle, "x");
+        let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
+        Inputs {
+            shape,
+            x,
+            t: vector_in(bundle, "t").1,
+            text: vector_in(bundle, "text").1,
+            rope: model.rope(xs[2], xs[3], xs[4]).unwrap(),
+        }
+    }
+
+    pub fn latent(&self) -> fastvmt_plugin::model::dit::Latent<'_> {
+        fastvmt_plugin::model::dit::Latent {
+            shape: self.shape,
+            data: &self.x,
+        }
+    }
+
+    /// The forward graphs' outputs: velocity, and Q/K of the motion block.
+    pub fn forward(
+        &self,
+        model: &fastvmt_plugin::model::DitModel,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let never = || false;
+        let v = model
+            .velocity(&self.latent(), &self.t, &self.text, &self.rope, &never)
+            .unwrap();
+        let (q, k) = model
+            .guidance_qk(&self.latent(), &self.t, &self.text, &self.rope, &never)
+            .unwrap();
+        (v, q, k)
+    }
+}
+
 pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
     let (mut num, mut den) = (0f64, 0f64);
@@ -62,11 +108,13 @@ pub fn compare_routes(
     use fastvmt_plugin::model::dit::Latent;
     use fastvmt_plugin::runtime::amf_ops::OpConfig;
     let never = || false;
-    let (xs, x) = vector("x");
-    let (_, t) = vector("t");
-    let (_, text) = vector("text");
-    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
-    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
+    let Inputs {
+        shape,
+        x,
+        t,
+        text,
+        rope,
+    } = Inputs::load(model, &fixture());
     let (_, h, w) = rope.grid;
     let spec = fixture_spec(model, &rope);
     let loss_spec = LossSpec {
@@ -156,22 +204,16 @@ fn fixture_spec(
 /// runs differ).
 pub fn device_reference_mismatch(model: &fastvmt_plugin::model::DitModel) -> f64 {
     use fastvmt_kernels::{compute_amf, cuda::CudaAmf, Backend, Readout};
-    use fastvmt_plugin::model::dit::Latent;
     let never = || false;
-    let (xs, x) = vector("x");
-    let (_, t) = vector("t");
-    let (_, text) = vector("text");
-    let shape = [xs[0], xs[1], xs[2], xs[3], xs[4]];
-    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
-    let spec = fixture_spec(model, &rope);
-    let latent = Latent { shape, data: &x };
-    let (q, k) = model
-        .guidance_qk(&latent, &t, &text, &rope, &never)
-        .unwrap();
+    let inputs = Inputs::load(model, &fixture());
+    let (t, text, rope) = (&inputs.t, &inputs.text, &inputs.rope);
+    let spec = fixture_spec(model, rope);
+    let latent = inputs.latent();
+    let (q, k) = model.guidance_qk(&latent, t, text, rope, &never).unwrap();
     let want = compute_amf(&Backend::Cuda { device: 0 }, &q, &k, &spec, Readout::Argmax).unwrap();
     let amf = CudaAmf::get(0).unwrap();
     let got = model
-        .with_guidance_qk_on_device(&latent, &t, &text, &rope, &never, |qp, kp, len| {
+        .with_guidance_qk_on_device(&latent, t, text, rope, &never, |qp, kp, len| {
             assert_eq!(len, q.len());
             // SAFETY: the model lends two synchronised f32 device buffers of `len` values.
             unsafe { amf.compute_amf_raw::<f32>(&spec, qp, kp, len, Readout::Argmax) }
@@ -236,23 +278,10 @@ pub fn check_cuda_session_route(test: &str, route: &str) {
 /// The fused-modulation fixture's forward graphs on `device` (CPU or CUDA variants of the
 /// `fastvmt.norm` operators) against the unfused PyTorch model's vectors.
 pub fn fused_modulation_matches_pytorch(device: fastvmt_plugin::model::Device) {
-    use fastvmt_plugin::model::dit::Latent;
     use fastvmt_plugin::model::DitModel;
     let dir = fused_modulation_fixture();
     let model = DitModel::load(&dir, device).expect("the fused-modulation fixture loads");
-    let never = || false;
-    let (xs, x) = vector_in(&dir, "x");
-    let (_, t) = vector_in(&dir, "t");
-    let (_, text) = vector_in(&dir, "text");
-    let latent = Latent {
-        shape: [xs[0], xs[1], xs[2], xs[3], xs[4]],
-        data: &x,
-    };
-    let rope = model.rope(xs[2], xs[3], xs[4]).unwrap();
-    let v = model.velocity(&latent, &t, &text, &rope, &never).unwrap();
-    let (q, k) = model
-        .guidance_qk(&latent, &t, &text, &rope, &never)
-        .unwrap();
+    let (v, q, k) = Inputs::load(&model, &dir).forward(&model);
     for (name, got) in [("velocity", &v), ("q", &q), ("k", &k)] {
         let err = rel_err(got, &vector_in(&dir, name).1);
         println!("fused modulation on {device:?}, {name}: relative error {err:.2e}");
