@@ -156,10 +156,14 @@ fn table_rows(t: &In<'_>, name: &'static str, shape: &RowsShape) -> Fallible<usi
 impl NormKernel {
     fn compute_inner(&self, ctx: &ComputeContext) -> Fallible<()> {
         let op = self.operator;
-        let first = input(ctx, 0, "x")?;
-        let shape = rows_shape(&first, "x")?;
-        let second = input(ctx, 1, "second")?;
-        let third = input(ctx, 2, "third")?;
+        let names = match op.op {
+            Op::ModulatedLayerNorm => ["x", "mul", "add"],
+            Op::GatedResidual => ["h", "o", "gate"],
+        };
+        let first = input(ctx, 0, names[0])?;
+        let shape = rows_shape(&first, names[0])?;
+        let second = input(ctx, 1, names[1])?;
+        let third = input(ctx, 2, names[2])?;
         let out_dims = [shape.batch, shape.tokens, shape.channels];
         match op.op {
             Op::ModulatedLayerNorm => {

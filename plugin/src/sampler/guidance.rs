@@ -338,7 +338,8 @@ impl<'m> Guide<'m> {
             data: &x_ref,
         };
         let timer = Instant::now();
-        if let (true, Device::Cuda, Backend::Cuda { device }) = (
+        // Device 0: where the model's CUDA provider (ort's default device) leaves the outputs.
+        if let (true, Device::Cuda, Backend::Cuda { device: 0 }) = (
             self.settings.device_reference,
             self.model.device,
             self.settings.amf.backend,
@@ -351,7 +352,7 @@ impl<'m> Guide<'m> {
                 ctx.empty_text,
                 self.rope,
                 cancel,
-                |q, k, len| self.amf_on_device(device, q, k, len),
+                |q, k, len| self.amf_on_device(0, q, k, len),
             )?;
             stats.real_forward += 1;
             stats.guidance_model_s += timer.elapsed().as_secs_f64();
