@@ -48,6 +48,7 @@ mod cpu;
 pub mod cuda;
 mod element;
 mod error;
+pub mod latent;
 pub mod norm;
 mod spec;
 
