@@ -13,7 +13,7 @@ stage=$(mktemp -d)
 cargo build --release -p fastvmt-wan-bench
 cp "${CARGO_TARGET_DIR:-target}/release/fastvmt-wan-bench" "$stage/"
 # the test binaries, named by their test file: cargo prints each "Executable tests/NAME.rs (path)"
-for spec in "fastvmt-kernels cuda" "fastvmt-kernels attention_cuda" "fastvmt-kernels norm" "fastvmt-wan-bench cuda_run" \
+for spec in "fastvmt-kernels cuda" "fastvmt-kernels attention_cuda" "fastvmt-kernels norm" "fastvmt-kernels latent" "fastvmt-wan-bench cuda_run" \
             "fastvmt-wan-bench cuda_cpu_operator" "fastvmt-plugin custom_attention"; do
   set -- $spec
   path=$(cargo test --release -p "$1" --test "$2" --no-run 2>&1 | sed -n "s/.*Executable tests\/$2.rs (\(.*\))/\1/p")

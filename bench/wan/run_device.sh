@@ -15,6 +15,7 @@
 #   bench/wan/run_device.sh arenas NAME MODES   # FASTVMT_CUDA_ARENA=shrink|shared|keep side by side
 #   bench/wan/run_device.sh profile NAME        # ONNX Runtime's per-node trace, summed
 #   bench/wan/run_device.sh routes NAME MODES   # guidance_step (CPU / CUDA operator) vs two graphs
+#   bench/wan/run_device.sh loops NAME MODES    # device-resident latents vs the host loop, ABA
 #
 # Needs, in the checkout: the bench binary in .bbin/ (cargo build --release -p fastvmt-wan-bench),
 # ONNX Runtime's CUDA provider unpacked in /opt/ortgpu (../shared/device/stage-ort-gpu.sh), and
@@ -167,6 +168,14 @@ do_routes() {  # a real gradient in one guidance_step run (AMF operator on the C
     --tag=-twograph "${COMMON[@]}" --out "$RES/ours-$name-twograph.json"
 }
 
+do_loops() {  # latents bound to device memory (the default) vs copied through the host on every
+              # run (--host-loop), in A-B-A order so drift between invocations shows
+  local name=$1 modes=$2
+  do_ours "$name" "$modes" -bound
+  BENCH_ARGS="${BENCH_ARGS:-} --host-loop" do_ours "$name" "$modes" -hostloop
+  do_ours "$name" "$modes" -bound2
+}
+
 do_profile() {  # ONNX Runtime's per-node trace of one guided step (PROFILE_MODE=none: of plain
   # sampling), summed by op and provider.
   # ONNX Runtime times a CUDA node by its host-side launch, so without blocking launches the
@@ -200,6 +209,7 @@ case ${1:-} in
   arenas) do_arenas "$2" "$3" ;;
   profile) do_profile "$2" ;;
   routes) do_routes "$2" "$3" ;;
+  loops) do_loops "$2" "$3" ;;
   peak) do_peak ;;
   all)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/card.txt"

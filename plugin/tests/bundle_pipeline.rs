@@ -12,8 +12,12 @@ use fastvmt_plugin::model::{
     bundle::default_bundle_dir, dit::Latent, rope, tokenizer, Bundle, Device, DitModel, ModelError,
 };
 use fastvmt_plugin::sampler::{
-    self, guidance::AmfPrecision, AmfConfig, GuidanceMode, GuidanceSettings, PromptEmbeddings,
-    SampleError, SampleSettings,
+    self,
+    adamw::AdamW,
+    guidance::AmfPrecision,
+    latents::{Buf, Space},
+    AmfConfig, GuidanceMode, GuidanceSettings, LatentRoute, PromptEmbeddings, SampleError,
+    SampleSettings,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
@@ -243,6 +247,7 @@ fn settings(mode: GuidanceMode, steps: usize, inner: usize) -> SampleSettings {
         steps,
         cfg: 4.0,
         denoise: 1.0,
+        latents: Default::default(),
         guidance: GuidanceSettings {
             mode,
             fraction: 0.5,
@@ -391,6 +396,98 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
         .iter()
         .zip(&none.latent)
         .any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
+#[test]
+fn adamw_matches_the_textbook_update() {
+    // The optimiser on a host latent space (its step counter and bias corrections; the
+    // update itself is `fastvmt_kernels::latent::adamw`, tested there).
+    let model = model();
+    let space = Space::host(&model);
+    let mut rng = StdRng::seed_from_u64(7);
+    let n = 33;
+    let x: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let (mut m, mut v) = (vec![0f64; n], vec![0f64; n]);
+    let mut opt = AdamW::new(&space, &[n], 0.01).unwrap();
+    let host = |data: Vec<f32>| Buf::Host {
+        shape: vec![n],
+        data,
+    };
+    let mut xb = host(x.clone());
+    for t in 1..=5 {
+        let g: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        opt.step(&space, &mut xb, &host(g.clone()), 0.05).unwrap();
+        for i in 0..n {
+            let gi = g[i] as f64;
+            m[i] = 0.9 * m[i] + 0.1 * gi;
+            v[i] = 0.999 * v[i] + 0.001 * gi * gi;
+            let mh = m[i] / (1.0 - 0.9f64.powi(t));
+            let vh = v[i] / (1.0 - 0.999f64.powi(t));
+            x64[i] -= 0.05 * (mh / (vh.sqrt() + 1e-8) + 0.01 * x64[i]);
+        }
+    }
+    let x = space.download(&xb).unwrap();
+    for i in 0..n {
+        assert!(
+            (x[i] as f64 - x64[i]).abs() < 1e-4,
+            "{i}: {} vs {}",
+            x[i],
+            x64[i]
+        );
+    }
+}
+
+/// The bound route (`LatentRoute::Bound`: latents, text, RoPE tables, reference, gradients and
+/// optimiser moments as tensors bound to every run; on a CUDA model in device memory) gives
+/// exactly what the host route gives. On a CPU model both run the same ONNX Runtime kernels
+/// and the same `fastvmt_kernels::latent` updates on the same values, so latents, losses and
+/// gradient cosines must be identical, through the one-run gradient graph and through the
+/// two-graph route the bound space falls back to via the host.
+#[test]
+fn bound_latents_give_what_host_latents_give() {
+    let model = model();
+    let r = reference(&model, 4, 4);
+    for (mode, fused) in [
+        (GuidanceMode::None, true),
+        (GuidanceMode::FastVmt, true),
+        (GuidanceMode::Adaptive, false),
+    ] {
+        let mut s = settings(mode, 4, 4);
+        s.guidance.fused_step = fused;
+        s.latents = LatentRoute::Host;
+        let host = run(&model, &r, &s).unwrap();
+        s.latents = LatentRoute::Bound;
+        let bound = run(&model, &r, &s).unwrap();
+        let what = format!("{} (one-run gradients: {fused})", mode.name());
+        assert!(
+            !host.stats.bound_latents && bound.stats.bound_latents,
+            "{what}"
+        );
+        assert_eq!(
+            bound.stats.host_device_bytes, 0,
+            "a CPU model copies nothing"
+        );
+        let counts = |o: &sampler::SampleOutput| {
+            let st = &o.stats;
+            (
+                st.denoiser_passes,
+                st.real_forward,
+                st.real_backward,
+                st.cached_steps,
+            )
+        };
+        assert_eq!(counts(&bound), counts(&host), "{what}");
+        assert_eq!(bound.stats.real_losses, host.stats.real_losses, "{what}");
+        assert_eq!(
+            bound.stats.gradient_cosines, host.stats.gradient_cosines,
+            "{what}"
+        );
+        if mode != GuidanceMode::None {
+            assert!(!host.stats.real_losses.is_empty() && !host.stats.gradient_cosines.is_empty());
+        }
+        assert!(bound.latent == host.latent, "{what}: latents differ");
+    }
 }
 
 /// `cached_step_scale` 0 turns the cached inner steps into no-ops (no update, no Adam step), so

@@ -75,6 +75,11 @@ struct Args {
     /// device-resident reference; to compare the two).
     #[arg(long)]
     host_reference: bool,
+    /// Keep the latents on the host and copy them through every run (the route before the
+    /// device-resident loop; to compare the two). The reference then follows
+    /// `--host-reference`.
+    #[arg(long)]
+    host_loop: bool,
     #[arg(long)]
     out: PathBuf,
 }
@@ -143,6 +148,11 @@ fn settings(
         steps,
         cfg: args.cfg,
         denoise: 1.0,
+        latents: if args.host_loop {
+            fastvmt_plugin::sampler::LatentRoute::Host
+        } else {
+            fastvmt_plugin::sampler::LatentRoute::Auto
+        },
         guidance: GuidanceSettings {
             mode,
             fraction: args.guided_fraction,
@@ -306,6 +316,15 @@ fn main() -> Result<()> {
                 st.guidance_s - st.guidance_model_s - st.guidance_amf_s
             );
         }
+        eprintln!(
+            "  latents {}: {:.1} MB copied between host and device",
+            if st.bound_latents {
+                "bound to device memory"
+            } else {
+                "on the host"
+            },
+            st.host_device_bytes as f64 / 1e6
+        );
         if let Some(why) = &st.stopped_on_nan {
             eprintln!("  warning: {why}");
         }
@@ -317,6 +336,7 @@ fn main() -> Result<()> {
             "real_backward": st.real_backward, "cached_steps": st.cached_steps,
             "guided_steps": st.guided_steps, "peak_mem_gib": peak,
             "nonfinite": st.stopped_on_nan, "first_loss": st.first_loss, "final_loss": st.final_loss,
+            "bound_latents": st.bound_latents, "host_device_mb": st.host_device_bytes as f64 / 1e6,
         }));
     }
     let window = match m.attention {
@@ -351,7 +371,12 @@ fn main() -> Result<()> {
         } else {
             "guidance_step"
         },
-        "reference_route": if device == Device::Cuda && !args.host_reference {
+        "latent_route": if device == Device::Cuda && !args.host_loop {
+            "device-resident loop (latents, text, RoPE, gradients, optimiser in device memory)"
+        } else {
+            "host loop (latents copied through every run)"
+        },
+        "reference_route": if device == Device::Cuda && (!args.host_loop || !args.host_reference) {
             "guidance_head with Q/K bound to device memory, AMF on them"
         } else {
             "guidance_head, Q/K through the host"

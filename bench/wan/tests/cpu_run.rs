@@ -46,6 +46,20 @@ fn tiny_wan_bundle_matches_pytorch_on_cpu() {
     }
 }
 
+/// The latents bound to the sessions' memory (on CPU: host tensors through the route CUDA
+/// models take with device memory) give exactly what the host loop gives.
+#[test]
+fn bound_latents_match_the_host_loop_on_cpu() {
+    let model = DitModel::load(&fixture(), Device::Cpu).expect("the fixture bundle loads");
+    let (host, bound) = common::sample_both_routes(&model, fastvmt_kernels::Backend::Cpu);
+    assert_eq!(bound.stats.real_losses, host.stats.real_losses);
+    assert_eq!(bound.stats.gradient_cosines, host.stats.gradient_cosines);
+    assert!(
+        bound.latent == host.latent,
+        "bound latents differ from the host loop's"
+    );
+}
+
 /// The forward graphs with Wan's fp32 norm/modulation islands and gated residuals as
 /// `fastvmt.norm` nodes (the plugin's operators) against the unfused PyTorch model.
 #[test]

@@ -175,6 +175,7 @@ fn main() -> Result<()> {
                 steps,
                 cfg: m.default_f64("cfg", 5.0) as f32,
                 denoise: 1.0,
+                latents: Default::default(),
                 guidance: GuidanceSettings {
                     mode,
                     fraction: args.guided_fraction,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ort::session::{RunOptions, Session};
-use ort::value::{Tensor, TensorRef};
+use ort::value::TensorRef;
 
 use super::bundle::{Bundle, BundleError, GraphRole, ROLES};
 use super::{rope, tokenizer};
@@ -62,9 +62,9 @@ pub enum ModelError {
 /// Per-call cancellation check (the node's host services).
 pub type CancelCheck<'a> = &'a (dyn Fn() -> bool + Sync);
 
-struct Graph {
-    file: PathBuf,
-    session: Mutex<Session>,
+pub(super) struct Graph {
+    pub(super) file: PathBuf,
+    pub(super) session: Mutex<Session>,
     /// Give the device memory the run's arena grew by back at the end of each run
     /// (`FASTVMT_CUDA_ARENA=shrink`, see [`cuda_arena`]).
     shrink_arena: bool,
@@ -73,7 +73,7 @@ struct Graph {
 impl Graph {
     /// Run options of one run: with the arena given back at its end where the session shrinks
     /// (see [`cuda_arena`]).
-    fn run_options(&self) -> Result<RunOptions, String> {
+    pub(super) fn run_options(&self) -> Result<RunOptions, String> {
         let mut options = RunOptions::new().map_err(|e| e.to_string())?;
         if self.shrink_arena {
             options
@@ -89,11 +89,15 @@ pub struct DitModel {
     pub bundle: Bundle,
     pub device: Device,
     text_encoder: Graph,
-    denoiser: Graph,
-    guidance_head: Option<Graph>,
+    pub(super) denoiser: Graph,
+    pub(super) guidance_head: Option<Graph>,
     guidance_grad: Option<Graph>,
-    guidance_step: Option<Graph>,
+    pub(super) guidance_step: Option<Graph>,
     empty_text: OnceLock<Vec<f32>>,
+    /// Bytes copied between host and device memory by this model's runs on CUDA (host inputs
+    /// ONNX Runtime uploads, outputs it downloads) and by the sampler's explicit copies: the
+    /// copy count issue #7 asks to show ([`DitModel::host_device_bytes`]).
+    pub(super) transferred: std::sync::atomic::AtomicU64,
 }
 
 /// A tensor coming back from a graph.
@@ -247,6 +251,7 @@ impl DitModel {
             bundle,
             device,
             empty_text: OnceLock::new(),
+            transferred: Default::default(),
         });
         cache
             .lock()
@@ -301,6 +306,7 @@ impl DitModel {
 
     /// Runs one graph with f32/i64 inputs, terminating it when `cancel` turns true.
     fn run(
+        &self,
         graph: &Graph,
         inputs: Vec<(&str, Input<'_>)>,
         outputs: &[&str],
@@ -324,12 +330,18 @@ impl DitModel {
                 Input::I64(shape, data) => {
                     TensorRef::from_array_view((shape.clone(), *data)).map(Into::into)
                 }
+                Input::Device(_) => {
+                    return Err(onnx(format!(
+                        "input '{name}' is in device memory: it needs the bound route"
+                    )))
+                }
             }
             .map_err(|e| onnx(format!("input '{name}': {e}")))?;
             values.push((name.to_string(), value));
         }
+        let uploaded: usize = inputs.iter().map(|(n, i)| i.host_bytes(n)).sum();
         let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
-        Self::watching_cancel(&options, cancel, || {
+        let outs: Vec<Output> = Self::watching_cancel(&options, cancel, || {
             let outs = session
                 .run_with_options(values, &options)
                 .map_err(|e| onnx(e.to_string()))?;
@@ -345,13 +357,30 @@ impl DitModel {
                     })
                 })
                 .collect()
-        })
+        })?;
+        let downloaded: usize = outs.iter().map(|o| 4 * o.data.len()).sum();
+        self.count_transfer(uploaded + downloaded);
+        Ok(outs)
+    }
+
+    /// Adds `bytes` to [`Self::host_device_bytes`] on a CUDA model.
+    pub(crate) fn count_transfer(&self, bytes: usize) {
+        if self.device == Device::Cuda {
+            self.transferred
+                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes copied between host and device memory so far (0 on a CPU model): inputs fed from
+    /// host memory, outputs read into it, and the sampler's explicit uploads and downloads.
+    pub fn host_device_bytes(&self) -> u64 {
+        self.transferred.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `work` (one ONNX Runtime run with `options`) while a watcher thread polls `cancel`
     /// and terminates the run through `options`; a run that fails after cancellation reports
     /// [`ModelError::Cancelled`].
-    fn watching_cancel<R>(
+    pub(super) fn watching_cancel<R>(
         options: &RunOptions,
         cancel: CancelCheck<'_>,
         work: impl FnOnce() -> Result<R, ModelError>,
@@ -392,7 +421,7 @@ impl DitModel {
             ids.extend(t);
             unknown.extend(u);
         }
-        let out = Self::run(
+        let out = self.run(
             &self.text_encoder,
             vec![(
                 "tokens",
@@ -446,7 +475,7 @@ impl DitModel {
         })
     }
 
-    fn dit_inputs<'a>(
+    pub(super) fn dit_inputs<'a>(
         x: &'a Latent<'a>,
         t: &'a [f32],
         text: &'a [f32],
@@ -472,14 +501,16 @@ impl DitModel {
     }
 
     fn text_shape(&self, batch: usize, text: &[f32]) -> Result<[i64; 3], ModelError> {
+        self.text_shape_of(batch, text.len())
+    }
+
+    pub(super) fn text_shape_of(&self, batch: usize, len: usize) -> Result<[i64; 3], ModelError> {
         let spec = &self.manifest().text;
         let per = spec.max_len * spec.dim;
-        if text.len() != batch * per {
+        if len != batch * per {
             return Err(ModelError::Shape(format!(
                 "text embeddings have {} values, expected {batch} x {} x {}",
-                text.len(),
-                spec.max_len,
-                spec.dim
+                len, spec.max_len, spec.dim
             )));
         }
         Ok([batch as i64, spec.max_len as i64, spec.dim as i64])
@@ -495,7 +526,7 @@ impl DitModel {
         cancel: CancelCheck<'_>,
     ) -> Result<Vec<f32>, ModelError> {
         let ts = self.text_shape(x.shape[0], text)?;
-        let out = Self::run(
+        let out = self.run(
             &self.denoiser,
             Self::dit_inputs(x, t, text, rope, ts),
             &["velocity"],
@@ -518,118 +549,17 @@ impl DitModel {
             .as_ref()
             .ok_or(ModelError::MissingGraph("guidance_head"))?;
         let ts = self.text_shape(x.shape[0], text)?;
-        let mut out = Self::run(
-            graph,
-            Self::dit_inputs(x, t, text, rope, ts),
-            &["q", "k"],
-            cancel,
-        )?
-        .into_iter();
+        let mut out = self
+            .run(
+                graph,
+                Self::dit_inputs(x, t, text, rope, ts),
+                &["q", "k"],
+                cancel,
+            )?
+            .into_iter();
         let q = out.next().map(|o| o.data).unwrap_or_default();
         let k = out.next().map(|o| o.data).unwrap_or_default();
         Ok((q, k))
-    }
-
-    /// The guidance head with its Q/K left where the session computed them (IoBinding): in
-    /// device memory on a CUDA model, host memory on a CPU one. `use_qk` borrows them as raw
-    /// pointers to `len` f32 each (`[B, heads, tokens, head_dim]`, written and synchronised)
-    /// and they are freed when this returns. On CUDA the reference AMF reads them in place
-    /// instead of copying 2 x 4 bytes x `len` to the host and the converted halves back (issue
-    /// #7: at Wan scale 400 MB each way per guided step).
-    pub fn with_guidance_qk_on_device<R>(
-        &self,
-        x: &Latent<'_>,
-        t: &[f32],
-        text: &[f32],
-        rope: &Rope,
-        cancel: CancelCheck<'_>,
-        use_qk: impl FnOnce(u64, u64, usize) -> R,
-    ) -> Result<R, ModelError> {
-        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-        use ort::value::{DynTensorValueType, TensorElementType};
-        let graph = self
-            .guidance_head
-            .as_ref()
-            .ok_or(ModelError::MissingGraph("guidance_head"))?;
-        let onnx = |message: String| ModelError::Onnx {
-            file: graph.file.clone(),
-            message,
-        };
-        if cancel() {
-            return Err(ModelError::Cancelled);
-        }
-        let ts = self.text_shape(x.shape[0], text)?;
-        let options = graph.run_options().map_err(onnx)?;
-        let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
-        let mut binding = session.create_binding().map_err(|e| onnx(e.to_string()))?;
-        for (name, input) in Self::dit_inputs(x, t, text, rope, ts) {
-            // Owned copies: ort binds a borrowed view by cloning it through a private identity
-            // session of its own, which never returned here (hung on CPU and CUDA alike).
-            let bound = match input {
-                Input::F32(shape, data) => Tensor::from_array((shape, data.to_vec()))
-                    .and_then(|v| binding.bind_input(name, &v)),
-                Input::I64(shape, data) => Tensor::from_array((shape, data.to_vec()))
-                    .and_then(|v| binding.bind_input(name, &v)),
-            };
-            bound.map_err(|e| onnx(format!("input '{name}': {e}")))?;
-        }
-        // The session's own memory: the CUDA provider's device (ort's default device 0, as in
-        // `open_session`), or host memory on a CPU model.
-        let memory = match self.device {
-            Device::Cuda => AllocationDevice::CUDA,
-            Device::Cpu => AllocationDevice::CPU,
-        };
-        let device = MemoryInfo::new(
-            memory.clone(),
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(|e| onnx(e.to_string()))?;
-        for name in ["q", "k"] {
-            binding
-                .bind_output_to_device(name, &device)
-                .map_err(|e| onnx(format!("output '{name}': {e}")))?;
-        }
-        Self::watching_cancel(&options, cancel, || {
-            let outs = session
-                .run_binding_with_options(&binding, &options)
-                .map_err(|e| onnx(e.to_string()))?;
-            binding
-                .synchronize_outputs()
-                .map_err(|e| onnx(e.to_string()))?;
-            let mut ptrs = [0u64; 2];
-            let mut len = 0;
-            for (slot, name) in ptrs.iter_mut().zip(["q", "k"]) {
-                let value = outs[name]
-                    .view()
-                    .downcast::<DynTensorValueType>()
-                    .map_err(|e| onnx(format!("output '{name}': {e}")))?;
-                if *value.data_type() != TensorElementType::Float32 {
-                    return Err(onnx(format!(
-                        "output '{name}' is {}, expected f32",
-                        value.data_type()
-                    )));
-                }
-                let n: usize = value.shape().iter().map(|&d| d.max(0) as usize).product();
-                if len != 0 && n != len {
-                    return Err(onnx(format!(
-                        "outputs q and k differ in size ({len} vs {n})"
-                    )));
-                }
-                len = n;
-                let placed = value.memory_info().allocation_device();
-                if placed != memory {
-                    return Err(onnx(format!(
-                        "output '{name}' came back in {} memory, not {}",
-                        placed.as_str(),
-                        memory.as_str()
-                    )));
-                }
-                *slot = value.data_ptr() as u64;
-            }
-            Ok(use_qk(ptrs[0], ptrs[1], len))
-        })
     }
 
     /// dL/dx given dL/dQ and dL/dK of the motion block (the VJP through blocks 0..L).
@@ -659,7 +589,7 @@ impl DitModel {
         let mut inputs = Self::dit_inputs(x, t, text, rope, ts);
         inputs.push(("dq", Input::F32(qk_shape.clone(), dq)));
         inputs.push(("dk", Input::F32(qk_shape, dk)));
-        let out = Self::run(graph, inputs, &["dx"], cancel)?;
+        let out = self.run(graph, inputs, &["dx"], cancel)?;
         Ok(out.into_iter().next().map(|o| o.data).unwrap_or_default())
     }
 }
@@ -703,7 +633,9 @@ impl DitModel {
             "amf_config",
             Input::F32(vec![encoded.len() as i64], &encoded),
         ));
-        let mut out = Self::run(graph, inputs, &["loss", "dx"], cancel)?.into_iter();
+        let mut out = self
+            .run(graph, inputs, &["loss", "dx"], cancel)?
+            .into_iter();
         let loss = out
             .next()
             .and_then(|o| o.data.first().copied())
@@ -713,10 +645,27 @@ impl DitModel {
     }
 }
 
-/// An input tensor borrowed from the caller.
+/// An input tensor borrowed from the caller: host data, or a tensor already in the CUDA
+/// provider's memory (only the bound route takes those, see `model/device.rs`).
 pub enum Input<'a> {
     F32(Vec<i64>, &'a [f32]),
     I64(Vec<i64>, &'a [i64]),
+    Device(&'a super::device::DeviceTensor),
+}
+
+impl Input<'_> {
+    /// Bytes ONNX Runtime copies to a CUDA session for input `name`: 0 for a device tensor and
+    /// for the inputs the AMF operator reads on the host ([`amf_ops::HOST_INPUTS`]).
+    pub(super) fn host_bytes(&self, name: &str) -> usize {
+        if amf_ops::HOST_INPUTS.contains(&name) {
+            return 0;
+        }
+        match self {
+            Input::F32(_, d) => 4 * d.len(),
+            Input::I64(_, d) => 8 * d.len(),
+            Input::Device(_) => 0,
+        }
+    }
 }
 
 /// A borrowed latent `[B, C, F, H, W]`.

@@ -2,6 +2,7 @@
 //! ONNX Runtime sessions of a loaded DiT (shared by every node and run of the process).
 
 pub mod bundle;
+pub mod device;
 pub mod dit;
 pub mod rope;
 pub mod tokenizer;

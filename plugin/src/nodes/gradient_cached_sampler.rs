@@ -143,6 +143,7 @@ impl Node for GradientCachedSampler {
             steps: inputs.int("steps")? as usize,
             cfg: inputs.float("cfg")? as f32,
             denoise: inputs.float("denoise")? as f32,
+            latents: Default::default(),
             guidance: GuidanceSettings {
                 mode,
                 fraction: inputs.float("guided_fraction")? as f32,

@@ -43,6 +43,10 @@ use super::attention_ops::{dims, guarded, host, host_mut, input, output, Dt, Fal
 pub const DOMAIN: &str = "fastvmt.amf";
 pub const VERSION: u32 = 1;
 
+/// `guidance_step`'s graph inputs the operator reads in host memory (both variants), so a host
+/// tensor bound to them is never copied to the device.
+pub const HOST_INPUTS: [&str; 2] = ["reference", "amf_config"];
+
 /// The operator's `config` input, 8 floats in this order.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OpConfig {

@@ -1,38 +1,62 @@
-//! AdamW on a flat f32 vector (decoupled weight decay, bias-corrected moments), as torch's.
+//! AdamW on a latent buffer (decoupled weight decay, bias-corrected moments), as torch's. The
+//! update itself is `fastvmt_kernels::latent::adamw` (CPU or CUDA, bit-identical).
+
+use fastvmt_kernels::latent::AdamWStep;
+
+use super::latents::{Buf, Space};
+use super::SampleError;
 
 pub struct AdamW {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    m: Buf,
+    v: Buf,
     t: i32,
 }
 
 impl AdamW {
-    pub fn new(len: usize, weight_decay: f32) -> Self {
-        Self {
+    /// Moments for a latent of `shape` in `space`, zeroed.
+    pub fn new(space: &Space<'_>, shape: &[usize], weight_decay: f32) -> Result<Self, SampleError> {
+        let mut opt = Self {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
-            m: vec![0.0; len],
-            v: vec![0.0; len],
+            m: space.alloc(shape)?,
+            v: space.alloc(shape)?,
             t: 0,
-        }
+        };
+        opt.reset(space)?;
+        Ok(opt)
     }
 
-    pub fn step(&mut self, x: &mut [f32], grad: &[f32], lr: f32) {
+    /// Back to step 0 with zero moments (a new optimisation on the same buffers).
+    pub fn reset(&mut self, space: &Space<'_>) -> Result<(), SampleError> {
+        space.zero(&mut self.m)?;
+        space.zero(&mut self.v)?;
+        self.t = 0;
+        Ok(())
+    }
+
+    pub fn step(
+        &mut self,
+        space: &Space<'_>,
+        x: &mut Buf,
+        grad: &Buf,
+        lr: f32,
+    ) -> Result<(), SampleError> {
         self.t += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.t);
-        let bc2 = 1.0 - self.beta2.powi(self.t);
-        for i in 0..x.len() {
-            let g = grad[i];
-            self.m[i] = self.beta1 * self.m[i] + (1.0 - self.beta1) * g;
-            self.v[i] = self.beta2 * self.v[i] + (1.0 - self.beta2) * g * g;
-            let update = (self.m[i] / bc1) / ((self.v[i] / bc2).sqrt() + self.eps);
-            x[i] -= lr * (update + self.weight_decay * x[i]);
-        }
+        let step = AdamWStep {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            bias_correction1: 1.0 - self.beta1.powi(self.t),
+            bias_correction2: 1.0 - self.beta2.powi(self.t),
+        };
+        space.adamw(x, grad, &mut self.m, &mut self.v, &step)
     }
 }

@@ -32,10 +32,12 @@ use std::time::Instant;
 use half::{bf16, f16};
 
 use super::adamw::AdamW;
+use super::latents::{Buf, Conditioning, Space};
 use super::{SampleError, SampleStats};
 use crate::model::dit::{CancelCheck, Device, Latent, ModelError, Rope};
 use crate::model::DitModel;
 use crate::runtime::amf_ops::OpConfig;
+use fastvmt_kernels::latent::VecStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuidanceMode {
@@ -162,15 +164,27 @@ impl AdaptiveRule {
     }
 }
 
-/// What one guided step needs to know.
+/// What one guided step needs to know (buffers in the job's [`Space`]).
 pub struct StepContext<'a> {
     pub step: usize,
     pub t: f32,
-    pub reference: &'a [f32],
-    pub ref_noise: &'a [f32],
-    pub shape: &'a [usize; 5],
-    pub text: &'a [f32],
-    pub empty_text: &'a [f32],
+    /// The reference latent and its fixed noise.
+    pub reference: &'a Buf,
+    pub ref_noise: &'a Buf,
+    /// Text (`positive` for gradients, `empty` for the reference AMF) and RoPE tables.
+    pub cond: &'a Conditioning<'a>,
+}
+
+/// Buffers a guide keeps across guided steps, allocated on the first one.
+struct Work {
+    /// The reference noised to the step's time.
+    x_ref: Buf,
+    /// The latent at the start of the guided step (restored if guidance fails).
+    snapshot: Buf,
+    /// The newest real gradient (also the cached one) and the one before it (for the cosine).
+    grad: Buf,
+    previous: Buf,
+    opt: AdamW,
 }
 
 pub struct Guide<'m> {
@@ -180,22 +194,19 @@ pub struct Guide<'m> {
     guided_steps: usize,
     spec: AmfSpec,
     loss: LossSpec,
-    previous_real: Option<Vec<f32>>,
+    work: Option<Work>,
+    /// Whether `work.grad` holds a real gradient from an earlier inner or guided step.
+    have_real: bool,
     /// `adaptive`: the last measured loss-decrease rate, carried into the next denoising step.
     last_rate: Option<f32>,
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        ab += (*x as f64) * (*y as f64);
-        aa += (*x as f64) * (*x as f64);
-        bb += (*y as f64) * (*y as f64);
-    }
-    if aa == 0.0 || bb == 0.0 {
+/// The cosine from [`VecStats`] sums (0 where a vector is zero).
+fn cosine(s: &VecStats) -> f32 {
+    if s.norm_a2 == 0.0 || s.norm_b2 == 0.0 {
         return 0.0;
     }
-    (ab / (aa.sqrt() * bb.sqrt())) as f32
+    (s.dot / (s.norm_a2.sqrt() * s.norm_b2.sqrt())) as f32
 }
 
 impl<'m> Guide<'m> {
@@ -265,7 +276,8 @@ impl<'m> Guide<'m> {
             guided_steps,
             spec,
             loss,
-            previous_real: None,
+            work: None,
+            have_real: false,
             last_rate: None,
         })
     }
@@ -319,37 +331,62 @@ impl<'m> Guide<'m> {
         }
     }
 
-    /// The reference AMF at time `t` (one guidance-head pass, no gradient).
+    /// The reference AMF at time `t` (one guidance-head pass, no gradient): the reference
+    /// noised into `x_ref`, the head's Q/K read where they are computed when they can be.
     fn reference_amf(
         &self,
+        space: &Space<'_>,
+        x_ref: &mut Buf,
         ctx: &StepContext<'_>,
         stats: &mut SampleStats,
         cancel: CancelCheck<'_>,
     ) -> Result<AmfField, SampleError> {
         let rt = (self.settings.reference_noise_scale * ctx.t).clamp(0.0, 1.0);
-        let x_ref: Vec<f32> = ctx
-            .reference
-            .iter()
-            .zip(ctx.ref_noise)
-            .map(|(r, e)| (1.0 - rt) * r + rt * e)
-            .collect();
-        let latent = Latent {
-            shape: *ctx.shape,
-            data: &x_ref,
-        };
+        space.lerp(x_ref, ctx.reference, ctx.ref_noise, 1.0 - rt, rt)?;
         let timer = Instant::now();
         // Device 0: where the model's CUDA provider (ort's default device) leaves the outputs.
-        if let (true, Device::Cuda, Backend::Cuda { device: 0 }) = (
-            self.settings.device_reference,
-            self.model.device,
-            self.settings.amf.backend,
-        ) {
+        let cuda0 = self.model.device == Device::Cuda
+            && self.settings.amf.backend == (Backend::Cuda { device: 0 });
+        if space.is_bound() && (cuda0 || self.model.device == Device::Cpu) {
             // The head's run and the AMF are timed together here (the Q/K never leave the
-            // device; the AMF is ~2 ms of the ~0.2 s at Wan scale, kernels/BENCHMARKS.md).
+            // session's memory; the AMF is ~2 ms of the ~0.2 s at Wan scale).
+            let field = space.with_head_qk(
+                x_ref,
+                &[rt],
+                &ctx.cond.empty,
+                ctx.cond,
+                cancel,
+                |q, k, len| {
+                    if cuda0 {
+                        self.amf_on_device(0, q, k, len)
+                    } else {
+                        // SAFETY: a CPU model's head lends two live host buffers of `len` f32
+                        // for the duration of this call.
+                        let (q, k) = unsafe {
+                            (
+                                std::slice::from_raw_parts(q as *const f32, len),
+                                std::slice::from_raw_parts(k as *const f32, len),
+                            )
+                        };
+                        self.amf(q, k)
+                    }
+                },
+            )?;
+            stats.real_forward += 1;
+            stats.guidance_model_s += timer.elapsed().as_secs_f64();
+            return Ok(field?);
+        }
+        let x_host = space.host_values(x_ref)?;
+        let empty = space.host_values(&ctx.cond.empty)?;
+        let latent = Latent {
+            shape: latent_shape(x_ref.shape())?,
+            data: &x_host,
+        };
+        if self.settings.device_reference && cuda0 {
             let field = self.model.with_guidance_qk_on_device(
                 &latent,
                 &[rt],
-                ctx.empty_text,
+                &empty,
                 self.rope,
                 cancel,
                 |q, k, len| self.amf_on_device(0, q, k, len),
@@ -360,7 +397,7 @@ impl<'m> Guide<'m> {
         }
         let (q, k) = self
             .model
-            .guidance_qk(&latent, &[rt], ctx.empty_text, self.rope, cancel)?;
+            .guidance_qk(&latent, &[rt], &empty, self.rope, cancel)?;
         stats.real_forward += 1;
         stats.guidance_model_s += timer.elapsed().as_secs_f64();
         let timer = Instant::now();
@@ -381,7 +418,7 @@ impl<'m> Guide<'m> {
         let amf = fastvmt_kernels::cuda::CudaAmf::get(device)?;
         // SAFETY: `with_guidance_qk_on_device` lends two live, synchronised f32 buffers of
         // `len` values on the CUDA provider's device for the duration of this call.
-        unsafe {
+        let field = unsafe {
             match self.settings.amf.precision {
                 AmfPrecision::F32 => {
                     amf.compute_amf_raw::<f32>(&self.spec, q, k, len, Readout::Argmax)
@@ -393,7 +430,10 @@ impl<'m> Guide<'m> {
                     amf.compute_amf_raw::<bf16>(&self.spec, q, k, len, Readout::Argmax)
                 }
             }
-        }
+        }?;
+        // The field comes back to the host (the AMF operator's loss plan reads it there).
+        self.model.count_transfer(4 * field.disp.len());
+        Ok(field)
     }
 
     /// The fused operator's config for this guide, or `None` where it cannot express the
@@ -442,110 +482,139 @@ impl<'m> Guide<'m> {
         })
     }
 
-    /// A real gradient in one `guidance_step` run (forward, AMF loss, backward).
-    fn fused_gradient(
-        &self,
-        config: &OpConfig,
-        x: &[f32],
-        ctx: &StepContext<'_>,
-        reference: &AmfField,
-        stats: &mut SampleStats,
-        cancel: CancelCheck<'_>,
-    ) -> Result<(f32, Vec<f32>), SampleError> {
-        let timer = Instant::now();
-        let latent = Latent {
-            shape: *ctx.shape,
-            data: x,
-        };
-        let result = self.model.guidance_step(
-            &latent,
-            &[ctx.t],
-            ctx.text,
-            self.rope,
-            &reference.disp,
-            config,
-            cancel,
-        );
-        stats.guidance_model_s += timer.elapsed().as_secs_f64();
-        let (loss, dx) = match result {
-            Ok(r) => r,
-            // Non-finite Q/K inside the graph: the operator reports the kernels' NonFinite.
-            Err(ModelError::Onnx { message, .. }) if message.contains("non-finite value") => {
-                (f32::NAN, Vec::new())
-            }
-            Err(e) => return Err(e.into()),
-        };
-        stats.real_forward += 1;
-        stats.real_backward += 1;
-        Ok((loss, dx))
+    /// The `guidance_step` operator's config where this guide takes the one-run route.
+    fn fused_config(&self) -> Option<OpConfig> {
+        if self.settings.fused_step && self.model.has_guidance_step() {
+            self.op_config()
+        } else {
+            None
+        }
     }
 
-    /// A real gradient: guidance-head forward, AMF loss and its gradient, VJP to the latent.
+    /// A real gradient into `grad`; returns the AMF loss (NaN where the model's Q/K were not
+    /// finite). One `guidance_step` run where the guide has a `fused` operator config, else
+    /// the two-graph route through the host: head
+    /// forward, AMF loss and gradient, VJP to the latent.
+    #[allow(clippy::too_many_arguments)]
     fn real_gradient(
         &self,
-        x: &[f32],
+        space: &Space<'_>,
+        x: &Buf,
         ctx: &StepContext<'_>,
         reference: &AmfField,
+        fused: Option<&OpConfig>,
+        grad: &mut Buf,
         stats: &mut SampleStats,
         cancel: CancelCheck<'_>,
-    ) -> Result<(f32, Vec<f32>), SampleError> {
-        if self.settings.fused_step && self.model.has_guidance_step() {
-            if let Some(config) = self.op_config() {
-                return self.fused_gradient(&config, x, ctx, reference, stats, cancel);
-            }
+    ) -> Result<f32, SampleError> {
+        let t = [ctx.t];
+        if let Some(config) = fused {
+            let timer = Instant::now();
+            let result = space.guidance_step(
+                x,
+                &t,
+                &ctx.cond.positive,
+                ctx.cond,
+                &reference.disp,
+                config,
+                grad,
+                cancel,
+            );
+            stats.guidance_model_s += timer.elapsed().as_secs_f64();
+            let loss = match result {
+                Ok(loss) => loss,
+                // Non-finite Q/K inside the graph: the operator reports the kernels' NonFinite.
+                Err(ModelError::Onnx { message, .. }) if message.contains("non-finite value") => {
+                    f32::NAN
+                }
+                Err(e) => return Err(e.into()),
+            };
+            stats.real_forward += 1;
+            stats.real_backward += 1;
+            return Ok(loss);
         }
+        let x_host = space.host_values(x)?;
+        let text = space.host_values(&ctx.cond.positive)?;
         let latent = Latent {
-            shape: *ctx.shape,
-            data: x,
+            shape: latent_shape(x.shape())?,
+            data: &x_host,
         };
         let timer = Instant::now();
         let (q, k) = self
             .model
-            .guidance_qk(&latent, &[ctx.t], ctx.text, self.rope, cancel)?;
+            .guidance_qk(&latent, &t, &text, self.rope, cancel)?;
         stats.real_forward += 1;
         stats.guidance_model_s += timer.elapsed().as_secs_f64();
         let timer = Instant::now();
         let lg = self.loss_grad(&q, &k, reference)?;
         stats.guidance_amf_s += timer.elapsed().as_secs_f64();
         let timer = Instant::now();
-        let dx = self.model.guidance_grad(
-            &latent,
-            &[ctx.t],
-            ctx.text,
-            self.rope,
-            &lg.dq,
-            &lg.dk,
-            cancel,
-        )?;
+        let dx = self
+            .model
+            .guidance_grad(&latent, &t, &text, self.rope, &lg.dq, &lg.dk, cancel)?;
         stats.real_backward += 1;
         stats.guidance_model_s += timer.elapsed().as_secs_f64();
-        Ok((lg.loss, dx))
+        space.write(grad, &dx)?;
+        Ok(lg.loss)
     }
 
     /// Runs the inner optimisation of one guided denoising step on `x`.
     pub fn optimise(
         &mut self,
-        x: &mut Vec<f32>,
+        space: &Space<'_>,
+        x: &mut Buf,
         ctx: &StepContext<'_>,
         stats: &mut SampleStats,
         progress: &mut dyn FnMut(usize, &str),
         cancel: CancelCheck<'_>,
     ) -> Result<(), SampleError> {
-        let s = &self.settings;
+        let mut work = match self.work.take() {
+            Some(mut w) => {
+                w.opt.reset(space)?;
+                w
+            }
+            None => {
+                let shape = x.shape().to_vec();
+                Work {
+                    x_ref: space.alloc(&shape)?,
+                    snapshot: space.alloc(&shape)?,
+                    grad: space.alloc(&shape)?,
+                    previous: space.alloc(&shape)?,
+                    opt: AdamW::new(space, &shape, self.settings.weight_decay)?,
+                }
+            }
+        };
+        let result = self.optimise_with(space, &mut work, x, ctx, stats, progress, cancel);
+        self.work = Some(work);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn optimise_with(
+        &mut self,
+        space: &Space<'_>,
+        work: &mut Work,
+        x: &mut Buf,
+        ctx: &StepContext<'_>,
+        stats: &mut SampleStats,
+        progress: &mut dyn FnMut(usize, &str),
+        cancel: CancelCheck<'_>,
+    ) -> Result<(), SampleError> {
+        let s = self.settings.clone();
         let decay = if self.guided_steps > 1 {
             ctx.step as f32 / (self.guided_steps - 1) as f32
         } else {
             0.0
         };
         let lr = s.lr * (1.0 - (1.0 - s.lr_end_ratio) * decay);
-        let reference = self.reference_amf(ctx, stats, cancel)?;
-        let snapshot = x.clone();
-        let mut opt = AdamW::new(x.len(), s.weight_decay);
+        let reference = self.reference_amf(space, &mut work.x_ref, ctx, stats, cancel)?;
+        let fused = self.fused_config();
+        space.copy(&mut work.snapshot, x)?;
         let mode = s.mode;
         let inner = s.inner_steps;
 
         // Every denoising step starts on a real gradient (see the module notes).
-        let mut cached: Option<Vec<f32>> = None;
+        let mut cached = false;
         let base = s.reuse_interval.max(1);
         let mut next_real = 0usize;
         let mut previous: Option<(usize, f32)> = None; // (inner step, loss) of the last real gradient
@@ -554,7 +623,7 @@ impl<'m> Guide<'m> {
             if cancel() {
                 return Err(SampleError::Model(ModelError::Cancelled));
             }
-            let need_real = cached.is_none()
+            let need_real = !cached
                 || match mode {
                     GuidanceMode::DitFlow => true,
                     GuidanceMode::FastVmt => j % base == 0,
@@ -563,24 +632,44 @@ impl<'m> Guide<'m> {
                 };
             let mut note = String::new();
             if need_real {
-                let (loss, dx) = match self.real_gradient(x, ctx, &reference, stats, cancel) {
-                    Ok(r) => r,
+                // Keep the last real gradient for the cosine; the new one goes in the other
+                // buffer.
+                if self.have_real {
+                    std::mem::swap(&mut work.grad, &mut work.previous);
+                }
+                let loss = match self.real_gradient(
+                    space,
+                    x,
+                    ctx,
+                    &reference,
+                    fused.as_ref(),
+                    &mut work.grad,
+                    stats,
+                    cancel,
+                ) {
+                    Ok(loss) => loss,
                     // Non-finite Q/K from the model: handled like a non-finite loss below.
                     Err(SampleError::Kernel(fastvmt_kernels::KernelError::NonFinite {
                         ..
-                    })) => (f32::NAN, Vec::new()),
+                    })) => f32::NAN,
                     Err(e) => return Err(e),
                 };
-                if !loss.is_finite() || dx.iter().any(|v| !v.is_finite()) {
+                let check = if loss.is_finite() {
+                    let prev = self.have_real.then_some(&work.previous);
+                    Some(space.stats(&work.grad, prev)?)
+                } else {
+                    None
+                };
+                let Some(check) = check.filter(|c| c.nonfinite == 0) else {
                     stats.stopped_on_nan = Some(format!("non-finite AMF loss or gradient at guided step {}, inner step {j}; guidance stopped, sampling went on unguided", ctx.step));
-                    *x = snapshot;
+                    space.copy(x, &work.snapshot)?;
                     return Ok(());
-                }
+                };
                 stats.first_loss.get_or_insert(loss);
                 stats.final_loss = Some(loss);
                 stats.real_losses.push((ctx.step, j, loss));
-                if let Some(prev) = &self.previous_real {
-                    stats.gradient_cosines.push(cosine(prev, &dx));
+                if self.have_real {
+                    stats.gradient_cosines.push(cosine(&check));
                 }
                 if mode == GuidanceMode::Adaptive {
                     if let Some((pj, before)) = previous {
@@ -592,25 +681,22 @@ impl<'m> Guide<'m> {
                     next_real = j + self.settings.adaptive.gap(self.last_rate, base);
                 }
                 note = format!(", real gradient, loss {loss:.4}");
-                self.previous_real = Some(dx.clone());
-                cached = Some(dx);
+                self.have_real = true;
+                cached = true;
             } else {
                 stats.cached_steps += 1;
             }
-            let grad = cached
-                .as_ref()
-                .expect("a gradient exists after a real pass");
             let step_lr = if need_real {
                 lr
             } else {
                 lr * s.cached_step_scale
             };
             if step_lr > 0.0 {
-                opt.step(x, grad, step_lr);
+                work.opt.step(space, x, &work.grad, step_lr)?;
             }
-            if x.iter().any(|v| !v.is_finite()) {
+            if space.stats(x, None)?.nonfinite > 0 {
                 stats.stopped_on_nan = Some(format!("the latent became non-finite at guided step {}, inner step {j} (learning rate {lr} too high?); guidance stopped, sampling went on unguided", ctx.step));
-                *x = snapshot;
+                space.copy(x, &work.snapshot)?;
                 return Ok(());
             }
             progress(
@@ -625,6 +711,13 @@ impl<'m> Guide<'m> {
         }
         Ok(())
     }
+}
+
+fn latent_shape(shape: &[usize]) -> Result<[usize; 5], SampleError> {
+    shape.try_into().map_err(|_| SampleError::Input {
+        input: "reference",
+        message: format!("latent of rank {}, expected 5", shape.len()),
+    })
 }
 
 fn to_half<T: HalfFrom>(v: &[f32]) -> Vec<T> {

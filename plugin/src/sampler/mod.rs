@@ -4,15 +4,17 @@
 
 pub mod adamw;
 pub mod guidance;
+pub mod latents;
 pub mod schedule;
 
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::model::dit::{CancelCheck, Latent, ModelError};
+use crate::model::dit::{CancelCheck, Device, ModelError};
 use crate::model::DitModel;
 pub use guidance::{AdaptiveRule, AmfConfig, GuidanceMode, GuidanceSettings};
+use latents::Space;
 
 /// `adaptive`'s default rule (see [`guidance::AdaptiveRule`]): FastVMT's interval while the
 /// loss falls at least 0.8 % per inner step, 5 inner steps once it falls slower; the
@@ -46,6 +48,21 @@ pub struct SampleSettings {
     /// 1 starts from pure noise; below 1 starts from the reference noised to that level.
     pub denoise: f32,
     pub guidance: GuidanceSettings,
+    /// Where the job keeps its latents ([`LatentRoute`]).
+    pub latents: LatentRoute,
+}
+
+/// Where a sampling job keeps its latents (see [`latents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatentRoute {
+    /// Bound to the sessions' memory on a CUDA model, host vectors on a CPU one.
+    #[default]
+    Auto,
+    /// Host vectors, copied through every run (CUDA: for comparisons).
+    Host,
+    /// Tensors in the sessions' memory, bound to every run (on a CPU model: host tensors
+    /// through the same route, which is how CI tests it).
+    Bound,
 }
 
 /// What the run did, for logs, the node's report output and the harness.
@@ -78,6 +95,11 @@ pub struct SampleStats {
     /// the rest is host work between them (optimiser, checks).
     pub guidance_model_s: f64,
     pub guidance_amf_s: f64,
+    /// Whether the job kept its latents in the sessions' memory (`latents::Space::bound`).
+    pub bound_latents: bool,
+    /// Bytes copied between host and device memory during the job (0 on a CPU model; see
+    /// [`DitModel::host_device_bytes`]; jobs running at the same time on one model add up).
+    pub host_device_bytes: u64,
 }
 
 /// A progress report: `step` of `total` units (denoising steps plus inner steps).
@@ -248,8 +270,8 @@ fn sample_job(
     let sigmas = schedule::sigmas(settings.steps, model.manifest().scheduler.shift);
     let start = schedule::start_index(&sigmas, settings.denoise);
     let s0 = sigmas[start];
-    let mut x: Vec<f32> = if settings.denoise >= 1.0 {
-        noise.clone()
+    let x0: Vec<f32> = if settings.denoise >= 1.0 {
+        noise
     } else {
         ref_data
             .iter()
@@ -267,30 +289,52 @@ fn sample_job(
     let inner = settings.guidance.inner_steps;
     let total = (run_steps + guided_steps * inner) as u64;
     let mut done_units = 0u64;
+    let copied_before = model.host_device_bytes();
+    let space = match (settings.latents, model.device) {
+        (LatentRoute::Bound, _) | (LatentRoute::Auto, Device::Cuda) => Space::bound(model)?,
+        _ => Space::host(model),
+    };
     let mut stats = SampleStats {
         guided_steps,
         inner_steps: inner,
+        bound_latents: space.is_bound(),
         ..Default::default()
     };
 
     let empty = model.empty_text(cancel)?.to_vec();
-    let mut guide = guidance::Guide::new(model, &settings.guidance, &rope, guided_steps)?;
-    let mut cfg_text = Vec::with_capacity(prompts.positive.len() * 2);
-    cfg_text.extend_from_slice(prompts.positive);
-    cfg_text.extend_from_slice(prompts.negative);
     let use_cfg = (settings.cfg - 1.0).abs() > 1e-6;
+    let cond = space.conditioning(&rope, prompts.positive, prompts.negative, &empty, use_cfg)?;
+    let mut guide = guidance::Guide::new(model, &settings.guidance, &rope, guided_steps)?;
+    let mut x = space.upload(shape, &x0)?;
+    drop(x0);
+    // The reference and its noise stay in the space for the guided steps.
+    let guide_refs = if guided_steps > 0 {
+        Some((
+            space.upload(shape, ref_data)?,
+            space.upload(shape, &ref_noise)?,
+        ))
+    } else {
+        None
+    };
+    let batch2 = [2, c, f, h, w];
+    let mut x_pair = if use_cfg {
+        Some(space.alloc(&batch2)?)
+    } else {
+        None
+    };
+    let mut velocity = space.alloc(if use_cfg { &batch2 } else { shape })?;
 
     for (k, i) in (start..settings.steps).enumerate() {
         let (t, t_next) = (sigmas[i], sigmas[i + 1]);
-        if k < guided_steps && stats.stopped_on_nan.is_none() {
+        if let (true, None, Some((reference, ref_noise))) =
+            (k < guided_steps, &stats.stopped_on_nan, &guide_refs)
+        {
             let ctx = guidance::StepContext {
                 step: k,
                 t,
-                reference: ref_data,
-                ref_noise: &ref_noise,
-                shape,
-                text: prompts.positive,
-                empty_text: &empty,
+                reference,
+                ref_noise,
+                cond: &cond,
             };
             let mut inner_progress = |j: usize, msg: &str| {
                 progress(Progress {
@@ -300,47 +344,28 @@ fn sample_job(
                 });
             };
             let guiding = std::time::Instant::now();
-            guide.optimise(&mut x, &ctx, &mut stats, &mut inner_progress, cancel)?;
+            guide.optimise(
+                &space,
+                &mut x,
+                &ctx,
+                &mut stats,
+                &mut inner_progress,
+                cancel,
+            )?;
             stats.guidance_s += guiding.elapsed().as_secs_f64();
             done_units += inner as u64;
         }
         // Classifier-free guidance: conditional and unconditional in one batch.
-        let v = if use_cfg {
-            let mut xx = Vec::with_capacity(2 * n);
-            xx.extend_from_slice(&x);
-            xx.extend_from_slice(&x);
-            let both = model.velocity(
-                &Latent {
-                    shape: [2, c, f, h, w],
-                    data: &xx,
-                },
-                &[t, t],
-                &cfg_text,
-                &rope,
-                cancel,
-            )?;
-            let (vc, vu) = both.split_at(n);
-            vc.iter()
-                .zip(vu)
-                .map(|(c, u)| u + settings.cfg * (c - u))
-                .collect::<Vec<f32>>()
-        } else {
-            model.velocity(
-                &Latent {
-                    shape: [1, c, f, h, w],
-                    data: &x,
-                },
-                &[t],
-                prompts.positive,
-                &rope,
-                cancel,
-            )?
-        };
-        stats.denoiser_passes += 1;
-        let dt = t_next - t;
-        for (xv, vv) in x.iter_mut().zip(&v) {
-            *xv += dt * vv;
+        match (&mut x_pair, &cond.cfg_text) {
+            (Some(pair), Some(text)) => {
+                space.duplicate(pair, &x)?;
+                space.velocity(pair, &[t, t], text, &cond, &mut velocity, cancel)?;
+            }
+            _ => space.velocity(&x, &[t], &cond.positive, &cond, &mut velocity, cancel)?,
         }
+        stats.denoiser_passes += 1;
+        let cfg = use_cfg.then_some(settings.cfg);
+        space.cfg_euler(&mut x, &velocity, cfg, t_next - t)?;
         done_units += 1;
         progress(Progress {
             step: done_units,
@@ -348,6 +373,8 @@ fn sample_job(
             message: &format!("denoising step {}/{run_steps} (t={t:.3})", k + 1),
         });
     }
+    let x = space.download(&x)?;
+    stats.host_device_bytes = model.host_device_bytes().saturating_sub(copied_before);
     stats.wall_s = started.elapsed().as_secs_f64();
     Ok(SampleOutput { latent: x, stats })
 }

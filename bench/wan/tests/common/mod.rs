@@ -273,6 +273,26 @@ pub fn check_cuda_session_route(test: &str, route: &str) {
         "reference fields differ in {mismatch:.2e} of values"
     );
     fused_modulation_matches_pytorch(Device::Cuda);
+    // The device-resident loop against the host loop: the same ONNX Runtime kernels and
+    // bit-exact latent updates, so only ONNX Runtime's own run-to-run differences remain.
+    let (host, bound) = sample_both_routes(&model, Backend::Cuda { device: 0 });
+    let err = rel_err(&bound.latent, &host.latent);
+    let (hb, bb) = (host.stats.host_device_bytes, bound.stats.host_device_bytes);
+    println!(
+        "bound vs host latents: relative difference {err:.2e}; copied {:.2} MB vs {:.2} MB; losses {:?} vs {:?}",
+        bb as f64 / 1e6,
+        hb as f64 / 1e6,
+        bound.stats.real_losses,
+        host.stats.real_losses
+    );
+    assert!(
+        err < 1e-4,
+        "bound latents differ from the host route's: {err:.3e}"
+    );
+    assert!(
+        bb * 2 < hb,
+        "the bound loop copied {bb} bytes, the host loop {hb}"
+    );
 }
 
 /// The fused-modulation fixture's forward graphs on `device` (CPU or CUDA variants of the
@@ -288,4 +308,85 @@ pub fn fused_modulation_matches_pytorch(device: fastvmt_plugin::model::Device) {
         // fp16 activations; the unfused bundle measured 7e-4 to 8e-4 against the same model
         assert!(err < 5e-3, "{name}: relative error {err:.3e} vs PyTorch");
     }
+}
+
+/// A `fastvmt` job on the fixture with its latents on the host and bound to the sessions'
+/// memory (`LatentRoute`): returns `(host, bound)`. Reference: the vectors' latent; prompts:
+/// the vectors' text states and the same reversed; 3 steps, 2 guided with 4 inner steps
+/// (real gradients on inner steps 0 and 3) through the `guidance_step` graph.
+pub fn sample_both_routes(
+    model: &fastvmt_plugin::model::DitModel,
+    backend: fastvmt_kernels::Backend,
+) -> (
+    fastvmt_plugin::sampler::SampleOutput,
+    fastvmt_plugin::sampler::SampleOutput,
+) {
+    use fastvmt_plugin::sampler::{
+        guidance::AmfPrecision, sample, AmfConfig, GuidanceMode, GuidanceSettings, LatentRoute,
+        PromptEmbeddings, SampleSettings,
+    };
+    let never = || false;
+    let inputs = Inputs::load(model, &fixture());
+    let negative: Vec<f32> = inputs.text.iter().rev().copied().collect();
+    let mut settings = SampleSettings {
+        seed: 3,
+        steps: 3,
+        cfg: 5.0,
+        denoise: 1.0,
+        latents: LatentRoute::Host,
+        guidance: GuidanceSettings {
+            mode: GuidanceMode::FastVmt,
+            fraction: 0.67,
+            inner_steps: 4,
+            reuse_interval: 3,
+            cached_step_scale: fastvmt_plugin::sampler::CACHED_STEP_SCALE,
+            lr: 0.015,
+            lr_end_ratio: 0.7,
+            weight_decay: 0.01,
+            reference_noise_scale: 0.5,
+            amf: AmfConfig {
+                local: true,
+                temporal_window: 3,
+                spatial_radius: 1,
+                coarse_tiles: false,
+                tau: 2.0,
+                precision: AmfPrecision::F32,
+                backend,
+            },
+            adaptive: fastvmt_plugin::sampler::ADAPTIVE_RULE,
+            moving_threshold: None,
+            fused_step: true,
+            device_reference: true,
+        },
+    };
+    let mut job = |route| {
+        settings.latents = route;
+        sample(
+            model,
+            (&inputs.shape, &inputs.x),
+            &PromptEmbeddings {
+                positive: &inputs.text,
+                negative: &negative,
+            },
+            &settings,
+            &mut |_| {},
+            &never,
+        )
+        .expect("the fixture samples")
+    };
+    let host = job(LatentRoute::Host);
+    let bound = job(LatentRoute::Bound);
+    assert!(!host.stats.bound_latents && bound.stats.bound_latents);
+    let counts = |o: &fastvmt_plugin::sampler::SampleOutput| {
+        let st = &o.stats;
+        (
+            st.denoiser_passes,
+            st.real_forward,
+            st.real_backward,
+            st.cached_steps,
+        )
+    };
+    assert_eq!(counts(&host), (3, 2 * 3, 2 * 2, 2 * 2));
+    assert_eq!(counts(&bound), counts(&host));
+    (host, bound)
 }
