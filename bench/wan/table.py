@@ -5,9 +5,13 @@ the README table: seconds, passes, peak memory, the ratios the issue asks for, a
 
 The floor counts the FLOPs of the passes the schedule needs (matrix products and attention of
 the DiT, analytic, below) and divides by the card's measured bf16 matrix-product rate
-(peak.json, measured in the same run). A real gradient is counted as forward + backward of
-blocks 0..L (3x a forward), the reference AMF as one forward of blocks 0..L, a denoising step
-as one forward of every block at batch 2 (CFG) or 1.
+(peak.json, measured in the same run). A real gradient is counted as a forward of blocks 0..L
+plus the backward to the latent only (guidance needs no weight gradients): 1x the forward for
+the matrix products (dX = dY W^T), 2.5x for attention (the logits recomputed, dV, dP, dQ, dK);
+so about 2.1x a forward in all (an earlier version counted 3x, as if weight gradients were
+computed). The reference AMF is one forward of blocks 0..L, a denoising step one forward of
+every block at batch 2 (CFG) or 1. The "overhead floor" is the guidance FLOPs over plain
+sampling's: what no implementation of the schedule can go below at equal efficiency.
 """
 from __future__ import annotations
 
@@ -17,13 +21,17 @@ import os
 import sys
 
 
-def block_flops(n, text_len, width=1536, ffn=8960, visible=1.0):
-    """Forward FLOPs of one Wan block on n video tokens (multiply-add = 2 FLOPs)."""
+def block_flops(n, text_len, width=1536, ffn=8960, visible=1.0, grad=False):
+    """Forward FLOPs of one Wan block on n video tokens (multiply-add = 2 FLOPs); with `grad`,
+    forward plus the backward to the block's input (1x for products with weights, 2.5x for
+    attention)."""
     proj = 2 * n * width * width * 4          # self-attention q, k, v, out
     attn = 4 * n * n * width * visible        # QK^T and PV over the visible keys
-    cross = 2 * n * width * width * 2 + 2 * text_len * width * width * 2 + 4 * n * text_len * width
+    cross_attn = 4 * n * text_len * width
+    cross = 2 * n * width * width * 2 + 2 * text_len * width * width * 2
     mlp = 2 * n * width * ffn * 2
-    return proj + attn + cross + mlp
+    linear, attention = proj + cross + mlp, attn + cross_attn
+    return linear * 2 + attention * 3.5 if grad else linear + attention
 
 
 def local_fraction(grid, window):
@@ -39,12 +47,21 @@ def schedule_flops(row, doc):
     blocks = doc.get("blocks", 30)
     motion = doc.get("motion_block", blocks // 2)
     vis = local_fraction(tuple(doc["grid"]), doc.get("window")) if doc.get("grid") else 1.0
-    per_block = block_flops(n, doc.get("text_len", 512), visible=vis)
+    text_len = doc.get("text_len", 512)
+    per_block = block_flops(n, text_len, visible=vis)
+    per_block_grad = block_flops(n, text_len, visible=vis, grad=True)
     batch = 2 if doc.get("cfg", 5.0) != 1.0 else 1
     head = per_block * (motion + 0.5)          # blocks 0..L-1 and the Q/K projections of L
+    head_grad = per_block_grad * (motion + 0.5)
     real_grads = row["real_backward"]
     reference = row["real_forward"] - real_grads  # reference-AMF passes (both pipelines count alike)
-    return (row["denoiser_passes"] * batch * blocks * per_block + reference * head + real_grads * 3 * head)
+    plain = row["denoiser_passes"] * batch * blocks * per_block
+    return plain, reference * head + real_grads * head_grad
+
+
+def overhead_floor(row, doc):
+    plain, guidance = schedule_flops(row, doc)
+    return guidance / plain if plain else 0.0
 
 
 def main(folder):
@@ -73,8 +90,8 @@ def main(folder):
     out = []
     card = open(os.path.join(folder, "card.txt")).read().strip() if os.path.exists(os.path.join(folder, "card.txt")) else "?"
     out.append(f"card: {card}; bf16 matmul rate measured in the run: {peak or '?'} TFLOP/s\n")
-    out.append("| pipeline | mode | seconds | guidance s | denoiser | real fwd | real bwd | cached | peak GiB | vs our ditflow | overhead vs plain | floor s |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| pipeline | mode | seconds | guidance s | denoiser | real fwd | real bwd | cached | peak GiB | vs our ditflow | overhead vs plain | overhead floor | floor s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("failed"):
             out.append(f"| {r['pipeline']} | {r['mode']} | failed: {r['failed']} |||||||||||")
@@ -84,17 +101,21 @@ def main(folder):
         suffix = r["mode"].split("-", 1)[1] if "-" in r["mode"] else ""  # the run's tag, e.g. "local"
         plain = by.get((r["pipeline"], "none" + (f"-{suffix}" if suffix else "")))
         over = f"{(r['wall_s'] - plain['wall_s']) / plain['wall_s'] * 100:.0f}%" if plain and r is not plain else ""
-        floor = ""
-        if peak and doc.get("tokens"):
-            floor = f"{schedule_flops(r, doc) / (peak * 1e12):.1f}"
+        floor, over_floor = "", ""
+        if doc.get("tokens"):
+            if r["real_forward"]:
+                over_floor = f"{overhead_floor(r, doc) * 100:.0f}%"
+            if peak:
+                floor = f"{sum(schedule_flops(r, doc)) / (peak * 1e12):.1f}"
         mem = r.get("peak_mem_gib")
         out.append(f"| {r['pipeline']} | {r['mode']} | {r['wall_s']:.1f} | {r.get('guidance_s', 0):.1f} | {r['denoiser_passes']} | "
                    f"{r['real_forward']} | {r['real_backward']} | {r.get('cached_steps', '')} | "
-                   f"{'' if mem is None else f'{mem:.1f}'} | {vs} | {over} | {floor} |")
+                   f"{'' if mem is None else f'{mem:.1f}'} | {vs} | {over} | {over_floor} | {floor} |")
     out.append("")
     for ours_mode, torch_mode in (("ditflow", "ditflow"), ("fastvmt", "fastvmt"), ("fastvmt-local", "fastvmt"),
-                                  ("adaptive", "fastvmt"), ("adaptive-local", "fastvmt"), ("none", "none"),
-                                  ("none-local", "none")):
+                                  ("fastvmt-bound", "fastvmt"), ("adaptive", "fastvmt"), ("adaptive-local", "fastvmt"),
+                                  ("adaptive-bound", "fastvmt"), ("none", "none"), ("none-local", "none"),
+                                  ("none-bound", "none")):
         a, b = by.get(("ours", ours_mode)), by.get(("pytorch", torch_mode))
         if a and b and not b.get("failed") and not a.get("failed"):
             out.append(f"- PyTorch {torch_mode} / ours {ours_mode}: {b['wall_s'] / a['wall_s']:.2f}x")
