@@ -365,6 +365,28 @@ pub(crate) fn pair_weights(pw: &PairWeights, pairs: &[(usize, usize)]) -> Vec<f3
     }
 }
 
+/// The loss spec's parameters are in their domain (pair weights finite and >= 0, threshold
+/// finite and >= 0).
+pub(crate) fn check_loss_spec(loss: &LossSpec) -> Result<(), KernelError> {
+    if let PairWeights::LinearDecay { first, last } = loss.pair_weights {
+        if !(first.is_finite() && last.is_finite() && first >= 0.0 && last >= 0.0) {
+            return Err(KernelError::InvalidParameter {
+                name: "pair_weights",
+                reason: format!("weights must be finite and >= 0, got {first}, {last}"),
+            });
+        }
+    }
+    if let Some(t) = loss.moving_threshold {
+        if !t.is_finite() || t < 0.0 {
+            return Err(KernelError::InvalidParameter {
+                name: "moving_threshold",
+                reason: format!("{t} must be finite and >= 0"),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn loss_plan(
     plan: &Plan,
     reference: &AmfField,
@@ -392,22 +414,7 @@ pub(crate) fn loss_plan(
         )));
     }
     check_finite("reference.disp", &reference.disp)?;
-    if let PairWeights::LinearDecay { first, last } = loss.pair_weights {
-        if !(first.is_finite() && last.is_finite() && first >= 0.0 && last >= 0.0) {
-            return Err(KernelError::InvalidParameter {
-                name: "pair_weights",
-                reason: format!("weights must be finite and >= 0, got {first}, {last}"),
-            });
-        }
-    }
-    if let Some(t) = loss.moving_threshold {
-        if !t.is_finite() || t < 0.0 {
-            return Err(KernelError::InvalidParameter {
-                name: "moving_threshold",
-                reason: format!("{t} must be finite and >= 0"),
-            });
-        }
-    }
+    check_loss_spec(loss)?;
     let pw = pair_weights(&loss.pair_weights, &plan.pairs);
     let mut coef = vec![0f32; plan.pairs.len() * s];
     let mut total = 0f64;

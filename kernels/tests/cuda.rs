@@ -357,3 +357,162 @@ fn raw_f32_forward_matches_the_host_entry() {
         }
     }
 }
+
+/// The reference field kept in device memory: `compute_amf_raw_into` writes the same field the
+/// host entry returns, and `loss_and_grad_raw_device_reference` (loss plan built on the device)
+/// gives the host-reference entry's loss, kept count and gradients, with DiTFlow's motion mask
+/// (part of the field masked) and without; a wrong length and a NaN in the field are refused.
+#[test]
+fn device_reference_matches_the_host_reference() {
+    use cudarc::driver::DevicePtr;
+    let Some(_gpu) = cuda() else { return };
+    let dev = CudaAmf::get(0).unwrap();
+    let s = spec(2, 4, 11, 13, 64, PairSet::Forward { span: 3 }, local(3));
+    let len = s.heads * s.frames * s.grid_h * s.grid_w * s.head_dim;
+    let stream = dev.stream();
+    // The reference field: the AMF of another random Q/K (displacements of whole tokens, so
+    // the 0.5-token mask keeps some entries and drops others).
+    let (rq, rk) = (rand_vec(len, 111, 1.5), rand_vec(len, 112, 1.5));
+    let (rqd, rkd) = (dev.to_device(&rq).unwrap(), dev.to_device(&rk).unwrap());
+    dev.synchronize().unwrap();
+    let (rqp, _a) = rqd.device_ptr(stream);
+    let (rkp, _b) = rkd.device_ptr(stream);
+    // SAFETY: two live f32 allocations of `len` values on device 0, written above.
+    let host_field =
+        unsafe { dev.compute_amf_raw::<bf16>(&s, rqp, rkp, len, Readout::Argmax) }.unwrap();
+    let n_field = host_field.disp.len();
+    let field_d = dev.zeros(n_field).unwrap();
+    let (fp, _c) = field_d.device_ptr(stream);
+    // SAFETY: as above; `field_d` holds the field's length.
+    let pairs = unsafe {
+        dev.compute_amf_raw_into::<bf16>(&s, rqp, rkp, len, Readout::Argmax, fp, n_field)
+    }
+    .unwrap();
+    assert_eq!(pairs, host_field.pairs);
+    assert_eq!(
+        dev.to_host(&field_d).unwrap(),
+        host_field.disp,
+        "field on the device"
+    );
+    let moving = host_field
+        .disp
+        .chunks(2)
+        .filter(|d| d[0].hypot(d[1]) > 0.5)
+        .count();
+    assert!(
+        moving > 0 && moving < n_field / 2,
+        "the mask must keep some, drop some"
+    );
+
+    let q: Vec<bf16> = rand_vec(len, 113, 1.5)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let k: Vec<bf16> = rand_vec(len, 114, 1.5)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let (qd, kd) = (dev.to_device(&q).unwrap(), dev.to_device(&k).unwrap());
+    let (qp, _d) = qd.device_ptr(stream);
+    let (kp, _e) = kd.device_ptr(stream);
+    for threshold in [None, Some(0.5f32)] {
+        let loss = LossSpec {
+            pair_weights: PairWeights::LinearDecay {
+                first: 1.0,
+                last: 0.8,
+            },
+            moving_threshold: threshold,
+        };
+        let grads = || (dev.zeros(len).unwrap(), dev.zeros(len).unwrap());
+        let ((dq1, dk1), (dq2, dk2)) = (grads(), grads());
+        let (dq1p, _f) = dq1.device_ptr(stream);
+        let (dk1p, _g) = dk1.device_ptr(stream);
+        let (dq2p, _h) = dq2.device_ptr(stream);
+        let (dk2p, _i) = dk2.device_ptr(stream);
+        // SAFETY: live allocations of `len` (and the field's) elements on device 0.
+        let (want, want_kept) = unsafe {
+            dev.loss_and_grad_raw::<bf16>(
+                &s,
+                qp,
+                kp,
+                len,
+                &host_field,
+                &loss,
+                dq1p,
+                dk1p,
+                0,
+                std::ptr::null_mut(),
+            )
+        }
+        .unwrap();
+        let (got, kept) = unsafe {
+            dev.loss_and_grad_raw_device_reference::<bf16>(
+                &s,
+                qp,
+                kp,
+                len,
+                fp,
+                n_field,
+                &loss,
+                dq2p,
+                dk2p,
+                0,
+                std::ptr::null_mut(),
+            )
+        }
+        .unwrap();
+        assert_eq!(kept, want_kept, "threshold {threshold:?}");
+        assert_eq!(
+            kept,
+            if threshold.is_some() {
+                moving
+            } else {
+                n_field / 2
+            }
+        );
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1e-6),
+            "loss {got} vs {want}"
+        );
+        let (a, b) = (dev.to_host(&dq2).unwrap(), dev.to_host(&dq1).unwrap());
+        let (c, d) = (dev.to_host(&dk2).unwrap(), dev.to_host(&dk1).unwrap());
+        assert!(rel_err32(&a, &b) < 1e-6 && rel_err32(&c, &d) < 1e-6);
+    }
+    // Refusals: a field of the wrong length, a NaN in the field.
+    let loss = LossSpec::fastvmt();
+    let (dq, dk) = (dev.zeros(len).unwrap(), dev.zeros(len).unwrap());
+    let (dqp, _j) = dq.device_ptr(stream);
+    let (dkp, _k) = dk.device_ptr(stream);
+    let call = |field: u64, n: usize| unsafe {
+        // SAFETY: live allocations of at least these lengths on device 0.
+        dev.loss_and_grad_raw_device_reference::<bf16>(
+            &s,
+            qp,
+            kp,
+            len,
+            field,
+            n,
+            &loss,
+            dqp,
+            dkp,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    assert!(matches!(
+        call(fp, n_field - 2),
+        Err(KernelError::ReferenceMismatch(_))
+    ));
+    let mut bad = host_field.disp.clone();
+    bad[7] = f32::NAN;
+    let bad_d = dev.to_device(&bad).unwrap();
+    dev.synchronize().unwrap();
+    let (bp, _l) = bad_d.device_ptr(stream);
+    match call(bp, n_field) {
+        Err(KernelError::NonFinite {
+            tensor: "reference.disp",
+            index,
+        }) => assert_eq!(index, 7),
+        other => panic!("a NaN in the field gave {other:?}"),
+    }
+}

@@ -1781,3 +1781,42 @@ extern "C" __global__ void amf_sum(const float* __restrict__ v, long long n, flo
         if (threadIdx.x == 0) out[0] = (float)s;
     }
 }
+
+// The loss plan on the device (spec.rs `loss_plan`, for a reference field that stays in device
+// memory): coef[p*S+t] = pair weight where the reference moves more than `th` (or everywhere
+// without a threshold), else 0; total (f64) and kept count summed with atomics. The mask test
+// uses round-to-nearest intrinsics so it decides exactly as the host's f32 expression does.
+extern "C" __global__ void amf_loss_coef(const float* __restrict__ ref, const float* __restrict__ pw,
+                                         long long S, long long n, float th, int has_th,
+                                         float* __restrict__ coef, double* total,
+                                         unsigned long long* kept) {
+    double t = 0.0;
+    unsigned long long c = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float r0 = ref[2 * i], r1 = ref[2 * i + 1];
+        const bool keep =
+            !has_th || __fsqrt_rn(__fadd_rn(__fmul_rn(r0, r0), __fmul_rn(r1, r1))) > th;
+        const float w = keep ? pw[i / S] : 0.0f;
+        coef[i] = w;
+        if (keep) {
+            t += (double)w;
+            c += 1;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        t += __shfl_down_sync(0xffffffffu, t, o);
+        c += __shfl_down_sync(0xffffffffu, c, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(total, t);
+        atomicAdd(kept, c);
+    }
+}
+
+// v *= s (the loss plan's normalisation by 1 / total).
+extern "C" __global__ void amf_scale(float* __restrict__ v, long long n, float s) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        v[i] = __fmul_rn(v[i], s);
+}

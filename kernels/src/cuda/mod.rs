@@ -62,6 +62,8 @@ const FUNCS: &[&str] = &[
     "amf_fill",
     "amf_cast16",
     "amf_first_nonfinite",
+    "amf_loss_coef",
+    "amf_scale",
     "amf_windows",
     "amf_rows",
     "amf_logits_f32",
@@ -171,6 +173,18 @@ pub(crate) fn compile_source(
 
 fn drv<E: std::fmt::Debug>(e: E) -> KernelError {
     KernelError::CudaDriver(format!("{e:?}"))
+}
+
+/// Where a loss call's reference field and loss-plan coefficients come from.
+enum LossSource<'a> {
+    Host {
+        reference: &'a [f32],
+        coef: &'a [f32],
+    },
+    Device {
+        reference: &'a CudaSlice<f32>,
+        coef: &'a CudaSlice<f32>,
+    },
 }
 
 /// Cached per-device state: context, stream, compiled module, device workspace.
@@ -897,6 +911,19 @@ impl CudaAmf {
         k: &CudaSlice<T>,
         readout: Readout,
     ) -> Result<Vec<f32>, KernelError> {
+        self.forward_dev_to(plan, q, k, readout, None)
+    }
+
+    /// [`Self::forward_dev`]; with `sink` (a device pointer and its length in f32), the field is
+    /// copied there on the device instead of to the host (an empty `Vec` is returned).
+    fn forward_dev_to<T: Element>(
+        &self,
+        plan: &Plan,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        readout: Readout,
+        sink: Option<(u64, usize)>,
+    ) -> Result<Vec<f32>, KernelError> {
         let mut guard = self
             .work
             .lock()
@@ -936,7 +963,7 @@ impl CudaAmf {
                     Some((omode, ct.p0)),
                 )?;
             }
-            let out = self.stream.clone_dtoh(&disp).map_err(drv);
+            let out = self.read_field(&disp, sink);
             self.mark(work, "read-back")?;
             self.flush_marks(work)?;
             work.f32s.insert("disp", disp);
@@ -963,7 +990,7 @@ impl CudaAmf {
             )?;
             self.mark(work, "rows")?;
         }
-        let out = self.stream.clone_dtoh(&disp).map_err(drv);
+        let out = self.read_field(&disp, sink);
         self.mark(work, "read-back")?;
         self.flush_marks(work)?;
         work.f32s.insert("disp", disp);
@@ -984,6 +1011,33 @@ impl CudaAmf {
         (limit / per_pair.max(1)).clamp(1, 65535)
     }
 
+    /// The field to the host, or (`sink`) into a device buffer of exactly its length.
+    fn read_field(
+        &self,
+        disp: &CudaSlice<f32>,
+        sink: Option<(u64, usize)>,
+    ) -> Result<Vec<f32>, KernelError> {
+        let Some((ptr, len)) = sink else {
+            return self.stream.clone_dtoh(disp).map_err(drv);
+        };
+        if len != disp.len() {
+            return Err(KernelError::ShapeMismatch {
+                tensor: "field output",
+                expected: disp.len(),
+                actual: len,
+            });
+        }
+        let (src, _guard) = cudarc::driver::DevicePtr::device_ptr(disp, &self.stream);
+        // SAFETY: `ptr` holds `len` f32 on this device (the public entry's contract); `src` is
+        // this state's buffer of that length; the stream is synchronised before returning.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(ptr, src, 4 * len, self.stream.cu_stream())
+        }
+        .map_err(drv)?;
+        self.stream.synchronize().map_err(drv)?;
+        Ok(Vec::new())
+    }
+
     /// Loss and gradients on device buffers; `dq`, `dk` (f32, numel) are overwritten.
     #[allow(clippy::too_many_arguments)]
     fn loss_grad_dev<T: Element>(
@@ -991,8 +1045,8 @@ impl CudaAmf {
         plan: &Plan,
         q: &CudaSlice<T>,
         k: &CudaSlice<T>,
-        reference: &[f32],
-        lp: &LossPlan,
+        source: LossSource<'_>,
+        kept: usize,
         dq: &mut CudaSlice<f32>,
         dk: &mut CudaSlice<f32>,
     ) -> Result<f32, KernelError> {
@@ -1006,10 +1060,22 @@ impl CudaAmf {
         let tb = self.tables(work, plan)?;
         let np_all = plan.pairs.len();
         self.mark(work, "start")?;
-        let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
-        self.stream.memcpy_htod(reference, &mut refd).map_err(drv)?;
-        let mut coef = self.take(&mut work.f32s, "coef", lp.coef.len())?;
-        self.stream.memcpy_htod(&lp.coef, &mut coef).map_err(drv)?;
+        let (refd, coef) = match source {
+            LossSource::Host { reference, coef } => {
+                let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
+                self.stream.memcpy_htod(reference, &mut refd).map_err(drv)?;
+                let mut c = self.take(&mut work.f32s, "coef", coef.len())?;
+                self.stream.memcpy_htod(coef, &mut c).map_err(drv)?;
+                (refd, c)
+            }
+            LossSource::Device { reference, coef } => {
+                let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
+                self.stream.memcpy_dtod(reference, &mut refd).map_err(drv)?;
+                let mut c = self.take(&mut work.f32s, "coef", coef.len())?;
+                self.stream.memcpy_dtod(coef, &mut c).map_err(drv)?;
+                (refd, c)
+            }
+        };
         let mut disp = self.take(&mut work.f32s, "disp", np_all * s * 2)?;
         let mut loss_rows = self.take(&mut work.f32s, "loss_rows", np_all * s)?;
         self.maybe_poison(&mut disp)?;
@@ -1053,7 +1119,7 @@ impl CudaAmf {
         let dk_fn = self.f(&format!("amf_dk{kind}_{}", T::CUDA_SUFFIX))?;
         // 16-bit scores are scaled by a power of two near the number of kept rows (coef ~ 1/kept)
         // so that f16 neither underflows nor overflows; the gradient kernels divide it out.
-        let gscale = (2f32).powi((lp.kept.max(1) as f64).log2().floor() as i32);
+        let gscale = (2f32).powi((kept.max(1) as f64).log2().floor() as i32);
         let inv = 1.0 / gscale;
         let bf = i32::from(T::CUDA_SUFFIX == "bf16");
         let dd = plan.heads * plan.d;
@@ -1343,7 +1409,11 @@ impl CudaAmf {
         let (qd, kd) = (self.upload(q)?, self.upload(k)?);
         let n = plan.numel();
         let (mut dq, mut dk) = (self.alloc(n)?, self.alloc(n)?);
-        let loss = self.loss_grad_dev(plan, &qd, &kd, reference, lp, &mut dq, &mut dk)?;
+        let source = LossSource::Host {
+            reference,
+            coef: &lp.coef,
+        };
+        let loss = self.loss_grad_dev(plan, &qd, &kd, source, lp.kept, &mut dq, &mut dk)?;
         let dqh = self.stream.clone_dtoh(&dq).map_err(drv)?;
         let dkh = self.stream.clone_dtoh(&dk).map_err(drv)?;
         Ok((loss, dqh, dkh))
@@ -1358,8 +1428,21 @@ impl CudaAmf {
         k: &CudaSlice<T>,
         readout: Readout,
     ) -> Result<AmfField, KernelError> {
+        self.compute_amf_device_to(spec, q, k, readout, None)
+    }
+
+    /// [`Self::compute_amf_device`]; with `sink` the field goes to that device buffer and the
+    /// returned field's `disp` is empty.
+    fn compute_amf_device_to<T: Element>(
+        &self,
+        spec: &AmfSpec,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        readout: Readout,
+        sink: Option<(u64, usize)>,
+    ) -> Result<AmfField, KernelError> {
         let plan = spec::plan_lens(spec, q.len(), k.len())?;
-        let disp = self.forward_dev(&plan, q, k, readout)?;
+        let disp = self.forward_dev_to(&plan, q, k, readout, sink)?;
         Ok(AmfField {
             pairs: plan.pairs,
             grid_h: spec.grid_h,
@@ -1398,7 +1481,11 @@ impl CudaAmf {
             self.fill(dk, 0.0)?;
             return Ok((0.0, 0));
         }
-        let l = self.loss_grad_dev(&plan, q, k, &reference.disp, &lp, dq, dk)?;
+        let source = LossSource::Host {
+            reference: &reference.disp,
+            coef: &lp.coef,
+        };
+        let l = self.loss_grad_dev(&plan, q, k, source, lp.kept, dq, dk)?;
         Ok((l, lp.kept))
     }
 
@@ -1471,6 +1558,173 @@ impl CudaAmf {
         Ok((value, kept))
     }
 
+    /// [`Self::loss_and_grad_raw`] with the reference field in device memory: `reference`
+    /// holds `ref_len` f32, `[pairs, S, 2]` for the spec's resolved pairs in their order (the
+    /// caller checks the pairs; the length is checked here). The loss plan (motion mask, pair
+    /// weights, normalisation) is built on the device (`amf_loss_coef`, `amf_scale`), so the
+    /// field never crosses to the host. Same result as the host entry: the mask decides
+    /// bit-exactly as `spec::loss_plan`; the normalising sum is added in another order.
+    ///
+    /// # Safety
+    /// As [`Self::loss_and_grad_raw`]; `reference` holds `ref_len` f32 on this device, written
+    /// before the call and valid until it returns.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn loss_and_grad_raw_device_reference<T: Element>(
+        &self,
+        spec: &AmfSpec,
+        q: u64,
+        k: u64,
+        len: usize,
+        reference: u64,
+        ref_len: usize,
+        loss: &LossSpec,
+        dq: u64,
+        dk: u64,
+        loss_out: u64,
+        producer: *mut std::ffi::c_void,
+    ) -> Result<(f32, usize), KernelError> {
+        let producer = producer as cudarc::driver::sys::CUstream;
+        /// A view of memory someone else frees (see `loss_and_grad_raw`).
+        struct Borrowed<U>(Option<CudaSlice<U>>);
+        impl<U> Drop for Borrowed<U> {
+            fn drop(&mut self) {
+                if let Some(view) = self.0.take() {
+                    view.leak();
+                }
+            }
+        }
+        if !producer.is_null() {
+            // SAFETY: a live stream of this context (the caller's contract).
+            unsafe { cudarc::driver::result::stream::synchronize(producer) }.map_err(drv)?;
+        }
+        let plan = spec::plan_lens(spec, len, len)?;
+        let n = plan.pairs.len() * plan.geom.s();
+        if ref_len != 2 * n {
+            return Err(KernelError::ReferenceMismatch(format!(
+                "disp has {ref_len} values, expected {} (P*S*2)",
+                2 * n
+            )));
+        }
+        spec::check_loss_spec(loss)?;
+        // SAFETY: the caller's contract: allocations of these lengths and types.
+        let (qv, kv, refv) = unsafe {
+            (
+                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(q, len))),
+                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(k, len))),
+                Borrowed(Some(
+                    self.stream.upgrade_device_ptr::<f32>(reference, ref_len),
+                )),
+            )
+        };
+        let (mut dqv, mut dkv) = unsafe {
+            (
+                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dq, len))),
+                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dk, len))),
+            )
+        };
+        let (Some(qs), Some(ks), Some(rs), Some(dqs), Some(dks)) = (
+            qv.0.as_ref(),
+            kv.0.as_ref(),
+            refv.0.as_ref(),
+            dqv.0.as_mut(),
+            dkv.0.as_mut(),
+        ) else {
+            unreachable!("all five views were just created")
+        };
+        if let Some(index) = self.first_nonfinite(rs)? {
+            return Err(KernelError::NonFinite {
+                tensor: "reference.disp",
+                index,
+            });
+        }
+        let pw = self.upload(&spec::pair_weights(&loss.pair_weights, &plan.pairs))?;
+        // SAFETY: written in full by amf_loss_coef below before anything reads it.
+        let mut coef = unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(drv)?;
+        let mut total = self.upload(&[0f64])?;
+        let mut kept = self.upload(&[0u64])?;
+        let (s64, n64) = (plan.geom.s() as i64, n as i64);
+        let (th, has_th) = match loss.moving_threshold {
+            Some(t) => (t, 1i32),
+            None => (0.0f32, 0i32),
+        };
+        let blocks = n.div_ceil(256).clamp(1, 4096);
+        // SAFETY: argument list matches amf_loss_coef in amf.cu; `rs` holds 2n f32, `pw` one
+        // weight per pair, `coef` n.
+        unsafe {
+            self.stream
+                .launch_builder(self.f("amf_loss_coef")?)
+                .arg(rs)
+                .arg(&pw)
+                .arg(&s64)
+                .arg(&n64)
+                .arg(&th)
+                .arg(&has_th)
+                .arg(&mut coef)
+                .arg(&mut total)
+                .arg(&mut kept)
+                .launch(cfg((blocks, 1, 1), 256))
+        }
+        .map_err(drv)?;
+        let total = self.stream.clone_dtoh(&total).map_err(drv)?[0];
+        let kept = self.stream.clone_dtoh(&kept).map_err(drv)?[0] as usize;
+        let result = if kept == 0 {
+            self.fill(dqs, 0.0)
+                .and_then(|()| self.fill(dks, 0.0))
+                .map(|()| 0.0)
+        } else {
+            if total > 0.0 {
+                let inv = (1.0 / total) as f32;
+                // SAFETY: argument list matches amf_scale in amf.cu; `coef` holds n f32.
+                unsafe {
+                    self.stream
+                        .launch_builder(self.f("amf_scale")?)
+                        .arg(&mut coef)
+                        .arg(&n64)
+                        .arg(&inv)
+                        .launch(cfg((blocks, 1, 1), 256))
+                }
+                .map_err(drv)?;
+            }
+            let source = LossSource::Device {
+                reference: rs,
+                coef: &coef,
+            };
+            self.loss_grad_dev(&plan, qs, ks, source, kept, dqs, dks)
+        };
+        // The loss read-back synchronises, but the all-masked branch only queues its fills.
+        self.stream.synchronize().map_err(drv)?;
+        let value = result?;
+        if loss_out != 0 {
+            self.stream.context().bind_to_thread().map_err(drv)?;
+            // SAFETY: room for one f32 on this device (the caller's contract).
+            unsafe { cudarc::driver::result::memcpy_htod_sync(loss_out, &[value]) }.map_err(drv)?;
+        }
+        Ok((value, kept))
+    }
+
+    /// [`Self::compute_amf_raw`] with the field written into device memory at `out` (`out_len`
+    /// f32, `[pairs, S, 2]`) instead of returned: for a reference that stays on the device
+    /// ([`Self::loss_and_grad_raw_device_reference`]). Returns the resolved pairs (the field's
+    /// order).
+    ///
+    /// # Safety
+    /// As [`Self::compute_amf_raw`]; `out` holds `out_len` f32 on this device.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn compute_amf_raw_into<T: Element>(
+        &self,
+        spec: &AmfSpec,
+        q: u64,
+        k: u64,
+        len: usize,
+        readout: Readout,
+        out: u64,
+        out_len: usize,
+    ) -> Result<Vec<(usize, usize)>, KernelError> {
+        // SAFETY: the caller's contract (the same as compute_amf_raw's, plus `out`).
+        unsafe { self.amf_raw::<T>(spec, q, k, len, readout, Some((out, out_len))) }
+            .map(|field| field.pairs)
+    }
+
     /// [`Self::compute_amf_device`] on f32 device buffers this crate does not own (ONNX
     /// Runtime's outputs, e.g. the guidance head's Q/K bound to device memory), read as `T`:
     /// f16/bf16 are converted on the device first (the tensor-core kernels), so nothing crosses
@@ -1487,6 +1741,20 @@ impl CudaAmf {
         k: u64,
         len: usize,
         readout: Readout,
+    ) -> Result<AmfField, KernelError> {
+        // SAFETY: the caller's contract.
+        unsafe { self.amf_raw::<T>(spec, q, k, len, readout, None) }
+    }
+
+    /// `compute_amf_raw` with the field to the host (`sink` None) or into a device buffer.
+    unsafe fn amf_raw<T: Element>(
+        &self,
+        spec: &AmfSpec,
+        q: u64,
+        k: u64,
+        len: usize,
+        readout: Readout,
+        sink: Option<(u64, usize)>,
     ) -> Result<AmfField, KernelError> {
         /// A view of memory someone else frees (see `loss_and_grad_raw`).
         struct Borrowed(Option<CudaSlice<f32>>);
@@ -1513,11 +1781,11 @@ impl CudaAmf {
             }
         }
         if T::CUDA_SUFFIX == "f32" {
-            self.compute_amf_device(spec, qs, ks, readout)
+            self.compute_amf_device_to(spec, qs, ks, readout, sink)
         } else {
             let bf16 = i32::from(T::CUDA_SUFFIX == "bf16");
             let (q16, k16) = (self.cast16::<T>(qs, bf16)?, self.cast16::<T>(ks, bf16)?);
-            self.compute_amf_device(spec, &q16, &k16, readout)
+            self.compute_amf_device_to(spec, &q16, &k16, readout, sink)
         }
     }
 

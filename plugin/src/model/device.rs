@@ -61,6 +61,13 @@ impl DeviceTensor {
     }
 }
 
+/// `guidance_step`'s reference AMF field `[pairs, S, 2]`: in host memory, or in device memory
+/// where the AMF operator's CUDA variant reads it in place (`amf_ops::reference_on_device`).
+pub enum FieldIn<'a> {
+    Host(&'a [f32]),
+    Device(&'a DeviceTensor),
+}
+
 /// The inputs of DiT calls that stay the same for a whole job, in device memory.
 pub struct DeviceConditioning<'a> {
     /// `[B, L, D]` text embeddings (B = the call's batch).
@@ -245,15 +252,13 @@ impl DitModel {
 
     /// [`DitModel::guidance_step`] with the latent, conditioning and gradient in device memory:
     /// the AMF loss (to the host) and dL/dx written into `dx` (the latent's shape).
-    /// `reference` (`[pairs, S, 2]`) stays in host memory, where the AMF operator reads it
-    /// (`runtime/amf_ops.rs`: its loss plan is built on the host).
     #[allow(clippy::too_many_arguments)]
     pub fn guidance_step_on_device(
         &self,
         x: &DeviceTensor,
         t: &[f32],
         cond: &DeviceConditioning<'_>,
-        reference: &[f32],
+        reference: FieldIn<'_>,
         config: &amf_ops::OpConfig,
         dx: &mut DeviceTensor,
         cancel: CancelCheck<'_>,
@@ -269,20 +274,31 @@ impl DitModel {
             )));
         }
         let s = cond.grid.1 * cond.grid.2;
-        if s == 0 || !reference.len().is_multiple_of(2 * s) {
+        let len = match reference {
+            FieldIn::Host(r) => r.len(),
+            FieldIn::Device(r) => r.len(),
+        };
+        if s == 0 || !len.is_multiple_of(2 * s) {
             return Err(ModelError::Shape(format!(
-                "reference AMF has {} values, not a multiple of {s} tokens x 2",
-                reference.len()
+                "reference AMF has {len} values, not a multiple of {s} tokens x 2"
             )));
+        }
+        if let FieldIn::Device(r) = reference {
+            if r.shape() != [len / (2 * s), s, 2] {
+                return Err(ModelError::Shape(format!(
+                    "reference AMF tensor {:?}, expected [pairs, {s}, 2]",
+                    r.shape()
+                )));
+            }
         }
         let encoded = config.encode();
         let mut inputs = self.device_dit_inputs(x, t, cond)?;
         inputs.push((
             "reference",
-            Input::F32(
-                vec![(reference.len() / (2 * s)) as i64, s as i64, 2],
-                reference,
-            ),
+            match reference {
+                FieldIn::Host(r) => Input::F32(vec![(len / (2 * s)) as i64, s as i64, 2], r),
+                FieldIn::Device(r) => Input::Device(r),
+            },
         ));
         inputs.push((
             "amf_config",

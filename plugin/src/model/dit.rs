@@ -655,9 +655,12 @@ pub enum Input<'a> {
 
 impl Input<'_> {
     /// Bytes ONNX Runtime copies to a CUDA session for input `name`: 0 for a device tensor and
-    /// for the inputs the AMF operator reads on the host ([`amf_ops::HOST_INPUTS`]).
+    /// for the inputs the AMF operator reads on the host ([`amf_ops::HOST_INPUTS`], and the
+    /// reference where its CPU variant runs).
     pub(super) fn host_bytes(&self, name: &str) -> usize {
-        if amf_ops::HOST_INPUTS.contains(&name) {
+        let host_read = amf_ops::HOST_INPUTS.contains(&name)
+            || (name == "reference" && !amf_ops::cuda_variant_enabled());
+        if host_read {
             return 0;
         }
         match self {

@@ -44,8 +44,15 @@ pub const DOMAIN: &str = "fastvmt.amf";
 pub const VERSION: u32 = 1;
 
 /// `guidance_step`'s graph inputs the operator reads in host memory (both variants), so a host
-/// tensor bound to them is never copied to the device.
-pub const HOST_INPUTS: [&str; 2] = ["reference", "amf_config"];
+/// tensor bound to them is never copied to the device. (The reference: on the host for the
+/// CPU variant only; see [`reference_on_device`].)
+pub const HOST_INPUTS: [&str; 1] = ["amf_config"];
+
+/// Whether `guidance_step`'s operator reads the reference field in device memory: its CUDA
+/// variant on a CUDA session (the default there, see [`cuda_variant_enabled`]).
+pub fn reference_on_device(cuda_session: bool) -> bool {
+    cuda_session && cuda_variant_enabled()
+}
 
 /// The operator's `config` input, 8 floats in this order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,7 +205,9 @@ impl Operator for AmfOperator {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        // grid, reference and config are small: on the host for either variant.
+        // grid and config are small: on the host for either variant. The reference stays in
+        // device memory for the CUDA variant (its loss plan is built there), so a sampler that
+        // keeps the reference field on the device never copies it.
         let host = |t| {
             let input = OperatorInput::required(t);
             if self.cuda {
@@ -211,7 +220,7 @@ impl Operator for AmfOperator {
             OperatorInput::required(self.dt.ort()),
             OperatorInput::required(self.dt.ort()),
             host(TensorElementType::Int64),
-            host(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Float32),
             host(TensorElementType::Float32),
         ]
     }
@@ -298,15 +307,24 @@ impl AmfKernel {
                 resolved.len()
             ));
         }
+        if self.cuda {
+            return cuda::loss_and_grad(
+                ctx,
+                self.dt,
+                &q,
+                &k,
+                &qs,
+                &spec,
+                &reference_in,
+                &loss_spec,
+            );
+        }
         let field = AmfField {
             pairs: resolved,
             grid_h: h,
             grid_w: w,
             disp: host::<f32>(&reference_in, "reference")?.to_vec(),
         };
-        if self.cuda {
-            return cuda::loss_and_grad(ctx, self.dt, &q, &k, &qs, &spec, &field, &loss_spec);
-        }
         let lg = match self.dt {
             Dt::F32 => run::<f32>(&q, &k, &spec, &field, &loss_spec, &backend)?,
             Dt::F16 => run::<f16>(&q, &k, &spec, &field, &loss_spec, &backend)?,
@@ -325,9 +343,9 @@ impl AmfKernel {
 /// The CUDA variant: the kernels' raw-pointer entry on ONNX Runtime's device buffers, after
 /// ONNX Runtime's stream (which produced Q/K) has finished.
 mod cuda {
-    use super::{output, Dt, Fallible, In};
+    use super::{dims, output, Dt, Fallible, In};
     use fastvmt_kernels::cuda::CudaAmf;
-    use fastvmt_kernels::{AmfField, AmfSpec, LossSpec};
+    use fastvmt_kernels::{AmfSpec, LossSpec};
     use half::{bf16, f16};
     use ort::operator::ComputeContext;
 
@@ -339,7 +357,7 @@ mod cuda {
         k: &In<'_>,
         shape: &[usize],
         spec: &AmfSpec,
-        field: &AmfField,
+        reference: &In<'_>,
         loss_spec: &LossSpec,
     ) -> Fallible<()> {
         let device = usize::try_from(q.memory_info().device_id())
@@ -357,20 +375,26 @@ mod cuda {
         let (dqp, dkp) = (dq_out.data_ptr() as u64, dk_out.data_ptr() as u64);
         // ort has no `data_ptr_mut` through `ValueRefMut` (as in attention_ops' CUDA variant).
         let lp = loss_out.data_ptr() as u64;
+        // The reference's shape was checked against the config's pairs by the caller.
+        let (rp, rlen) = (
+            reference.data_ptr() as u64,
+            dims(reference, "reference")?.iter().product(),
+        );
         let producer = stream.as_ptr();
-        // SAFETY: ONNX Runtime's device buffers of `len` elements (shapes checked by the
-        // caller; the outputs were just allocated with `shape`), alive during this compute;
+        // SAFETY: ONNX Runtime's device buffers of `len` elements and the reference's `rlen`
+        // (shapes checked by the caller; the outputs were just allocated with `shape`), alive
+        // during this compute;
         // `producer` is ONNX Runtime's stream on this device.
         unsafe {
             match dt {
-                Dt::F32 => amf.loss_and_grad_raw::<f32>(
-                    spec, qp, kp, len, field, loss_spec, dqp, dkp, lp, producer,
+                Dt::F32 => amf.loss_and_grad_raw_device_reference::<f32>(
+                    spec, qp, kp, len, rp, rlen, loss_spec, dqp, dkp, lp, producer,
                 ),
-                Dt::F16 => amf.loss_and_grad_raw::<f16>(
-                    spec, qp, kp, len, field, loss_spec, dqp, dkp, lp, producer,
+                Dt::F16 => amf.loss_and_grad_raw_device_reference::<f16>(
+                    spec, qp, kp, len, rp, rlen, loss_spec, dqp, dkp, lp, producer,
                 ),
-                Dt::Bf16 => amf.loss_and_grad_raw::<bf16>(
-                    spec, qp, kp, len, field, loss_spec, dqp, dkp, lp, producer,
+                Dt::Bf16 => amf.loss_and_grad_raw_device_reference::<bf16>(
+                    spec, qp, kp, len, rp, rlen, loss_spec, dqp, dkp, lp, producer,
                 ),
             }
         }

@@ -32,7 +32,7 @@ use std::time::Instant;
 use half::{bf16, f16};
 
 use super::adamw::AdamW;
-use super::latents::{Buf, Conditioning, Space};
+use super::latents::{Buf, Conditioning, Field, Space};
 use super::{SampleError, SampleStats};
 use crate::model::dit::{CancelCheck, Device, Latent, ModelError, Rope};
 use crate::model::DitModel;
@@ -185,6 +185,15 @@ struct Work {
     grad: Buf,
     previous: Buf,
     opt: AdamW,
+    /// The reference AMF field `[pairs, S, 2]` where it stays in device memory.
+    field: Option<Buf>,
+}
+
+/// A guided step's reference AMF: on the host, or in the guide's device field buffer
+/// (`Work::field`), where `guidance_step`'s operator reads it in place.
+enum StepReference {
+    Host(AmfField),
+    InBuffer,
 }
 
 pub struct Guide<'m> {
@@ -337,16 +346,34 @@ impl<'m> Guide<'m> {
         &self,
         space: &Space<'_>,
         x_ref: &mut Buf,
+        field: Option<&mut Buf>,
         ctx: &StepContext<'_>,
         stats: &mut SampleStats,
         cancel: CancelCheck<'_>,
-    ) -> Result<AmfField, SampleError> {
+    ) -> Result<StepReference, SampleError> {
         let rt = (self.settings.reference_noise_scale * ctx.t).clamp(0.0, 1.0);
         space.lerp(x_ref, ctx.reference, ctx.ref_noise, 1.0 - rt, rt)?;
         let timer = Instant::now();
         // Device 0: where the model's CUDA provider (ort's default device) leaves the outputs.
         let cuda0 = self.model.device == Device::Cuda
             && self.settings.amf.backend == (Backend::Cuda { device: 0 });
+        if let (true, true, Some(out)) = (space.is_bound(), cuda0, field) {
+            // The field is written into the device buffer `guidance_step` reads.
+            let out_len = out.len();
+            let out_ptr = space.device_ptr(out)?;
+            let written = space.with_head_qk(
+                x_ref,
+                &[rt],
+                &ctx.cond.empty,
+                ctx.cond,
+                cancel,
+                |q, k, len| self.amf_on_device_into(0, q, k, len, out_ptr, out_len),
+            )?;
+            stats.real_forward += 1;
+            stats.guidance_model_s += timer.elapsed().as_secs_f64();
+            written?;
+            return Ok(StepReference::InBuffer);
+        }
         if space.is_bound() && (cuda0 || self.model.device == Device::Cpu) {
             // The head's run and the AMF are timed together here (the Q/K never leave the
             // session's memory; the AMF is ~2 ms of the ~0.2 s at Wan scale).
@@ -374,7 +401,7 @@ impl<'m> Guide<'m> {
             )?;
             stats.real_forward += 1;
             stats.guidance_model_s += timer.elapsed().as_secs_f64();
-            return Ok(field?);
+            return Ok(StepReference::Host(field?));
         }
         let x_host = space.host_values(x_ref)?;
         let empty = space.host_values(&ctx.cond.empty)?;
@@ -393,7 +420,7 @@ impl<'m> Guide<'m> {
             )?;
             stats.real_forward += 1;
             stats.guidance_model_s += timer.elapsed().as_secs_f64();
-            return Ok(field?);
+            return Ok(StepReference::Host(field?));
         }
         let (q, k) = self
             .model
@@ -403,7 +430,7 @@ impl<'m> Guide<'m> {
         let timer = Instant::now();
         let field = self.amf(&q, &k)?;
         stats.guidance_amf_s += timer.elapsed().as_secs_f64();
-        Ok(field)
+        Ok(StepReference::Host(field))
     }
 
     /// [`Self::amf`] on f32 Q/K in device memory (`len` values each), converted to the
@@ -434,6 +461,37 @@ impl<'m> Guide<'m> {
         // The field comes back to the host (the AMF operator's loss plan reads it there).
         self.model.count_transfer(4 * field.disp.len());
         Ok(field)
+    }
+
+    /// [`Self::amf_on_device`] with the field written into device memory at `out` (`out_len`
+    /// f32) instead of returned.
+    fn amf_on_device_into(
+        &self,
+        device: usize,
+        q: u64,
+        k: u64,
+        len: usize,
+        out: u64,
+        out_len: usize,
+    ) -> Result<(), fastvmt_kernels::KernelError> {
+        let amf = fastvmt_kernels::cuda::CudaAmf::get(device)?;
+        let (spec, argmax) = (&self.spec, Readout::Argmax);
+        // SAFETY: as in `amf_on_device`; `out` is a live device tensor of `out_len` f32 of the
+        // job's space.
+        unsafe {
+            match self.settings.amf.precision {
+                AmfPrecision::F32 => {
+                    amf.compute_amf_raw_into::<f32>(spec, q, k, len, argmax, out, out_len)
+                }
+                AmfPrecision::F16 => {
+                    amf.compute_amf_raw_into::<f16>(spec, q, k, len, argmax, out, out_len)
+                }
+                AmfPrecision::Bf16 => {
+                    amf.compute_amf_raw_into::<bf16>(spec, q, k, len, argmax, out, out_len)
+                }
+            }
+        }
+        .map(|_| ())
     }
 
     /// The fused operator's config for this guide, or `None` where it cannot express the
@@ -501,21 +559,32 @@ impl<'m> Guide<'m> {
         space: &Space<'_>,
         x: &Buf,
         ctx: &StepContext<'_>,
-        reference: &AmfField,
+        reference: &StepReference,
+        field: Option<&Buf>,
         fused: Option<&OpConfig>,
         grad: &mut Buf,
         stats: &mut SampleStats,
         cancel: CancelCheck<'_>,
     ) -> Result<f32, SampleError> {
         let t = [ctx.t];
+        let no_field = || {
+            SampleError::Model(ModelError::Runtime(
+                "sampler: the reference AMF is in a device buffer the guide does not have (a bug)"
+                    .into(),
+            ))
+        };
         if let Some(config) = fused {
+            let field = match reference {
+                StepReference::Host(r) => Field::Host(&r.disp),
+                StepReference::InBuffer => Field::Buffer(field.ok_or_else(no_field)?),
+            };
             let timer = Instant::now();
             let result = space.guidance_step(
                 x,
                 &t,
                 &ctx.cond.positive,
                 ctx.cond,
-                &reference.disp,
+                field,
                 config,
                 grad,
                 cancel,
@@ -546,6 +615,9 @@ impl<'m> Guide<'m> {
         stats.real_forward += 1;
         stats.guidance_model_s += timer.elapsed().as_secs_f64();
         let timer = Instant::now();
+        let StepReference::Host(reference) = reference else {
+            return Err(no_field());
+        };
         let lg = self.loss_grad(&q, &k, reference)?;
         stats.guidance_amf_s += timer.elapsed().as_secs_f64();
         let timer = Instant::now();
@@ -581,6 +653,7 @@ impl<'m> Guide<'m> {
                     grad: space.alloc(&shape)?,
                     previous: space.alloc(&shape)?,
                     opt: AdamW::new(space, &shape, self.settings.weight_decay)?,
+                    field: None,
                 }
             }
         };
@@ -607,8 +680,25 @@ impl<'m> Guide<'m> {
             0.0
         };
         let lr = s.lr * (1.0 - (1.0 - s.lr_end_ratio) * decay);
-        let reference = self.reference_amf(space, &mut work.x_ref, ctx, stats, cancel)?;
         let fused = self.fused_config();
+        // The reference field stays in device memory where `guidance_step`'s operator reads it
+        // there: the bound space of a CUDA model with the CUDA AMF back end on device 0.
+        let field_on_device = fused.is_some()
+            && space.is_bound()
+            && self.model.device == Device::Cuda
+            && self.settings.amf.backend == (Backend::Cuda { device: 0 })
+            && crate::runtime::amf_ops::reference_on_device(true);
+        if field_on_device && work.field.is_none() {
+            let pairs = fastvmt_kernels::resolve_pairs(&self.spec.pairs, self.spec.frames)?;
+            let s = self.spec.grid_h * self.spec.grid_w;
+            work.field = Some(space.alloc(&[pairs.len(), s, 2])?);
+        }
+        let field = if field_on_device {
+            work.field.as_mut()
+        } else {
+            None
+        };
+        let reference = self.reference_amf(space, &mut work.x_ref, field, ctx, stats, cancel)?;
         space.copy(&mut work.snapshot, x)?;
         let mode = s.mode;
         let inner = s.inner_steps;
@@ -637,11 +727,17 @@ impl<'m> Guide<'m> {
                 if self.have_real {
                     std::mem::swap(&mut work.grad, &mut work.previous);
                 }
+                let field = if field_on_device {
+                    work.field.as_ref()
+                } else {
+                    None
+                };
                 let loss = match self.real_gradient(
                     space,
                     x,
                     ctx,
                     &reference,
+                    field,
                     fused.as_ref(),
                     &mut work.grad,
                     stats,

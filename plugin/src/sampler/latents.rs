@@ -10,11 +10,10 @@
 //!   gradients and the optimiser's moments all stay in device memory for the whole job; the
 //!   updates between runs are `fastvmt_kernels::latent`'s CUDA kernels. What crosses: the
 //!   start latent, reference, text and RoPE tables once, the final latent once; per run its
-//!   time value (bytes); per real gradient its loss (4 bytes) and the nonfinite count and
-//!   gradient cosine sums (32 bytes); per guided step the reference AMF field (0.7 MB at Wan
-//!   scale), which `CudaAmf::compute_amf_raw` returns to the host because the AMF operator
-//!   builds its loss plan (mask, weights) there, and which the operator's CUDA variant uploads
-//!   again on each real gradient.
+//!   time value and the AMF operator's config (bytes); per real gradient its loss (4 bytes) and
+//!   the nonfinite count and gradient cosine sums (32 bytes). The reference AMF field is
+//!   written by the kernels into a device buffer (`CudaAmf::compute_amf_raw_into`) that
+//!   `guidance_step`'s operator reads in place (its loss plan is built on the device).
 //!   On a CPU model the bound space runs the same route on host tensors, so CI tests it.
 //!
 //! Both run the same arithmetic (`fastvmt_kernels::latent`: the CUDA kernels are bit-exact to
@@ -26,7 +25,7 @@ use std::sync::Arc;
 use fastvmt_kernels::latent::{self, cuda::CudaLatent, AdamWStep, VecStats};
 
 use super::SampleError;
-use crate::model::device::{DeviceConditioning, DeviceTensor};
+use crate::model::device::{DeviceConditioning, DeviceTensor, FieldIn};
 use crate::model::dit::{CancelCheck, Device, Latent, ModelError, Rope};
 use crate::model::DitModel;
 use crate::runtime::amf_ops::OpConfig;
@@ -98,6 +97,13 @@ fn latent_shape(shape: &[usize]) -> Result<[usize; 5], SampleError> {
         .map_err(|_| internal("a latent buffer that is not 5-D"))
 }
 
+/// A guided step's reference AMF field `[pairs, S, 2]`: host values, or a buffer of the space
+/// (on a CUDA model: device memory that `guidance_step`'s operator reads in place).
+pub enum Field<'a> {
+    Host(&'a [f32]),
+    Buffer(&'a Buf),
+}
+
 /// The job's conditioning in the space: text embeddings per call kind and the RoPE tables.
 pub struct Conditioning<'r> {
     /// `[2, L, D]`: positive then negative (classifier-free guidance in one batch).
@@ -158,6 +164,14 @@ impl<'m> Space<'m> {
 
     pub fn is_bound(&self) -> bool {
         self.bound
+    }
+
+    /// The device address of a bound buffer on a CUDA model (for kernels writing into it).
+    pub fn device_ptr(&self, buf: &Buf) -> Result<u64, SampleError> {
+        if self.cuda.is_none() {
+            return Err(internal("a device address outside device memory"));
+        }
+        buf.ptr()
     }
 
     /// An uninitialised buffer (zeros on the host).
@@ -411,8 +425,8 @@ impl<'m> Space<'m> {
         Ok(())
     }
 
-    /// One `guidance_step` run: the AMF loss of `x` against `reference` (the reference AMF
-    /// field, in host memory where the operator reads it) and dL/dx into `dx`.
+    /// One `guidance_step` run: the AMF loss of `x` against the `reference` AMF field and dL/dx
+    /// into `dx`.
     #[allow(clippy::too_many_arguments)]
     pub fn guidance_step(
         &self,
@@ -420,7 +434,7 @@ impl<'m> Space<'m> {
         t: &[f32],
         text: &Buf,
         cond: &Conditioning<'_>,
-        reference: &[f32],
+        reference: Field<'_>,
         config: &OpConfig,
         dx: &mut Buf,
         cancel: CancelCheck<'_>,
@@ -434,6 +448,10 @@ impl<'m> Space<'m> {
                 let device = cond
                     .device(text)
                     .map_err(|_| bug("no bound conditioning"))?;
+                let reference = match reference {
+                    Field::Host(r) => FieldIn::Host(r),
+                    Field::Buffer(b) => FieldIn::Device(b.tensor().map_err(|_| bug("field"))?),
+                };
                 self.model
                     .guidance_step_on_device(xt, t, &device, reference, config, d, cancel)
             }
@@ -443,6 +461,10 @@ impl<'m> Space<'m> {
                     data,
                 };
                 let text = text.slice().map_err(|_| bug("text"))?;
+                let reference = match reference {
+                    Field::Host(r) => r,
+                    Field::Buffer(b) => b.slice().map_err(|_| bug("field"))?,
+                };
                 let (loss, grad) = self
                     .model
                     .guidance_step(&latent, t, text, cond.rope, reference, config, cancel)?;
