@@ -17,7 +17,9 @@
 //! `fastvmt_kernels` (its crate docs), computed by `amf_loss_and_grad`.
 //!
 //! Variants: the CUDA provider's (default on CUDA sessions): the kernels' raw-pointer entry
-//! (`CudaAmf::loss_and_grad_raw`) on ONNX Runtime's device buffers, after its stream; and the CPU
+//! (`CudaAmf::loss_and_grad_raw_device_reference`) on ONNX Runtime's device buffers, after its
+//! stream, with the reference in device memory too (its loss plan is built there, so a sampler
+//! that keeps the reference field on the device copies nothing); and the CPU
 //! provider's (CPU sessions, or every session with `FASTVMT_AMF_OP=cpu`: in a CUDA session ONNX
 //! Runtime then copies Q/K to the host and dQ/dK back, and the config's backend runs the AMF on
 //! the GPU through the kernels' host entry). Measured on the H100 at Wan2.1-1.3B scale
