@@ -32,7 +32,7 @@ use cudarc::driver::{
 };
 
 use super::{AttentionMask, AttentionSpec};
-use crate::cuda::{cached_device_state, caller_stream, compile_source, loaded};
+use crate::cuda::{cached_device_state, caller_stream, compile_source, device_context, loaded};
 use crate::element::Element;
 use crate::error::KernelError;
 
@@ -450,14 +450,12 @@ impl CudaAttention {
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {
-        let ctx = CudaContext::new(device).map_err(drv)?;
-        let (major, minor) = ctx.compute_capability().map_err(drv)?;
+        let (ctx, (major, minor), arch) = device_context(device)?;
         if major < 8 {
             return Err(KernelError::CudaUnavailable(format!(
                 "compute capability {major}.{minor}: the attention kernels need sm_80 or newer"
             )));
         }
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         let ptx = compile(arch)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let mut funcs = HashMap::new();

@@ -175,6 +175,28 @@ fn drv<E: std::fmt::Debug>(e: E) -> KernelError {
     KernelError::CudaDriver(format!("{e:?}"))
 }
 
+/// A view of device memory someone else owns and frees (ONNX Runtime's buffers): dropping it,
+/// also while unwinding, only lets go of the view.
+struct Borrowed<U>(Option<CudaSlice<U>>);
+
+impl<U> Borrowed<U> {
+    fn get(&self) -> &CudaSlice<U> {
+        self.0.as_ref().expect("a view lives until dropped")
+    }
+
+    fn get_mut(&mut self) -> &mut CudaSlice<U> {
+        self.0.as_mut().expect("a view lives until dropped")
+    }
+}
+
+impl<U> Drop for Borrowed<U> {
+    fn drop(&mut self) {
+        if let Some(view) = self.0.take() {
+            view.leak();
+        }
+    }
+}
+
 /// Where a loss call's reference field and loss-plan coefficients come from.
 enum LossSource<'a> {
     Host {
@@ -248,6 +270,19 @@ pub(crate) unsafe fn caller_stream(
         // SAFETY: the caller's contract.
         unsafe { ctx.wrap_borrowed_stream(raw) }
     })
+}
+
+/// A device's primary context, its compute capability (major, minor), and the matching NVRTC
+/// virtual architecture (`compute_XY`; leaked once per device state, NVRTC takes a `'static`
+/// name).
+pub(crate) type DeviceContext = (Arc<CudaContext>, (i32, i32), &'static str);
+
+/// See [`DeviceContext`].
+pub(crate) fn device_context(device: usize) -> Result<DeviceContext, KernelError> {
+    let ctx = CudaContext::new(device).map_err(drv)?;
+    let (major, minor) = ctx.compute_capability().map_err(drv)?;
+    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    Ok((ctx, (major, minor), arch))
 }
 
 pub(crate) fn cached_device_state<S>(
@@ -379,9 +414,7 @@ impl CudaAmf {
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {
-        let ctx = CudaContext::new(device).map_err(drv)?;
-        let (major, minor) = ctx.compute_capability().map_err(drv)?;
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let (ctx, _, arch) = device_context(device)?;
         let ptx = compile(arch)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let mut funcs = HashMap::new();
@@ -1489,6 +1522,47 @@ impl CudaAmf {
         Ok((l, lp.kept))
     }
 
+    /// A view of `len` values of `U` at `ptr` on this device, owned by someone else.
+    ///
+    /// # Safety
+    /// `ptr` holds `len` values of `U` on this device, valid while the view is used.
+    unsafe fn borrow<U: cudarc::driver::DeviceRepr>(&self, ptr: u64, len: usize) -> Borrowed<U> {
+        // SAFETY: the caller's contract.
+        Borrowed(Some(unsafe {
+            self.stream.upgrade_device_ptr::<U>(ptr, len)
+        }))
+    }
+
+    /// Waits for `producer` (a raw `CUstream` of this context; null = none).
+    fn wait_for(&self, producer: *mut std::ffi::c_void) -> Result<(), KernelError> {
+        let producer = producer as cudarc::driver::sys::CUstream;
+        if !producer.is_null() {
+            // SAFETY: a live stream of this context (the raw entries' contract).
+            unsafe { cudarc::driver::result::stream::synchronize(producer) }.map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a raw loss entry: synchronises this state's stream (the loss read-back does,
+    /// but the all-masked branch only queues its fills) and writes the loss to `loss_out`.
+    ///
+    /// # Safety
+    /// `loss_out` is 0 or room for one f32 on this device.
+    unsafe fn finish_loss(
+        &self,
+        result: Result<(f32, usize), KernelError>,
+        loss_out: u64,
+    ) -> Result<(f32, usize), KernelError> {
+        self.stream.synchronize().map_err(drv)?;
+        let (value, kept) = result?;
+        if loss_out != 0 {
+            self.stream.context().bind_to_thread().map_err(drv)?;
+            // SAFETY: room for one f32 on this device (the caller's contract).
+            unsafe { cudarc::driver::result::memcpy_htod_sync(loss_out, &[value]) }.map_err(drv)?;
+        }
+        Ok((value, kept))
+    }
+
     /// [`Self::loss_and_grad_device`] on device buffers this crate does not own (ONNX
     /// Runtime's, in the `fastvmt.amf.AmfLossGrad` CUDA operator): waits for `producer` (the
     /// stream that wrote `q`/`k`; null = none), runs on this device's stream and returns when
@@ -1513,49 +1587,27 @@ impl CudaAmf {
         loss_out: u64,
         producer: *mut std::ffi::c_void,
     ) -> Result<(f32, usize), KernelError> {
-        let producer = producer as cudarc::driver::sys::CUstream;
-        /// A view of memory someone else frees: dropping it (also while unwinding) only lets
-        /// go of the view.
-        struct Borrowed<U>(Option<CudaSlice<U>>);
-        impl<U> Drop for Borrowed<U> {
-            fn drop(&mut self) {
-                if let Some(view) = self.0.take() {
-                    view.leak();
-                }
-            }
-        }
-        if !producer.is_null() {
-            // SAFETY: a live stream of this context (the caller's contract).
-            unsafe { cudarc::driver::result::stream::synchronize(producer) }.map_err(drv)?;
-        }
+        self.wait_for(producer)?;
         // SAFETY: the caller's contract: allocations of `len` elements of these types.
-        let (qv, kv) = unsafe {
+        let (qv, kv, mut dqv, mut dkv) = unsafe {
             (
-                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(q, len))),
-                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(k, len))),
+                self.borrow::<T>(q, len),
+                self.borrow::<T>(k, len),
+                self.borrow::<f32>(dq, len),
+                self.borrow::<f32>(dk, len),
             )
         };
-        let (mut dqv, mut dkv) = unsafe {
-            (
-                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dq, len))),
-                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dk, len))),
-            )
-        };
-        let (Some(qs), Some(ks), Some(dqs), Some(dks)) =
-            (qv.0.as_ref(), kv.0.as_ref(), dqv.0.as_mut(), dkv.0.as_mut())
-        else {
-            unreachable!("all four views were just created")
-        };
-        let result = self.loss_and_grad_device(spec, qs, ks, reference, loss, dqs, dks);
-        // The loss read-back synchronises, but the all-masked branch only queues its fills.
-        self.stream.synchronize().map_err(drv)?;
-        let (value, kept) = result?;
-        if loss_out != 0 {
-            self.stream.context().bind_to_thread().map_err(drv)?;
-            // SAFETY: room for one f32 on this device (the caller's contract).
-            unsafe { cudarc::driver::result::memcpy_htod_sync(loss_out, &[value]) }.map_err(drv)?;
-        }
-        Ok((value, kept))
+        let result = self.loss_and_grad_device(
+            spec,
+            qv.get(),
+            kv.get(),
+            reference,
+            loss,
+            dqv.get_mut(),
+            dkv.get_mut(),
+        );
+        // SAFETY: `loss_out` per the caller's contract.
+        unsafe { self.finish_loss(result, loss_out) }
     }
 
     /// [`Self::loss_and_grad_raw`] with the reference field in device memory: `reference`
@@ -1583,20 +1635,7 @@ impl CudaAmf {
         loss_out: u64,
         producer: *mut std::ffi::c_void,
     ) -> Result<(f32, usize), KernelError> {
-        let producer = producer as cudarc::driver::sys::CUstream;
-        /// A view of memory someone else frees (see `loss_and_grad_raw`).
-        struct Borrowed<U>(Option<CudaSlice<U>>);
-        impl<U> Drop for Borrowed<U> {
-            fn drop(&mut self) {
-                if let Some(view) = self.0.take() {
-                    view.leak();
-                }
-            }
-        }
-        if !producer.is_null() {
-            // SAFETY: a live stream of this context (the caller's contract).
-            unsafe { cudarc::driver::result::stream::synchronize(producer) }.map_err(drv)?;
-        }
+        self.wait_for(producer)?;
         let plan = spec::plan_lens(spec, len, len)?;
         let n = plan.pairs.len() * plan.geom.s();
         if ref_len != 2 * n {
@@ -1607,30 +1646,17 @@ impl CudaAmf {
         }
         spec::check_loss_spec(loss)?;
         // SAFETY: the caller's contract: allocations of these lengths and types.
-        let (qv, kv, refv) = unsafe {
+        let (qv, kv, refv, mut dqv, mut dkv) = unsafe {
             (
-                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(q, len))),
-                Borrowed(Some(self.stream.upgrade_device_ptr::<T>(k, len))),
-                Borrowed(Some(
-                    self.stream.upgrade_device_ptr::<f32>(reference, ref_len),
-                )),
+                self.borrow::<T>(q, len),
+                self.borrow::<T>(k, len),
+                self.borrow::<f32>(reference, ref_len),
+                self.borrow::<f32>(dq, len),
+                self.borrow::<f32>(dk, len),
             )
         };
-        let (mut dqv, mut dkv) = unsafe {
-            (
-                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dq, len))),
-                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(dk, len))),
-            )
-        };
-        let (Some(qs), Some(ks), Some(rs), Some(dqs), Some(dks)) = (
-            qv.0.as_ref(),
-            kv.0.as_ref(),
-            refv.0.as_ref(),
-            dqv.0.as_mut(),
-            dkv.0.as_mut(),
-        ) else {
-            unreachable!("all five views were just created")
-        };
+        let (qs, ks, rs) = (qv.get(), kv.get(), refv.get());
+        let (dqs, dks) = (dqv.get_mut(), dkv.get_mut());
         if let Some(index) = self.first_nonfinite(rs)? {
             return Err(KernelError::NonFinite {
                 tensor: "reference.disp",
@@ -1691,15 +1717,8 @@ impl CudaAmf {
             };
             self.loss_grad_dev(&plan, qs, ks, source, kept, dqs, dks)
         };
-        // The loss read-back synchronises, but the all-masked branch only queues its fills.
-        self.stream.synchronize().map_err(drv)?;
-        let value = result?;
-        if loss_out != 0 {
-            self.stream.context().bind_to_thread().map_err(drv)?;
-            // SAFETY: room for one f32 on this device (the caller's contract).
-            unsafe { cudarc::driver::result::memcpy_htod_sync(loss_out, &[value]) }.map_err(drv)?;
-        }
-        Ok((value, kept))
+        // SAFETY: `loss_out` per the caller's contract.
+        unsafe { self.finish_loss(result.map(|v| (v, kept)), loss_out) }
     }
 
     /// [`Self::compute_amf_raw`] with the field written into device memory at `out` (`out_len`
@@ -1756,25 +1775,9 @@ impl CudaAmf {
         readout: Readout,
         sink: Option<(u64, usize)>,
     ) -> Result<AmfField, KernelError> {
-        /// A view of memory someone else frees (see `loss_and_grad_raw`).
-        struct Borrowed(Option<CudaSlice<f32>>);
-        impl Drop for Borrowed {
-            fn drop(&mut self) {
-                if let Some(view) = self.0.take() {
-                    view.leak();
-                }
-            }
-        }
         // SAFETY: the caller's contract: `len` f32 on this device.
-        let (qv, kv) = unsafe {
-            (
-                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(q, len))),
-                Borrowed(Some(self.stream.upgrade_device_ptr::<f32>(k, len))),
-            )
-        };
-        let (Some(qs), Some(ks)) = (qv.0.as_ref(), kv.0.as_ref()) else {
-            unreachable!("both views were just created")
-        };
+        let (qv, kv) = unsafe { (self.borrow::<f32>(q, len), self.borrow::<f32>(k, len)) };
+        let (qs, ks) = (qv.get(), kv.get());
         for (tensor, v) in [("q", qs), ("k", ks)] {
             if let Some(index) = self.first_nonfinite(v)? {
                 return Err(KernelError::NonFinite { tensor, index });

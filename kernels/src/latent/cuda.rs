@@ -12,7 +12,7 @@ use cudarc::driver::{
 };
 
 use super::{AdamWStep, VecStats};
-use crate::cuda::{cached_device_state, compile_source, loaded};
+use crate::cuda::{cached_device_state, compile_source, device_context, loaded};
 use crate::error::KernelError;
 
 const SRC: &str = include_str!("../cuda/latent.cu");
@@ -100,9 +100,7 @@ impl CudaLatent {
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {
-        let ctx = CudaContext::new(device).map_err(drv)?;
-        let (major, minor) = ctx.compute_capability().map_err(drv)?;
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let (ctx, _, arch) = device_context(device)?;
         let module = ctx.load_module(compile(arch)?).map_err(drv)?;
         let mut funcs = HashMap::new();
         for &name in FUNCS {

@@ -12,7 +12,7 @@ use cudarc::driver::{
 
 use super::RowsShape;
 use crate::attention::cuda::DType;
-use crate::cuda::{cached_device_state, caller_stream, compile_source, loaded};
+use crate::cuda::{cached_device_state, caller_stream, compile_source, device_context, loaded};
 use crate::error::KernelError;
 
 const SRC: &str = include_str!("../cuda/norm.cu");
@@ -54,9 +54,7 @@ impl CudaNorm {
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {
-        let ctx = CudaContext::new(device).map_err(drv)?;
-        let (major, minor) = ctx.compute_capability().map_err(drv)?;
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let (ctx, _, arch) = device_context(device)?;
         let module = ctx.load_module(compile(arch)?).map_err(drv)?;
         let mut funcs = HashMap::new();
         for kind in ["modln", "gres", "modln_v", "gres_v"] {

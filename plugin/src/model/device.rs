@@ -10,7 +10,9 @@
 //! small inputs are bound as they are.
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::IoBinding;
+use std::sync::MutexGuard;
+
+use ort::session::{IoBinding, RunOptions, Session};
 use ort::value::{DynTensorValueType, Tensor, TensorElementType};
 
 use super::dit::{CancelCheck, Device, DitModel, Graph, Input, Latent, ModelError, Rope};
@@ -146,6 +148,26 @@ impl DitModel {
         Ok(())
     }
 
+    /// The start of a bound run of `graph`: its run options, the locked session and a binding
+    /// with `inputs` bound.
+    fn start_bound<'g>(
+        &self,
+        graph: &'g Graph,
+        inputs: Vec<(&str, Input<'_>)>,
+        cancel: CancelCheck<'_>,
+    ) -> Result<(RunOptions, MutexGuard<'g, Session>, IoBinding), ModelError> {
+        if cancel() {
+            return Err(ModelError::Cancelled);
+        }
+        let options = graph.run_options().map_err(|m| graph.error(m))?;
+        let session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut binding = session
+            .create_binding()
+            .map_err(|e| graph.error(e.to_string()))?;
+        self.bind_inputs(graph, &mut binding, inputs)?;
+        Ok((options, session, binding))
+    }
+
     /// The DiT inputs of one call on device-resident `x` and conditioning (`t` from the host).
     fn device_dit_inputs<'a>(
         &self,
@@ -180,17 +202,8 @@ impl DitModel {
         host_outputs: &[&str],
         cancel: CancelCheck<'_>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let onnx = |message: String| ModelError::Onnx {
-            file: graph.file.clone(),
-            message,
-        };
-        if cancel() {
-            return Err(ModelError::Cancelled);
-        }
-        let options = graph.run_options().map_err(onnx)?;
-        let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
-        let mut binding = session.create_binding().map_err(|e| onnx(e.to_string()))?;
-        self.bind_inputs(graph, &mut binding, inputs)?;
+        let onnx = |message: String| graph.error(message);
+        let (options, mut session, mut binding) = self.start_bound(graph, inputs, cancel)?;
         for (name, out) in outputs {
             binding
                 .bind_output(name, &mut out.value)
@@ -353,17 +366,8 @@ impl DitModel {
             .guidance_head
             .as_ref()
             .ok_or(ModelError::MissingGraph("guidance_head"))?;
-        let onnx = |message: String| ModelError::Onnx {
-            file: graph.file.clone(),
-            message,
-        };
-        if cancel() {
-            return Err(ModelError::Cancelled);
-        }
-        let options = graph.run_options().map_err(onnx)?;
-        let mut session = graph.session.lock().unwrap_or_else(|p| p.into_inner());
-        let mut binding = session.create_binding().map_err(|e| onnx(e.to_string()))?;
-        self.bind_inputs(graph, &mut binding, inputs)?;
+        let onnx = |message: String| graph.error(message);
+        let (options, mut session, mut binding) = self.start_bound(graph, inputs, cancel)?;
         let memory = self.session_memory();
         let device = self
             .session_memory_info()

@@ -71,6 +71,14 @@ pub(super) struct Graph {
 }
 
 impl Graph {
+    /// An ONNX Runtime failure of this graph, naming its file.
+    pub(super) fn error(&self, message: String) -> ModelError {
+        ModelError::Onnx {
+            file: self.file.clone(),
+            message,
+        }
+    }
+
     /// Run options of one run: with the arena given back at its end where the session shrinks
     /// (see [`cuda_arena`]).
     pub(super) fn run_options(&self) -> Result<RunOptions, String> {
@@ -312,10 +320,7 @@ impl DitModel {
         outputs: &[&str],
         cancel: CancelCheck<'_>,
     ) -> Result<Vec<Output>, ModelError> {
-        let onnx = |message: String| ModelError::Onnx {
-            file: graph.file.clone(),
-            message,
-        };
+        let onnx = |message: String| graph.error(message);
         if cancel() {
             return Err(ModelError::Cancelled);
         }
