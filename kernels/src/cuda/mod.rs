@@ -404,6 +404,11 @@ struct Tables {
     /// Coarse tiles: tile-centre tokens, 0..ntiles, ntiles, tiles per row.
     coarse: Option<(CudaSlice<i32>, CudaSlice<i32>, usize, usize)>,
     chunks: Vec<ChunkTables>,
+    /// Pairs per chunk these tables were cut with: every buffer of a call is sized from this,
+    /// not from a fresh `chunk_pairs` (its environment override may change between the two
+    /// reads when tests run in parallel: run 12 found `win` sized for fewer pairs than a chunk
+    /// held, an out-of-bounds write in `amf_windows`).
+    cp: usize,
 }
 
 impl CudaAmf {
@@ -622,6 +627,7 @@ impl CudaAmf {
             identity,
             coarse,
             chunks,
+            cp,
         });
         if work.tables.len() >= 32 {
             work.tables.clear();
@@ -973,7 +979,7 @@ impl CudaAmf {
             Readout::SoftArgmax => 0,
             Readout::Argmax => 1,
         };
-        let cp = self.chunk_pairs(plan);
+        let cp = tb.cp;
         let np_max = cp.min(np_all);
         let mut win = self.take(&mut work.i32s, "win", 2 * np_max * s)?;
         // Version 3 on tensor cores: online softmax inside the logits kernel, nothing stored
@@ -1129,7 +1135,7 @@ impl CudaAmf {
         let wide = grad_wide();
         // Packed A tiles: row strides (box bounds, whole chunks of 32) and whether they fit.
         let (ntx8, nt8) = (g.w.div_ceil(G_T), g.w.div_ceil(G_T) * g.h.div_ceil(G_T));
-        let cp = self.chunk_pairs(plan);
+        let cp = tb.cp;
         let np_max = cp.min(np_all);
         let stride_q = match g.mode {
             CentreMode::Query => {
