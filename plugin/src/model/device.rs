@@ -80,6 +80,22 @@ pub struct DeviceConditioning<'a> {
     pub grid: (usize, usize, usize),
 }
 
+/// Runs a bound session and waits until its outputs are written.
+fn run_synchronised<'b>(
+    graph: &Graph,
+    session: &'b mut Session,
+    binding: &'b IoBinding,
+    options: &RunOptions,
+) -> Result<ort::session::SessionOutputs<'b>, ModelError> {
+    let outs = session
+        .run_binding_with_options(binding, options)
+        .map_err(|e| graph.error(e.to_string()))?;
+    binding
+        .synchronize_outputs()
+        .map_err(|e| graph.error(e.to_string()))?;
+    Ok(outs)
+}
+
 impl DitModel {
     /// The memory the sessions compute in (see [`DeviceTensor`]).
     fn session_memory(&self) -> AllocationDevice<'static> {
@@ -222,12 +238,7 @@ impl DitModel {
                 .map_err(|e| onnx(format!("output '{name}': {e}")))?;
         }
         let read = Self::watching_cancel(&options, cancel, || {
-            let outs = session
-                .run_binding_with_options(&binding, &options)
-                .map_err(|e| onnx(e.to_string()))?;
-            binding
-                .synchronize_outputs()
-                .map_err(|e| onnx(e.to_string()))?;
+            let outs = run_synchronised(graph, &mut session, &binding, &options)?;
             host_outputs
                 .iter()
                 .map(|name| {
@@ -378,12 +389,7 @@ impl DitModel {
                 .map_err(|e| onnx(format!("output '{name}': {e}")))?;
         }
         Self::watching_cancel(&options, cancel, || {
-            let outs = session
-                .run_binding_with_options(&binding, &options)
-                .map_err(|e| onnx(e.to_string()))?;
-            binding
-                .synchronize_outputs()
-                .map_err(|e| onnx(e.to_string()))?;
+            let outs = run_synchronised(graph, &mut session, &binding, &options)?;
             let mut ptrs = [0u64; 2];
             let mut len = 0;
             for (slot, name) in ptrs.iter_mut().zip(["q", "k"]) {

@@ -254,10 +254,9 @@ impl<'m> Space<'m> {
                 }
             }
             None => {
-                let s = src.slice()?.to_vec();
-                let d = dst.slice_mut()?;
-                d[..n].copy_from_slice(&s);
-                d[n..].copy_from_slice(&s);
+                let (s, d) = (src.slice()?, dst.slice_mut()?);
+                d[..n].copy_from_slice(s);
+                d[n..].copy_from_slice(s);
             }
         }
         Ok(())
