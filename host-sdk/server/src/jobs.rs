@@ -68,15 +68,17 @@ impl Job {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, mut event: Json) {
-        let count = {
-            let mut inner = self.lock();
-            event["job"] = json!(self.id);
-            event["seq"] = json!(inner.events.len());
-            inner.events.push(event);
-            inner.events.len()
-        };
+    fn push(&self, event: Json) {
+        let count = self.append(&mut self.lock(), event);
         self.version.send_replace(count);
+    }
+
+    /// Appends `event` (numbered) under the caller's lock; returns the new event count.
+    fn append(&self, inner: &mut JobInner, mut event: Json) -> usize {
+        event["job"] = json!(self.id);
+        event["seq"] = json!(inner.events.len());
+        inner.events.push(event);
+        inner.events.len()
     }
 
     fn finish(&self, state: JobState, outputs: Vec<Json>, error: Option<Json>, seconds: f64) {
@@ -85,16 +87,19 @@ impl Job {
             event["type"] = json!("error");
             self.push(event);
         }
-        {
+        // The finished state and the `done` event under one lock: an event stream that sees the
+        // job finished has the `done` event too (set apart, a stream could end between them
+        // without it; seen once in CI's `cancelling_a_job_by_id_leaves_the_others_alone`).
+        let count = {
             let mut inner = self.lock();
             inner.state = state;
             inner.outputs = outputs.clone();
             inner.error = error;
             inner.graph = None;
-        }
-        self.push(
-            json!({"type": "done", "state": state.name(), "outputs": outputs, "seconds": seconds}),
-        );
+            let done = json!({"type": "done", "state": state.name(), "outputs": outputs, "seconds": seconds});
+            self.append(&mut inner, done)
+        };
+        self.version.send_replace(count);
     }
 
     pub fn state(&self) -> JobState {
