@@ -21,11 +21,14 @@ envof() {
     st) echo FASTVMT_AMF_FWD_STORED=1 ;;
     z1) echo FASTVMT_AMF_LOGITS_ZX=1 ;;
     legacy) echo FASTVMT_AMF_LEGACY=1 ;;
+    g2) echo FASTVMT_AMF_GRAD_TILE=2 ;;
+    g32) echo FASTVMT_AMF_GRAD_TILE=32 ;;
+    g16w) echo FASTVMT_AMF_GRAD_TILE=16w ;;
   esac
 }
-echo "=== tests: default (v2)" > $OUT/tests.log
+echo "=== tests: default" > $OUT/tests.log
 timeout 100 $B/cuda --nocapture --test-threads=1 >> $OUT/tests.log 2>&1
-echo "cuda tests (v2) rc=$? $(( $(date +%s) - t0 ))s"
+echo "cuda tests (default) rc=$? $(( $(date +%s) - t0 ))s"
 grep -E "worst|test result|panicked|failures" $OUT/tests.log | tail -4
 for v in ${VARIANTS-pkw ga st legacy}; do
   echo "=== tests: $v ($(envof $v))" >> $OUT/tests.log

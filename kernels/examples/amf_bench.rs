@@ -4,8 +4,11 @@
 //! Prints a table; with a path, also writes JSON lines that `bench/amf_torch.py --ours` reads.
 //! Without CUDA it prints the reason and exits 0.
 //!
-//! dtype column: `bf16` = the default tensor-core path (version 2: fused forward, backward
-//! logits split 3 ways per block, packed score gradient, 128-feature gradient blocks),
+//! dtype column: `bf16` = the default tensor-core path (fused forward, backward logits split 3
+//! ways per block, packed score gradient, version-3 gradient kernels on 16x8 tiles with
+//! per-group partner ranges), `bf16-g2` = the version-2 gradient kernels on 8x8 tiles
+//! (`FASTVMT_AMF_GRAD_TILE=2`), `bf16-g32` = version 3 on 32x8 tiles, `bf16-g16w` = version 3
+//! with 256 features per block,
 //! `bf16-z1` = backward logits unsplit (`FASTVMT_AMF_LOGITS_ZX=1`), `bf16-ga` = gradient
 //! kernels gathering the score gradient (`FASTVMT_AMF_GRAD_GATHER`), `bf16-st` = stored-logits
 //! forward (`FASTVMT_AMF_FWD_STORED`; fwd column), `bf16-legacy` = the run-3 kernels
@@ -157,6 +160,9 @@ fn run() -> Result<(), KernelError> {
             let simt_floor = (gflop / 67.0).max(bytes / 3.0e12 * 1e3);
             for dtype in [
                 "bf16",
+                "bf16-g2",
+                "bf16-g32",
+                "bf16-g16w",
                 "bf16-z1",
                 "bf16-ga",
                 "bf16-st",
@@ -174,6 +180,12 @@ fn run() -> Result<(), KernelError> {
                     } else {
                         std::env::remove_var(var);
                     }
+                }
+                match dtype {
+                    "bf16-g2" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "2"),
+                    "bf16-g32" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "32"),
+                    "bf16-g16w" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16w"),
+                    _ => std::env::remove_var("FASTVMT_AMF_GRAD_TILE"),
                 }
                 if !pick("AMF_BENCH_DTYPES", dtype, true) {
                     continue;

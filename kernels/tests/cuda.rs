@@ -57,6 +57,16 @@ fn gpu_cases() -> Vec<AmfSpec> {
         PairSet::Forward { span: 4 },
         coarse(10, 3, 4),
     ));
+    // Several tall (16- and 32-row) gradient tiles, the last ones partial in both directions.
+    v.push(spec(
+        1,
+        5,
+        37,
+        21,
+        64,
+        PairSet::Forward { span: 4 },
+        local(5),
+    ));
     v
 }
 
@@ -108,8 +118,15 @@ fn cuda_matches_cpu() {
     let mut failures: Vec<String> = Vec::new();
     // Under compute-sanitizer: only the small cases (the big one is slow there).
     let small = std::env::var("FASTVMT_CUDA_TEST_SMALL").is_ok();
+    // FASTVMT_CUDA_TEST_CASE=<index>: only that case (e.g. the big one under the sanitizer).
+    let only: Option<usize> = std::env::var("FASTVMT_CUDA_TEST_CASE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (n, s) in gpu_cases().iter().enumerate() {
-        if small && s.grid_h * s.grid_w * s.heads > 1000 {
+        if small && s.grid_h * s.grid_w * s.heads > 1000 && only.is_none() {
+            continue;
+        }
+        if only.is_some_and(|o| o != n) {
             continue;
         }
         let len = s.heads * s.frames * s.grid_h * s.grid_w * s.head_dim;
@@ -123,7 +140,8 @@ fn cuda_matches_cpu() {
             disp: rand_vec(np * s.grid_h * s.grid_w * 2, 3000 + n as u64, 2.0),
         };
         // Multi-chunk path (accumulating gradients) on every other case.
-        if n % 2 == 1 {
+        // (FASTVMT_CUDA_TEST_FLIP_CHUNK: the other one, to run one case both ways.)
+        if (n % 2 == 1) != std::env::var_os("FASTVMT_CUDA_TEST_FLIP_CHUNK").is_some() {
             std::env::set_var("FASTVMT_AMF_CHUNK_BYTES", "1");
         }
         let e32 = compare(&gpu, s, &q, &k, &reference);

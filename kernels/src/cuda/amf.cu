@@ -1767,6 +1767,382 @@ extern "C" __global__ void __launch_bounds__(256) amf_pack_dk(const u16* scores,
     pack_impl<true>(scores, boxes, S, w, ntx, win, wh, ww, box_stride, out);
 }
 
+// =============================================================================================
+// Version 3 of the tensor-core gradient kernels (the default): own tiles of TY x 8 tokens
+// (TY = 16 or 32) made of groups of 32 own tokens (4 tile rows x 8), and per group the range of
+// partner indices (row-major in the tile's partner box) its windows can touch. A taller tile
+// shares each partner row brought from L2 among more own tokens (the box grows by TY + 2r rows
+// for TY rows), and every group skips the chunks of 32 partners outside its range, so the
+// products a block executes do not grow with the tile (query-centred r = 10: 24 of the box's
+// 36 rows per group at TY = 16, against 28 of 28 for an 8x8 tile).
+#define G3_W 8      // tile width (tokens)
+#define G3_GR 32    // own tokens per group (4 tile rows x 8)
+#define G3_MAXG 8   // groups per tile (TY <= 32)
+#define G3_ST 3     // pipeline stages
+
+// Per (pair, TY x 8 tile) pt: boxes[pt] = (y0, x0, rows, cols) of the partners any own token
+// can touch (rows = 0: none), ranges[pt * 8 + g] = [lo, hi) partner indices of group g ((0, 0):
+// none). mode 0 (dQ): own = queries, partners = the keys of their windows; mode 1 (dK): own =
+// keys, partners = the queries whose windows contain them. grid (ntiles, npairs), block 256.
+extern "C" __global__ void amf_grad_ranges(int mode, int h, int w, int wh, int ww, int ntx, int ty,
+                                           const int2* __restrict__ win, int4* __restrict__ boxes,
+                                           int2* __restrict__ ranges) {
+    __shared__ int red[G3_MAXG][4];
+    const int tile = blockIdx.x, pair = blockIdx.y;
+    const int S = h * w;
+    const int ngr = ty / 4;
+    const int ty0 = (tile / ntx) * ty, tx0 = (tile % ntx) * G3_W;
+    const int tx1 = min(tx0 + G3_W, w) - 1;
+    if (threadIdx.x < G3_MAXG) {
+        red[threadIdx.x][0] = 1 << 30; red[threadIdx.x][1] = -1;
+        red[threadIdx.x][2] = 1 << 30; red[threadIdx.x][3] = -1;
+    }
+    __syncthreads();
+    const int2* wp = win + (long long)pair * S;
+    if (mode == 0) {
+        for (int a = threadIdx.x; a < ty * G3_W; a += blockDim.x) {
+            const int y = ty0 + a / G3_W, x = tx0 + a % G3_W;
+            if (y >= h || x >= w) continue;
+            const int2 st = wp[y * w + x];
+            const int g = a / G3_GR;
+            atomicMin(&red[g][0], st.x); atomicMax(&red[g][1], st.x + wh - 1);
+            atomicMin(&red[g][2], st.y); atomicMax(&red[g][3], st.y + ww - 1);
+        }
+    } else {
+        for (int t = threadIdx.x; t < S; t += blockDim.x) {
+            const int2 st = wp[t];
+            if (st.y > tx1 || st.y + ww <= tx0) continue;
+            const int y = t / w, x = t - (t / w) * w;
+            for (int g = 0; g < ngr; g++) {
+                const int gy0 = ty0 + 4 * g, gy1 = min(gy0 + 4, h) - 1;
+                if (gy0 >= h) break;
+                if (st.x <= gy1 && st.x + wh > gy0) {
+                    atomicMin(&red[g][0], y); atomicMax(&red[g][1], y);
+                    atomicMin(&red[g][2], x); atomicMax(&red[g][3], x);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int y0 = 1 << 30, y1 = -1, x0 = 1 << 30, x1 = -1;
+        for (int g = 0; g < ngr; g++) {
+            if (red[g][1] < 0) continue;
+            y0 = min(y0, red[g][0]); y1 = max(y1, red[g][1]);
+            x0 = min(x0, red[g][2]); x1 = max(x1, red[g][3]);
+        }
+        int4 b = make_int4(0, 0, 0, 0);
+        if (y1 >= 0) b = make_int4(y0, x0, y1 - y0 + 1, x1 - x0 + 1);
+        const long long pt = (long long)pair * gridDim.x + tile;
+        boxes[pt] = b;
+        for (int g = 0; g < G3_MAXG; g++) {
+            int2 r = make_int2(0, 0);
+            if (g < ngr && red[g][1] >= 0) {
+                r.x = (red[g][0] - y0) * b.w + (red[g][2] - x0);
+                r.y = (red[g][1] - y0) * b.w + (red[g][3] - x0) + 1;
+            }
+            ranges[pt * G3_MAXG + g] = r;
+        }
+    }
+}
+
+// Chunk range [c0, c1) of chunks of G_K partners that meet a partner range (c1 = 0: none).
+__device__ __forceinline__ int2 g3_chunks(int2 r) {
+    return r.y > r.x ? make_int2(r.x / G_K, (r.y + G_K - 1) / G_K) : make_int2(0, 0);
+}
+
+// Pack the score gradient for the version-3 kernels: out[pt][M = ty * 8 own rows][box_stride],
+// per group only the chunks of its range (the gradient kernels read nothing else), zeros outside
+// the windows, the box and the frame. grid (ntiles, npairs), block 256.
+template <bool TRANS>
+__device__ void pack3_impl(const u16* __restrict__ scores, const int4* __restrict__ boxes,
+                           const int2* __restrict__ ranges, int S, int w, int ntx, int ty,
+                           const int2* __restrict__ win, int wh, int ww, int box_stride,
+                           u16* __restrict__ out) {
+    __shared__ int s_tok[G3_MAXG * G3_GR], s_a[G3_MAXG * G3_GR], s_b[G3_MAXG * G3_GR];
+    __shared__ int2 s_ch[G3_MAXG];
+    const int tile = blockIdx.x, pair = blockIdx.y, ntiles = gridDim.x;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const int h = S / w;
+    const int M = ty * G3_W;
+    const long long W = (long long)wh * ww;
+    const long long pt = (long long)pair * ntiles + tile;
+    for (int a = tid; a < M; a += nt) {
+        const int y = (tile / ntx) * ty + a / G3_W, xx = (tile % ntx) * G3_W + a % G3_W;
+        const bool ok = y < h && xx < w;
+        const int tok = ok ? y * w + xx : -1;
+        s_tok[a] = tok;
+        if (!TRANS) {
+            const int2 st = ok ? win[(long long)pair * S + tok] : make_int2(0, 0);
+            s_a[a] = st.x; s_b[a] = st.y;
+        } else {
+            s_a[a] = y; s_b[a] = xx;
+        }
+    }
+    if (tid < G3_MAXG) s_ch[tid] = g3_chunks(ranges[pt * G3_MAXG + tid]);
+    __syncthreads();
+    const int4 bx = boxes[pt];
+    const int npart = bx.z * bx.w;
+    const int nch = (npart + G_K - 1) / G_K;
+    const u16* sp = scores + (long long)pair * S * W;
+    const int2* wp = win + (long long)pair * S;
+    u16* base = out + pt * M * box_stride;
+    for (int c = 0; c < nch; c++) {
+        const int p0 = c * G_K;
+        if (!TRANS) {
+            // Item (own query m, 8 consecutive partner keys).
+            for (int it = tid; it < M * 4; it += nt) {
+                const int m = it >> 2, n0 = p0 + (it & 3) * 8;
+                const int2 ch = s_ch[m / G3_GR];
+                if (c < ch.x || c >= ch.y) continue;
+                const int tok = s_tok[m], r0 = s_a[m], c0 = s_b[m];
+                const int yy = n0 / bx.w;
+                int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+                const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
+                u16 v[8];
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const int dy = ky - r0, dx = kx - c0;
+                    u16 val = 0;
+                    if (tok >= 0 && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                        val = row[dy * ww + dx];
+                    v[i] = val;
+                    if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
+                }
+                uint4 pk;
+                pk.x = (unsigned)v[0] | ((unsigned)v[1] << 16);
+                pk.y = (unsigned)v[2] | ((unsigned)v[3] << 16);
+                pk.z = (unsigned)v[4] | ((unsigned)v[5] << 16);
+                pk.w = (unsigned)v[6] | ((unsigned)v[7] << 16);
+                *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) = pk;
+            }
+        } else {
+            // Thread: partner query n = p0 + lane, own keys m = warp, warp + nwarps, ...
+            // (H100: 0.31 ms at FastVMT's shape; a warp per group with the partner broadcast
+            // and 16-byte stores measured 0.42 ms.)
+            const int n = p0 + (tid & 31);
+            const bool ok = n < npart;
+            int r0 = 0, c0 = 0;
+            const u16* row = sp;
+            if (ok) {
+                const int yy = n / bx.w;
+                const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
+                const int2 st = wp[qt];
+                r0 = st.x; c0 = st.y;
+                row = sp + (long long)qt * W;
+            }
+            for (int m = tid >> 5; m < M; m += nt >> 5) {
+                const int2 ch = s_ch[m / G3_GR];
+                if (c < ch.x || c >= ch.y) continue;
+                const int dy = s_a[m] - r0, dx = s_b[m] - c0;
+                u16 val = 0;
+                if (ok && s_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                    val = row[dy * ww + dx];
+                base[(long long)m * box_stride + n] = val;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) amf_pack3_dq(const u16* scores, const int4* boxes,
+                                                               const int2* ranges, int S, int w, int ntx,
+                                                               int ty, const int2* win, int wh, int ww,
+                                                               int box_stride, u16* out) {
+    pack3_impl<false>(scores, boxes, ranges, S, w, ntx, ty, win, wh, ww, box_stride, out);
+}
+extern "C" __global__ void __launch_bounds__(256) amf_pack3_dk(const u16* scores, const int4* boxes,
+                                                               const int2* ranges, int S, int w, int ntx,
+                                                               int ty, const int2* win, int wh, int ww,
+                                                               int box_stride, u16* out) {
+    pack3_impl<true>(scores, boxes, ranges, S, w, ntx, ty, win, wh, ww, box_stride, out);
+}
+
+// dQ (TRANS = false: own = queries of frame i = blockIdx.z, partners = keys of frame j, x = K)
+// or dK (TRANS = true: own = keys of frame j, partners = queries of frame i, x = Q) of a TY x 8
+// tile x GN features (128 or 256). (TY / 4) x (GN / 64) warps: warp = (group g: own rows
+// 32g .. 32g + 31) x (64 features). A (packed scores) and B (partner rows) by cp.async, 3 stages
+// over the chunks of 32 partners the block's groups need; a group's warps skip the chunks
+// outside its range. grid (ntiles, ceil(H*d / GN), F), dynamic shared memory
+// 3 * (TY * 8 * 40 + 32 * (GN + 8)) * 2 bytes.
+template <bool BF16, bool TRANS, int TY, int GN>
+__device__ void grad3_impl(const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                           const int* __restrict__ pair_idx, const int4* __restrict__ boxes,
+                           const int2* __restrict__ ranges, const u16* __restrict__ x, int H, int F,
+                           int S, int d, int w, int ntx, float inv, int accumulate,
+                           float* __restrict__ out, const u16* __restrict__ packed, int box_stride) {
+    constexpr int M = TY * G3_W;     // own tokens per tile
+    constexpr int NG = TY / 4;       // groups of 32
+    constexpr int WPG = GN / 64;     // warps per group
+    constexpr int NT = NG * WPG * 32;
+    constexpr int SB = GN + 8;
+    constexpr int BCP = G_K * (GN / 8) / NT;  // 16-byte copies of B per thread and chunk
+    constexpr int TPR = (GN / 8) / BCP;       // threads per B row
+    constexpr int ACP = 4 * M / NT;           // 16-byte copies of A per thread and chunk
+    extern __shared__ __align__(16) u16 g3_smem[];
+    u16 (*As)[M][G_SA] = reinterpret_cast<u16 (*)[M][G_SA]>(g3_smem);
+    u16 (*Bs)[G_K][SB] = reinterpret_cast<u16 (*)[G_K][SB]>(g3_smem + G3_ST * M * G_SA);
+    __shared__ int s_tok[M];
+    __shared__ int2 s_ch[NG];
+    const int tile = blockIdx.x, own = blockIdx.z, ntiles = gridDim.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int h = S / w;
+    const int D = H * d;
+    const int f0 = blockIdx.y * GN;
+    for (int a = tid; a < M; a += NT) {
+        const int y = (tile / ntx) * TY + a / G3_W, xx = (tile % ntx) * G3_W + a % G3_W;
+        s_tok[a] = (y < h && xx < w) ? y * w + xx : -1;
+    }
+    // Visible to the store at the end even when no pair of this frame reaches a barrier.
+    __syncthreads();
+    const int br = tid / TPR, bc = (tid % TPR) * BCP;
+    long long boff[BCP];
+    bool bok[BCP];
+#pragma unroll
+    for (int cc = 0; cc < BCP; cc++) {
+        const int fe = f0 + (bc + cc) * 8;
+        bok[cc] = fe < D;
+        const int hh = fe / d, c = fe - (fe / d) * d;
+        boff[cc] = (long long)hh * F * S * d + c;
+    }
+    const int wg = warp / WPG, wn = warp % WPG;
+    float acc[2][8][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int b = 0; b < 8; b++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
+    for (int pp = pair_off[own]; pp < pair_off[own + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int pf = TRANS ? pairs[pair].x : pairs[pair].y;  // partner frame
+        const long long pt = (long long)pair * ntiles + tile;
+        const int4 bx = boxes[pt];
+        const int npart = bx.z * bx.w;
+        if (npart == 0) continue;
+        __syncthreads();  // the previous pair's readers are done with the stages and s_ch
+        if (tid < NG) s_ch[tid] = g3_chunks(ranges[pt * G3_MAXG + tid]);
+        __syncthreads();
+        int cmin = 1 << 30, cmax = 0;
+#pragma unroll
+        for (int q = 0; q < NG; q++) {
+            const int2 ch = s_ch[q];
+            if (ch.y > ch.x) { cmin = min(cmin, ch.x); cmax = max(cmax, ch.y); }
+        }
+        if (cmax <= cmin) continue;
+        const int2 wch = s_ch[wg];
+        int2 ach[ACP];
+#pragma unroll
+        for (int k = 0; k < ACP; k++) ach[k] = s_ch[((tid + k * NT) >> 2) / G3_GR];
+        const long long xbase = (long long)pf * S * d;
+        const u16* abase = packed + pt * M * box_stride;
+        // This thread's B row: partner index n = c * 32 + br, kept as (row yy, column xr) of the
+        // box and advanced by 32 per chunk (chunks load in increasing order).
+        int yy, xr;
+        {
+            const int n = cmin * G_K + br;
+            yy = n / bx.w;
+            xr = n - yy * bx.w;
+        }
+        auto load = [&](int c, int stage) {
+            const bool ok = c * G_K + br < npart;
+            const long long tok = (long long)(bx.x + yy) * w + bx.y + xr;
+#pragma unroll
+            for (int cc = 0; cc < BCP; cc++) {
+                const bool o = ok && bok[cc];
+                cp_async16(&Bs[stage][br][(bc + cc) * 8], o ? x + boff[cc] + xbase + tok * d : x,
+                           o ? 16 : 0);
+            }
+            xr += G_K;
+            while (xr >= bx.w) { xr -= bx.w; yy++; }
+#pragma unroll
+            for (int k = 0; k < ACP; k++) {
+                const int it = tid + k * NT, m = it >> 2, seg = it & 3;
+                if (c >= ach[k].x && c < ach[k].y)
+                    cp_async16(&As[stage][m][seg * 8],
+                               abase + (long long)m * box_stride + c * G_K + seg * 8, 16);
+            }
+            cp_async_commit();
+        };
+        auto mma_chunk = [&](int st) {
+#pragma unroll
+            for (int ks = 0; ks < G_K / 16; ks++) {
+                unsigned a[2][4], b[4][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+                    ldsm_x4(a[mt], &As[st][wg * 32 + mt * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+                for (int np = 0; np < 4; np++)
+                    ldsm_x4_trans(b[np], &Bs[st][ks * 16 + (lane & 15)][wn * 64 + np * 16 + (lane >> 4) * 8]);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 8; nt++)
+                        mma16816<BF16>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
+            }
+        };
+#pragma unroll
+        for (int s0 = 0; s0 < G3_ST - 1; s0++) {
+            if (cmin + s0 < cmax) load(cmin + s0, s0);
+            else cp_async_commit();
+        }
+        int st = 0;
+        for (int c = cmin; c < cmax; c++) {
+            cp_async_wait<G3_ST - 2>();
+            __syncthreads();
+            const int ld = st == 0 ? G3_ST - 1 : st - 1;  // (st + ST - 1) % ST
+            if (c + G3_ST - 1 < cmax) load(c + G3_ST - 1, ld);
+            else cp_async_commit();
+            if (c >= wch.x && c < wch.y) mma_chunk(st);
+            st = st == G3_ST - 1 ? 0 : st + 1;
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int m = wg * 32 + mt * 16 + g + hf * 8;
+                const int tok = s_tok[m];
+                const int fe = f0 + wn * 64 + nt * 8 + 2 * t4;  // even; fe + 1 is in the same head
+                if (tok < 0 || fe >= D) continue;
+                const int hh = fe / d, c = fe - (fe / d) * d;
+                float2* o = reinterpret_cast<float2*>(out + (((long long)hh * F + own) * S + tok) * d + c);
+                float2 v = make_float2(acc[mt][nt][hf * 2] * inv, acc[mt][nt][hf * 2 + 1] * inv);
+                if (accumulate) {
+                    const float2 old = *o;
+                    v.x += old.x;
+                    v.y += old.y;
+                }
+                *o = v;
+            }
+}
+
+// NAME: t16 (16 x 8 tiles x 128 features, 256 threads), t16w (x 256 features, 512 threads),
+// t32 (32 x 8 x 128, 512 threads).
+#define GRAD3_ENTRY(NAME, TY, GN, MINB, SUF, BF)                                                   \
+    extern "C" __global__ void __launch_bounds__(TY * GN / 8, MINB) amf_dq3##NAME##_##SUF(         \
+        const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
+        const int2* ranges, const u16* k, int H, int F, int S, int d, int w, int ntx, float inv,   \
+        int accumulate, float* dq, const u16* packed, int box_stride) {                            \
+        grad3_impl<BF, false, TY, GN>(pairs, pair_off, pair_idx, boxes, ranges, k, H, F, S, d, w,  \
+                                      ntx, inv, accumulate, dq, packed, box_stride);               \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(TY * GN / 8, MINB) amf_dk3##NAME##_##SUF(         \
+        const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
+        const int2* ranges, const u16* q, int H, int F, int S, int d, int w, int ntx, float inv,   \
+        int accumulate, float* dk, const u16* packed, int box_stride) {                            \
+        grad3_impl<BF, true, TY, GN>(pairs, pair_off, pair_idx, boxes, ranges, q, H, F, S, d, w,   \
+                                     ntx, inv, accumulate, dk, packed, box_stride);                \
+    }
+GRAD3_ENTRY(t16, 16, 128, 2, f16, false)
+GRAD3_ENTRY(t16, 16, 128, 2, bf16, true)
+GRAD3_ENTRY(t16w, 16, 256, 1, f16, false)
+GRAD3_ENTRY(t16w, 16, 256, 1, bf16, true)
+GRAD3_ENTRY(t32, 32, 128, 1, f16, false)
+GRAD3_ENTRY(t32, 32, 128, 1, bf16, true)
+
 // Sum of n floats in one block of 1024 threads (fixed order: deterministic).
 extern "C" __global__ void amf_sum(const float* __restrict__ v, long long n, float* __restrict__ out) {
     __shared__ double part[32];

@@ -58,6 +58,31 @@ fn grad_packed() -> bool {
 /// Largest packed score buffer (bytes, each of dQ and dK) before the gather kernels are used.
 const PACK_BYTES: usize = 2 << 30;
 
+/// Version-3 gradients (`amf_grad_ranges`, `amf_pack3_*`, `amf_dq3t*`/`amf_dk3t*`): own tiles of
+/// `TY x 8` tokens whose groups of 32 skip the partner chunks outside their windows, times
+/// GN features per block. `FASTVMT_AMF_GRAD_TILE` picks (TY, GN): `16` (16, 128), `16w`
+/// (16, 256), `32` (32, 128); default [`G3_TILE`]; `2` runs the version-2 8x8 kernels instead
+/// (for before/after measurements). Read once per call.
+fn grad_tile() -> Option<(usize, usize)> {
+    match std::env::var("FASTVMT_AMF_GRAD_TILE").as_deref() {
+        Ok("2") => None,
+        Ok("16") => Some((16, 128)),
+        Ok("16w") => Some((16, 256)),
+        Ok("32") => Some((32, 128)),
+        _ => Some(G3_TILE),
+    }
+}
+/// Default version-3 tile height and features per block.
+const G3_TILE: (usize, usize) = (16, 128);
+/// Kernel-name suffix of a version-3 tile.
+fn g3_name(ty: usize, gn: usize) -> String {
+    format!("t{ty}{}", if gn == 256 { "w" } else { "" })
+}
+/// Dynamic shared memory of the version-3 gradient kernels: 3 stages x (TY*8 x 40 + 32 x (GN+8)) u16.
+const fn g3_smem(ty: usize, gn: usize) -> usize {
+    3 * (ty * 8 * 40 + 32 * (gn + 8)) * 2
+}
+
 const FUNCS: &[&str] = &[
     "amf_fill",
     "amf_cast16",
@@ -106,6 +131,21 @@ const FUNCS: &[&str] = &[
     "amf_dk2pw_bf16",
     "amf_pack_dq",
     "amf_pack_dk",
+    "amf_grad_ranges",
+    "amf_pack3_dq",
+    "amf_pack3_dk",
+    "amf_dq3t16_f16",
+    "amf_dq3t16_bf16",
+    "amf_dk3t16_f16",
+    "amf_dk3t16_bf16",
+    "amf_dq3t16w_f16",
+    "amf_dq3t16w_bf16",
+    "amf_dk3t16w_f16",
+    "amf_dk3t16w_bf16",
+    "amf_dq3t32_f16",
+    "amf_dq3t32_bf16",
+    "amf_dk3t32_f16",
+    "amf_dk3t32_bf16",
     "amf_sum",
 ];
 
@@ -397,6 +437,24 @@ struct ChunkTables {
     zero_win: Option<CudaSlice<i32>>,
 }
 
+/// Version-3 gradient geometry of one call (see [`grad_tile`]).
+struct Grad3 {
+    /// Tile height, features per block, tiles per row, tiles per frame.
+    ty: usize,
+    gn: usize,
+    ntx: usize,
+    nt: usize,
+    /// Packed score row strides (whole chunks of 32 partners) and buffer lengths (u16).
+    stride_q: usize,
+    stride_k: usize,
+    len_q: usize,
+    len_k: usize,
+}
+
+/// A version-3 direction's buffers: boxes (`int4` per pair and tile), per-group partner ranges
+/// (`int2 x 8` per pair and tile) and the packed score gradient.
+type Grad3Bufs = (CudaSlice<i32>, CudaSlice<i32>, CudaSlice<u16>);
+
 /// Index arrays of one plan, cached across calls.
 struct Tables {
     slot_tok: CudaSlice<i32>,
@@ -435,6 +493,18 @@ impl CudaAmf {
             ("amf_dq2pw_bf16", G2PW_SMEM),
             ("amf_dk2pw_f16", G2PW_SMEM),
             ("amf_dk2pw_bf16", G2PW_SMEM),
+            ("amf_dq3t16_f16", g3_smem(16, 128)),
+            ("amf_dq3t16_bf16", g3_smem(16, 128)),
+            ("amf_dk3t16_f16", g3_smem(16, 128)),
+            ("amf_dk3t16_bf16", g3_smem(16, 128)),
+            ("amf_dq3t16w_f16", g3_smem(16, 256)),
+            ("amf_dq3t16w_bf16", g3_smem(16, 256)),
+            ("amf_dk3t16w_f16", g3_smem(16, 256)),
+            ("amf_dk3t16w_bf16", g3_smem(16, 256)),
+            ("amf_dq3t32_f16", g3_smem(32, 128)),
+            ("amf_dq3t32_bf16", g3_smem(32, 128)),
+            ("amf_dk3t32_f16", g3_smem(32, 128)),
+            ("amf_dk3t32_bf16", g3_smem(32, 128)),
         ] {
             funcs[name]
                 .set_attribute(
@@ -762,6 +832,130 @@ impl CudaAmf {
         };
         // SAFETY: the argument lists match amf_logits3_* / amf_logits_tc* / amf_logits_* in amf.cu.
         unsafe { b.launch(lc) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// dQ and dK of one pair chunk by the version-3 kernels: ranges, packing, then the two
+    /// gradient products (`acc` = 1 adds to what earlier chunks wrote).
+    #[allow(clippy::too_many_arguments)]
+    fn grad3<T: Element>(
+        &self,
+        work: &mut Work,
+        plan: &Plan,
+        v: &Grad3,
+        bufs: &mut [Grad3Bufs; 2],
+        ct: &ChunkTables,
+        (s16, win): (&CudaSlice<u16>, &CudaSlice<i32>),
+        (q, k): (&CudaSlice<T>, &CudaSlice<T>),
+        np: usize,
+        (inv, acc): (f32, i32),
+        (dq, dk): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+    ) -> Result<(), KernelError> {
+        let g = plan.geom;
+        let (h, w, si) = (
+            i32of(g.h, "grid_h")?,
+            i32of(g.w, "grid_w")?,
+            i32of(g.s(), "S")?,
+        );
+        let (wh, ww) = (i32of(g.wh, "wh")?, i32of(g.ww, "ww")?);
+        let (ty, ntx) = (i32of(v.ty, "tile")?, i32of(v.ntx, "tiles")?);
+        let (hn, fr, d) = (
+            i32of(plan.heads, "heads")?,
+            i32of(plan.frames, "frames")?,
+            i32of(plan.d, "head_dim")?,
+        );
+        let [(bq, rq, pq), (bk, rk, pk)] = bufs;
+        for (mode, bx, rg) in [(0i32, &mut *bq, &mut *rq), (1i32, &mut *bk, &mut *rk)] {
+            // SAFETY: argument list of amf_grad_ranges; boxes/ranges hold np * nt entries.
+            unsafe {
+                self.stream
+                    .launch_builder(self.f("amf_grad_ranges")?)
+                    .arg(&mode)
+                    .arg(&h)
+                    .arg(&w)
+                    .arg(&wh)
+                    .arg(&ww)
+                    .arg(&ntx)
+                    .arg(&ty)
+                    .arg(win)
+                    .arg(bx)
+                    .arg(rg)
+                    .launch(cfg((v.nt, np, 1), 256))
+            }
+            .map_err(drv)?;
+        }
+        self.mark(work, "boxes")?;
+        for (name, bx, rg, stride, out) in [
+            ("amf_pack3_dq", &*bq, &*rq, v.stride_q, &mut *pq),
+            ("amf_pack3_dk", &*bk, &*rk, v.stride_k, &mut *pk),
+        ] {
+            let st = i32of(stride, "packed stride")?;
+            // SAFETY: argument list of amf_pack3_*; out holds np * nt * TY * 8 * stride values.
+            unsafe {
+                self.stream
+                    .launch_builder(self.f(name)?)
+                    .arg(s16)
+                    .arg(bx)
+                    .arg(rg)
+                    .arg(&si)
+                    .arg(&w)
+                    .arg(&ntx)
+                    .arg(&ty)
+                    .arg(win)
+                    .arg(&wh)
+                    .arg(&ww)
+                    .arg(&st)
+                    .arg(out)
+                    .launch(cfg((v.nt, np, 1), 256))
+            }
+            .map_err(drv)?;
+        }
+        self.mark(work, "pack")?;
+        let grid = (v.nt, (plan.heads * plan.d).div_ceil(v.gn), plan.frames);
+        let lc = LaunchConfig {
+            shared_mem_bytes: g3_smem(v.ty, v.gn) as u32,
+            ..cfg(grid, v.ty * v.gn / 8)
+        };
+        for (dir, operand, off, idx, bx, rg, pk_buf, stride, out) in [
+            (
+                "dq", k, &ct.qoff, &ct.qidx, &*bq, &*rq, &*pq, v.stride_q, &mut *dq,
+            ),
+            (
+                "dk", q, &ct.koff, &ct.kidx, &*bk, &*rk, &*pk, v.stride_k, &mut *dk,
+            ),
+        ] {
+            let func = self.f(&format!(
+                "amf_{dir}3{}_{}",
+                g3_name(v.ty, v.gn),
+                T::CUDA_SUFFIX
+            ))?;
+            let st = i32of(stride, "packed stride")?;
+            // SAFETY: argument list of amf_dq3t* / amf_dk3t*; the operand is the 16-bit Q or K.
+            unsafe {
+                self.stream
+                    .launch_builder(func)
+                    .arg(&ct.pairs)
+                    .arg(off)
+                    .arg(idx)
+                    .arg(bx)
+                    .arg(rg)
+                    .arg(operand)
+                    .arg(&hn)
+                    .arg(&fr)
+                    .arg(&si)
+                    .arg(&d)
+                    .arg(&w)
+                    .arg(&ntx)
+                    .arg(&inv)
+                    .arg(&acc)
+                    .arg(out)
+                    .arg(pk_buf)
+                    .arg(&st)
+                    .launch(lc)
+            }
+            .map_err(drv)?;
+            self.mark(work, if dir == "dq" { "dq" } else { "dk" })?;
+        }
         Ok(())
     }
 
@@ -1146,6 +1340,33 @@ impl CudaAmf {
         let stride_k = s.div_ceil(32) * 32;
         let pack_len = |stride: usize| np_max * nt8 * G_T * G_T * stride;
         let packed = v2 && grad_packed() && 2 * pack_len(stride_k) <= PACK_BYTES;
+        // Version 3 (default): TY x 8 own tiles with per-group partner ranges; falls back to
+        // version 2 where its packed buffers would not fit.
+        let v3 = match grad_tile() {
+            Some((ty, gn)) if packed && !wide => {
+                let ntx = g.w.div_ceil(G_T);
+                let nt = ntx * g.h.div_ceil(ty);
+                let stride_q = match g.mode {
+                    // The union of TY rows' clamped windows spans at most wh + TY - 1 rows.
+                    CentreMode::Query => {
+                        (g.h.min(g.wh + ty - 1) * g.w.min(g.ww + G_T - 1)).div_ceil(32) * 32
+                    }
+                    _ => s.div_ceil(32) * 32,
+                };
+                let len = |stride: usize| np_max * nt * ty * G_T * stride;
+                (2 * len(stride_q).max(len(stride_k)) <= PACK_BYTES).then_some(Grad3 {
+                    ty,
+                    gn,
+                    ntx,
+                    nt,
+                    stride_q,
+                    stride_k,
+                    len_q: len(stride_q),
+                    len_k: len(stride_k),
+                })
+            }
+            _ => None,
+        };
         let kind = match (v2, packed, wide) {
             (true, true, true) => "2pw",
             (true, true, false) => "2p",
@@ -1171,7 +1392,7 @@ impl CudaAmf {
             None
         };
         // Version 2: 8x8 tiles of own tokens, partner boxes per (pair, tile).
-        let mut packs = if packed {
+        let mut packs = if packed && v3.is_none() {
             Some((
                 self.take(&mut work.u16s, "pack_q", pack_len(stride_q))?,
                 self.take(&mut work.u16s, "pack_k", pack_len(stride_k))?,
@@ -1179,13 +1400,29 @@ impl CudaAmf {
         } else {
             None
         };
-        let mut boxes = if v2 {
+        let mut boxes = if v2 && v3.is_none() {
             Some((
                 self.take(&mut work.i32s, "boxes_q", 4 * np_max * nt8)?,
                 self.take(&mut work.i32s, "boxes_k", 4 * np_max * nt8)?,
             ))
         } else {
             None
+        };
+        // Version 3: (boxes, ranges, packed scores) for dQ and for dK.
+        let mut bufs3 = match &v3 {
+            Some(v) => Some([
+                (
+                    self.take(&mut work.i32s, "boxes3_q", 4 * np_max * v.nt)?,
+                    self.take(&mut work.i32s, "ranges3_q", 2 * 8 * np_max * v.nt)?,
+                    self.take(&mut work.u16s, "pack3_q", v.len_q)?,
+                ),
+                (
+                    self.take(&mut work.i32s, "boxes3_k", 4 * np_max * v.nt)?,
+                    self.take(&mut work.i32s, "ranges3_k", 2 * 8 * np_max * v.nt)?,
+                    self.take(&mut work.u16s, "pack3_k", v.len_k)?,
+                ),
+            ]),
+            None => None,
         };
         for (ci, ct) in tb.chunks.iter().enumerate() {
             let np = ct.pairs_host.len();
@@ -1207,6 +1444,21 @@ impl CudaAmf {
             )?;
             self.mark(work, "rows")?;
             let acc = i32::from(ci > 0);
+            if let (Some(s16), Some(v), Some(b3)) = (s16.as_ref(), v3.as_ref(), bufs3.as_mut()) {
+                self.grad3::<T>(
+                    work,
+                    plan,
+                    v,
+                    b3,
+                    ct,
+                    (s16, &win),
+                    (q, k),
+                    np,
+                    (inv, acc),
+                    (&mut *dq, &mut *dk),
+                )?;
+                continue;
+            }
             if let (Some(s16), Some((bq, bk))) = (s16.as_ref(), boxes.as_mut()) {
                 let (hh, ww8, whh, wwh, ntxi) = (
                     i32of(g.h, "grid_h")?,
@@ -1422,6 +1674,14 @@ impl CudaAmf {
         if let Some((pq, pk)) = packs {
             work.u16s.insert("pack_q", pq);
             work.u16s.insert("pack_k", pk);
+        }
+        if let Some([(bq, rq, pq), (bk, rk, pk)]) = bufs3 {
+            work.i32s.insert("boxes3_q", bq);
+            work.i32s.insert("ranges3_q", rq);
+            work.u16s.insert("pack3_q", pq);
+            work.i32s.insert("boxes3_k", bk);
+            work.i32s.insert("ranges3_k", rk);
+            work.u16s.insert("pack3_k", pk);
         }
         Ok(out?[0])
     }
