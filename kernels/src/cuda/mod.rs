@@ -60,18 +60,33 @@ const PACK_BYTES: usize = 2 << 30;
 
 /// Version-3 gradients (`amf_grad_ranges`, `amf_pack3_*`, `amf_dq3t*`/`amf_dk3t*`): own tiles of
 /// `TY x 8` tokens whose groups of 32 skip the partner chunks outside their windows, times
-/// GN features per block. `FASTVMT_AMF_GRAD_TILE` picks (TY, GN): `16` (16, 128), `16w`
-/// (16, 256), `32` (32, 128); default [`G3_TILE`]; `2` runs the version-2 8x8 kernels instead
-/// (for before/after measurements). Read once per call.
-fn grad_tile() -> Option<(usize, usize)> {
+/// GN features per block. `FASTVMT_AMF_GRAD_TILE` forces (TY, GN): `16` (16, 128), `16w`
+/// (16, 256), `32` (32, 128), or `2`: the version-2 8x8 kernels (for before/after
+/// measurements and tests). Unset: [`G3_TILE`] where its grid fills the GPU ([`GradTile::Auto`]).
+/// Read once per call.
+fn grad_tile() -> GradTile {
     match std::env::var("FASTVMT_AMF_GRAD_TILE").as_deref() {
-        Ok("2") => None,
-        Ok("16") => Some((16, 128)),
-        Ok("16w") => Some((16, 256)),
-        Ok("32") => Some((32, 128)),
-        _ => Some(G3_TILE),
+        Ok("2") => GradTile::V2,
+        Ok("16") => GradTile::Forced(16, 128),
+        Ok("16w") => GradTile::Forced(16, 256),
+        Ok("32") => GradTile::Forced(32, 128),
+        _ => GradTile::Auto,
     }
 }
+
+/// Which gradient kernels a call runs.
+#[derive(Clone, Copy)]
+enum GradTile {
+    V2,
+    Forced(usize, usize),
+    /// [`G3_TILE`] when its grid has at least [`G3_MIN_WAVES`] blocks per SM, else version 2:
+    /// a 16x8 tile has half the blocks of an 8x8 one, and on a small grid the GPU runs idle
+    /// (H100, run 14: 15x26 tokens x 9 frames, 432 blocks: 0.44 ms against 0.39 for version 2;
+    /// FastVMT's 30x52 x 21 frames, 3528 blocks: 3.7-4.0 against 4.0-4.1).
+    Auto,
+}
+/// Blocks per SM below which [`GradTile::Auto`] keeps version 2.
+const G3_MIN_WAVES: usize = 4;
 /// Default version-3 tile height and features per block.
 const G3_TILE: (usize, usize) = (16, 128);
 /// Kernel-name suffix of a version-3 tile.
@@ -1342,10 +1357,17 @@ impl CudaAmf {
         let packed = v2 && grad_packed() && 2 * pack_len(stride_k) <= PACK_BYTES;
         // Version 3 (default): TY x 8 own tiles with per-group partner ranges; falls back to
         // version 2 where its packed buffers would not fit.
-        let v3 = match grad_tile() {
-            Some((ty, gn)) if packed && !wide => {
+        let tile = match grad_tile() {
+            GradTile::V2 => None,
+            GradTile::Forced(ty, gn) => Some((ty, gn, false)),
+            GradTile::Auto => Some((G3_TILE.0, G3_TILE.1, true)),
+        };
+        let v3 = match tile {
+            Some((ty, gn, auto)) if packed && !wide => {
                 let ntx = g.w.div_ceil(G_T);
                 let nt = ntx * g.h.div_ceil(ty);
+                let blocks = nt * (plan.heads * plan.d).div_ceil(gn) * plan.frames;
+                let fills = !auto || blocks >= G3_MIN_WAVES * self.sm_count;
                 let stride_q = match g.mode {
                     // The union of TY rows' clamped windows spans at most wh + TY - 1 rows.
                     CentreMode::Query => {
@@ -1354,7 +1376,7 @@ impl CudaAmf {
                     _ => s.div_ceil(32) * 32,
                 };
                 let len = |stride: usize| np_max * nt * ty * G_T * stride;
-                (2 * len(stride_q).max(len(stride_k)) <= PACK_BYTES).then_some(Grad3 {
+                (fills && 2 * len(stride_q).max(len(stride_k)) <= PACK_BYTES).then_some(Grad3 {
                     ty,
                     gn,
                     ntx,
