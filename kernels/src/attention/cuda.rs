@@ -539,6 +539,8 @@ impl CudaAttention {
         let st = self.stream_for(stream)?;
         let g = p.geo;
         let t = dtype.suffix();
+        // Read once: the guard and the launch must agree.
+        let dense_mt = fwd_dense_rows();
         match p.dp {
             None => {
                 let rows = p.bh * spec.shape.q_len;
@@ -555,8 +557,8 @@ impl CudaAttention {
                 }
                 .map_err(drv)?;
             }
-            Some(dp) if dense_kernels(dp, spec) && fwd_dense_rows() > 0 => {
-                let mt = fwd_dense_rows();
+            Some(dp) if dense_kernels(dp, spec) && dense_mt > 0 => {
+                let mt = dense_mt;
                 let (nqi, nki) = (g.nq, g.nk);
                 let func = self.f(&format!("attn_fwd_dense_tc_{t}_d{dp}_m{mt}"))?;
                 unsafe {
