@@ -1409,6 +1409,84 @@ extern "C" __global__ void amf_grad_boxes(int mode, int h, int w, int wh, int ww
     }
 }
 
+// Shared by the version-2 and version-3 gradient kernels and their packing.
+
+// Eight consecutive partner keys n0 .. n0 + 7 of a box (row-major, bx = (y0, x0, rows, cols))
+// for the own query whose score row is `row` and window starts at (r0, c0): the score
+// gradient where a key lies in the window, else 0 (also past the box's npart keys and for an
+// own slot outside the frame, ok = false).
+__device__ __forceinline__ uint4 pack_q8(const u16* __restrict__ row, bool ok, int r0, int c0, int n0,
+                                         int4 bx, int npart, int wh, int ww) {
+    const int yy = n0 / bx.w;
+    int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+    u16 v[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int dy = ky - r0, dx = kx - c0;
+        u16 val = 0;
+        if (ok && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+            val = row[dy * ww + dx];
+        v[i] = val;
+        if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
+    }
+    return make_uint4((unsigned)v[0] | ((unsigned)v[1] << 16), (unsigned)v[2] | ((unsigned)v[3] << 16),
+                      (unsigned)v[4] | ((unsigned)v[5] << 16), (unsigned)v[6] | ((unsigned)v[7] << 16));
+}
+
+// Partner query n of a dK box: its score row and window start (r0, c0); false past npart.
+__device__ __forceinline__ bool pack_partner(const u16* __restrict__ sp, const int2* __restrict__ wp,
+                                             long long W, int n, int4 bx, int npart, int w,
+                                             const u16*& row, int& r0, int& c0) {
+    row = sp;
+    r0 = 0;
+    c0 = 0;
+    if (n >= npart) return false;
+    const int yy = n / bx.w;
+    const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
+    const int2 st = wp[qt];
+    r0 = st.x;
+    c0 = st.y;
+    row = sp + (long long)qt * W;
+    return true;
+}
+
+// Score gradient of own key (ky, kx) in the window of a partner query (row, r0, c0).
+__device__ __forceinline__ u16 pack_k1(const u16* __restrict__ row, bool ok, int r0, int c0, int ky,
+                                       int kx, int wh, int ww) {
+    const int dy = ky - r0, dx = kx - c0;
+    return ok && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww ? row[dy * ww + dx] : 0;
+}
+
+// A warp's accumulators (2 x NTN tiles of 16 x 8, rows m0 + .. of the block's token table,
+// features fe0 + ..) times inv into out[H, F, S, d] of frame `own`, added to what is there
+// when `accumulate`.
+template <int NTN>
+__device__ __forceinline__ void grad_store(float* __restrict__ out, const int* s_tok, int m0, int fe0,
+                                           const float (&acc)[2][NTN][4], int lane, int D, int d,
+                                           int F, int S, int own, float inv, int accumulate) {
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NTN; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int m = m0 + mt * 16 + g + hf * 8;
+                const int tok = s_tok[m];
+                const int fe = fe0 + nt * 8 + 2 * t4;  // even; fe + 1 is in the same head
+                if (tok < 0 || fe >= D) continue;
+                const int hh = fe / d, c = fe - (fe / d) * d;
+                float2* o = reinterpret_cast<float2*>(out + (((long long)hh * F + own) * S + tok) * d + c);
+                float2 v = make_float2(acc[mt][nt][hf * 2] * inv, acc[mt][nt][hf * 2 + 1] * inv);
+                if (accumulate) {
+                    const float2 old = *o;
+                    v.x += old.x;
+                    v.y += old.y;
+                }
+                *o = v;
+            }
+}
+
 // dQ (TRANS = false): out = dQ, own = queries of frame i (blockIdx.z), partners = keys of frame j,
 // x = K. dK (TRANS = true): out = dK, own = keys of frame j, partners = candidate queries of
 // frame i, x = Q. NT threads (256 or 512) cover NT / 2 features (8 warps of 32 x 32 outputs
@@ -1440,7 +1518,6 @@ __device__ void grad2_impl(const u16* __restrict__ scores, const u16* __restrict
     const int tile = blockIdx.x, own = blockIdx.z;
     const int ntiles = gridDim.x;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t4 = lane & 3;
     const int h = S / w;
     const int D = H * d;
     const int f0 = blockIdx.y * GN;
@@ -1520,49 +1597,31 @@ __device__ void grad2_impl(const u16* __restrict__ scores, const u16* __restrict
             }
             cp_async_commit();
             if (!gatherer) return;
-            u16 v[8];
             if (!TRANS) {
                 // Own query m, 8 consecutive partner keys of the box.
                 const int m = tid >> 2, n0 = p0 + (tid & 3) * 8;
-                const int tok = s_tok[m], r0 = s_a[m], c0 = s_b[m];
-                const int yy = n0 / bx.w;
-                int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+                const int tok = s_tok[m];
                 const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    const int dy = ky - r0, dx = kx - c0;
-                    u16 val = 0;
-                    if (tok >= 0 && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
-                        val = row[dy * ww + dx];
-                    v[i] = val;
-                    if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
-                }
+                const uint4 pk = pack_q8(row, tok >= 0, s_a[m], s_b[m], n0, bx, npart, wh, ww);
+                areg[0] = pk.x;
+                areg[1] = pk.y;
+                areg[2] = pk.z;
+                areg[3] = pk.w;
             } else {
                 // Partner query n, 8 own keys of one tile row.
-                const int nl = tid & 31, mg = tid >> 5;
-                const int n = p0 + nl;
-                const bool ok = n < npart;
-                int r0 = 0, c0 = 0;
-                const u16* row = sp;
-                if (ok) {
-                    const int yy = n / bx.w;
-                    const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
-                    const int2 st = wp[qt];
-                    r0 = st.x; c0 = st.y;
-                    row = sp + (long long)qt * W;
-                }
+                const int n = p0 + (tid & 31), mg = tid >> 5;
+                const u16* row;
+                int r0, c0;
+                const bool ok = pack_partner(sp, wp, W, n, bx, npart, w, row, r0, c0);
+                u16 v[8];
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     const int m = mg * 8 + i;
-                    const int dy = s_a[m] - r0, dx = s_b[m] - c0;
-                    u16 val = 0;
-                    if (ok && s_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
-                        val = row[dy * ww + dx];
-                    v[i] = val;
+                    v[i] = pack_k1(row, ok && s_tok[m] >= 0, r0, c0, s_a[m], s_b[m], wh, ww);
                 }
-            }
 #pragma unroll
-            for (int i = 0; i < 4; i++) areg[i] = (unsigned)v[2 * i] | ((unsigned)v[2 * i + 1] << 16);
+                for (int i = 0; i < 4; i++) areg[i] = (unsigned)v[2 * i] | ((unsigned)v[2 * i + 1] << 16);
+            }
         };
         auto store_a = [&](int stage) {
             if (PACKED || !gatherer) return;
@@ -1623,26 +1682,7 @@ __device__ void grad2_impl(const u16* __restrict__ scores, const u16* __restrict
             __syncthreads();
         }
     }
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int m = wm * 32 + mt * 16 + g + hf * 8;
-                const int tok = s_tok[m];
-                const int fe = f0 + wn * 32 + nt * 8 + 2 * t4;  // even; fe + 1 is in the same head
-                if (tok < 0 || fe >= D) continue;
-                const int hh = fe / d, c = fe - (fe / d) * d;
-                float2* o = reinterpret_cast<float2*>(out + (((long long)hh * F + own) * S + tok) * d + c);
-                float2 v = make_float2(acc[mt][nt][hf * 2] * inv, acc[mt][nt][hf * 2 + 1] * inv);
-                if (accumulate) {
-                    const float2 old = *o;
-                    v.x += old.x;
-                    v.y += old.y;
-                }
-                *o = v;
-            }
+    grad_store<4>(out, s_tok, wm * 32, f0 + wn * 32, acc, lane, D, d, F, S, own, inv, accumulate);
 }
 
 #define GRAD2_ENTRY(NAME, SUF, BF, NT, MINB, PK)                                                   \
@@ -1708,49 +1748,22 @@ __device__ void pack_impl(const u16* __restrict__ scores, const int4* __restrict
     const int2* wp = win + (long long)pair * S;
     u16* base = out + ((long long)pair * ntiles + tile) * G_M * box_stride;
     for (int p0 = 0; p0 < ncols; p0 += G_K) {
-        u16 v[8];
         if (!TRANS) {
             const int m = tid >> 2, n0 = p0 + (tid & 3) * 8;
-            const int tok = s_tok[m], r0 = s_a[m], c0 = s_b[m];
-            const int yy = n0 / bx.w;
-            int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+            const int tok = s_tok[m];
             const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                const int dy = ky - r0, dx = kx - c0;
-                u16 val = 0;
-                if (tok >= 0 && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
-                    val = row[dy * ww + dx];
-                v[i] = val;
-                if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
-            }
-            uint4 pk;
-            pk.x = (unsigned)v[0] | ((unsigned)v[1] << 16);
-            pk.y = (unsigned)v[2] | ((unsigned)v[3] << 16);
-            pk.z = (unsigned)v[4] | ((unsigned)v[5] << 16);
-            pk.w = (unsigned)v[6] | ((unsigned)v[7] << 16);
-            *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) = pk;
+            *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) =
+                pack_q8(row, tok >= 0, s_a[m], s_b[m], n0, bx, npart, wh, ww);
         } else {
-            const int nl = tid & 31, mg = tid >> 5;
-            const int n = p0 + nl;
-            const bool ok = n < npart;
-            int r0 = 0, c0 = 0;
-            const u16* row = sp;
-            if (ok) {
-                const int yy = n / bx.w;
-                const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
-                const int2 st = wp[qt];
-                r0 = st.x; c0 = st.y;
-                row = sp + (long long)qt * W;
-            }
+            const int n = p0 + (tid & 31), mg = tid >> 5;
+            const u16* row;
+            int r0, c0;
+            const bool ok = pack_partner(sp, wp, W, n, bx, npart, w, row, r0, c0);
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 const int m = mg * 8 + i;
-                const int dy = s_a[m] - r0, dx = s_b[m] - c0;
-                u16 val = 0;
-                if (ok && s_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
-                    val = row[dy * ww + dx];
-                base[(long long)m * box_stride + n] = val;
+                base[(long long)m * box_stride + n] =
+                    pack_k1(row, ok && s_tok[m] >= 0, r0, c0, s_a[m], s_b[m], wh, ww);
             }
         }
     }
@@ -1895,50 +1908,24 @@ __device__ void pack3_impl(const u16* __restrict__ scores, const int4* __restric
                 const int m = it >> 2, n0 = p0 + (it & 3) * 8;
                 const int2 ch = s_ch[m / G3_GR];
                 if (c < ch.x || c >= ch.y) continue;
-                const int tok = s_tok[m], r0 = s_a[m], c0 = s_b[m];
-                const int yy = n0 / bx.w;
-                int ky = bx.x + yy, kx = bx.y + (n0 - yy * bx.w);
+                const int tok = s_tok[m];
                 const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
-                u16 v[8];
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    const int dy = ky - r0, dx = kx - c0;
-                    u16 val = 0;
-                    if (tok >= 0 && n0 + i < npart && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
-                        val = row[dy * ww + dx];
-                    v[i] = val;
-                    if (++kx == bx.y + bx.w) { kx = bx.y; ky++; }
-                }
-                uint4 pk;
-                pk.x = (unsigned)v[0] | ((unsigned)v[1] << 16);
-                pk.y = (unsigned)v[2] | ((unsigned)v[3] << 16);
-                pk.z = (unsigned)v[4] | ((unsigned)v[5] << 16);
-                pk.w = (unsigned)v[6] | ((unsigned)v[7] << 16);
-                *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) = pk;
+                *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) =
+                    pack_q8(row, tok >= 0, s_a[m], s_b[m], n0, bx, npart, wh, ww);
             }
         } else {
             // Thread: partner query n = p0 + lane, own keys m = warp, warp + nwarps, ...
             // (H100: 0.31 ms at FastVMT's shape; a warp per group with the partner broadcast
             // and 16-byte stores measured 0.42 ms.)
             const int n = p0 + (tid & 31);
-            const bool ok = n < npart;
-            int r0 = 0, c0 = 0;
-            const u16* row = sp;
-            if (ok) {
-                const int yy = n / bx.w;
-                const int qt = (bx.x + yy) * w + bx.y + (n - yy * bx.w);
-                const int2 st = wp[qt];
-                r0 = st.x; c0 = st.y;
-                row = sp + (long long)qt * W;
-            }
+            const u16* row;
+            int r0, c0;
+            const bool ok = pack_partner(sp, wp, W, n, bx, npart, w, row, r0, c0);
             for (int m = tid >> 5; m < M; m += nt >> 5) {
                 const int2 ch = s_ch[m / G3_GR];
                 if (c < ch.x || c >= ch.y) continue;
-                const int dy = s_a[m] - r0, dx = s_b[m] - c0;
-                u16 val = 0;
-                if (ok && s_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
-                    val = row[dy * ww + dx];
-                base[(long long)m * box_stride + n] = val;
+                base[(long long)m * box_stride + n] =
+                    pack_k1(row, ok && s_tok[m] >= 0, r0, c0, s_a[m], s_b[m], wh, ww);
             }
         }
     }
@@ -1985,7 +1972,6 @@ __device__ void grad3_impl(const int2* __restrict__ pairs, const int* __restrict
     __shared__ int2 s_ch[NG];
     const int tile = blockIdx.x, own = blockIdx.z, ntiles = gridDim.x;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t4 = lane & 3;
     const int h = S / w;
     const int D = H * d;
     const int f0 = blockIdx.y * GN;
@@ -2097,26 +2083,7 @@ __device__ void grad3_impl(const int2* __restrict__ pairs, const int* __restrict
             st = st == G3_ST - 1 ? 0 : st + 1;
         }
     }
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int m = wg * 32 + mt * 16 + g + hf * 8;
-                const int tok = s_tok[m];
-                const int fe = f0 + wn * 64 + nt * 8 + 2 * t4;  // even; fe + 1 is in the same head
-                if (tok < 0 || fe >= D) continue;
-                const int hh = fe / d, c = fe - (fe / d) * d;
-                float2* o = reinterpret_cast<float2*>(out + (((long long)hh * F + own) * S + tok) * d + c);
-                float2 v = make_float2(acc[mt][nt][hf * 2] * inv, acc[mt][nt][hf * 2 + 1] * inv);
-                if (accumulate) {
-                    const float2 old = *o;
-                    v.x += old.x;
-                    v.y += old.y;
-                }
-                *o = v;
-            }
+    grad_store<8>(out, s_tok, wg * 32, f0 + wn * 64, acc, lane, D, d, F, S, own, inv, accumulate);
 }
 
 // NAME: t16 (16 x 8 tiles x 128 features, 256 threads), t16w (x 256 features, 512 threads),
