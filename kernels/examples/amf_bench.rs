@@ -8,7 +8,8 @@
 //! ways per block, packed score gradient, version-3 gradient kernels on 16x8 tiles with
 //! per-group partner ranges), `bf16-g2` = the version-2 gradient kernels on 8x8 tiles
 //! (`FASTVMT_AMF_GRAD_TILE=2`), `bf16-g32` = version 3 on 32x8 tiles, `bf16-g16w` = version 3
-//! with 256 features per block,
+//! with 256 features per block, `bf16-m10` / `bf16-g2-m10` = versions 3 / 2 with a reference
+//! that moves only in a block of ~10 % of each frame and DiTFlow's motion mask (query mode),
 //! `bf16-z1` = backward logits unsplit (`FASTVMT_AMF_LOGITS_ZX=1`), `bf16-ga` = gradient
 //! kernels gathering the score gradient (`FASTVMT_AMF_GRAD_GATHER`), `bf16-st` = stored-logits
 //! forward (`FASTVMT_AMF_FWD_STORED`; fwd column), `bf16-legacy` = the run-3 kernels
@@ -163,6 +164,8 @@ fn run() -> Result<(), KernelError> {
                 "bf16-g2",
                 "bf16-g32",
                 "bf16-g16w",
+                "bf16-m10",
+                "bf16-g2-m10",
                 "bf16-z1",
                 "bf16-ga",
                 "bf16-st",
@@ -182,7 +185,7 @@ fn run() -> Result<(), KernelError> {
                     }
                 }
                 match dtype {
-                    "bf16-g2" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "2"),
+                    "bf16-g2" | "bf16-g2-m10" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "2"),
                     "bf16-g32" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "32"),
                     "bf16-g16w" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16w"),
                     _ => std::env::remove_var("FASTVMT_AMF_GRAD_TILE"),
@@ -193,10 +196,14 @@ fn run() -> Result<(), KernelError> {
                 if dtype == "f32" && (sname == "2x" || !mname.contains("query")) {
                     continue; // CUDA-core path: one mode at the small and FastVMT shapes
                 }
+                let masked = dtype.ends_with("-m10");
+                if masked && *mname != "span4 r10 query" {
+                    continue;
+                }
                 let (fwd, fb, phases) = if dtype.starts_with("bf16") {
-                    bench(&dev, &spec, &qb, &kb)?
+                    bench(&dev, &spec, &qb, &kb, masked)?
                 } else {
-                    bench(&dev, &spec, &q32, &k32)?
+                    bench(&dev, &spec, &q32, &k32, masked)?
                 };
                 let floor = if dtype == "f32" { simt_floor } else { tc_floor };
                 println!(
@@ -226,14 +233,38 @@ fn run() -> Result<(), KernelError> {
     Ok(())
 }
 
+/// `masked`: the reference moves only in a block of about 10 % of each frame (the rest scaled
+/// below DiTFlow's 0.5-token mask) and the loss uses that mask, as the sampler does by default
+/// for `fastvmt`: what a clip with one moving object looks like to the backward.
 fn bench<T: Element>(
     dev: &CudaAmf,
     spec: &AmfSpec,
     q: &[T],
     k: &[T],
+    masked: bool,
 ) -> Result<(f64, f64, String), KernelError> {
     let (qd, kd) = (dev.to_device(q)?, dev.to_device(k)?);
-    let reference = dev.compute_amf_device(spec, &qd, &kd, Readout::Argmax)?;
+    let mut reference = dev.compute_amf_device(spec, &qd, &kd, Readout::Argmax)?;
+    let mut ls = LossSpec::fastvmt();
+    if masked {
+        let (h, w) = (spec.grid_h, spec.grid_w);
+        let (y0, x0) = (h / 3, w / 3);
+        let (bh, bw) = (
+            (h as f64 * 0.32).ceil() as usize,
+            (w as f64 * 0.32).ceil() as usize,
+        );
+        for (i, d) in reference.disp.chunks_mut(2).enumerate() {
+            let t = i % (h * w);
+            let (y, x) = (t / w, t % w);
+            if !((y0..y0 + bh).contains(&y) && (x0..x0 + bw).contains(&x)) {
+                d[0] = 0.0;
+                d[1] = 0.0;
+            } else if d[0].hypot(d[1]) <= 0.5 {
+                d[0] = 1.0; // inside the block every token moves
+            }
+        }
+        ls.moving_threshold = Some(0.5);
+    }
     let fwd = time(
         dev,
         || {
@@ -243,7 +274,6 @@ fn bench<T: Element>(
         10,
     )?;
     let (mut dq, mut dk) = (dev.zeros(q.len())?, dev.zeros(q.len())?);
-    let ls = LossSpec::fastvmt();
     let fb = time(
         dev,
         || {

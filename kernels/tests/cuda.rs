@@ -67,8 +67,22 @@ fn gpu_cases() -> Vec<AmfSpec> {
         PairSet::Forward { span: 4 },
         local(5),
     ));
+    // With a reference that moves only in a small block (SPARSE_CASE): most rows fall outside
+    // the motion mask, so the gradient kernels leave most tiles and groups out.
+    v.push(spec(
+        2,
+        5,
+        24,
+        33,
+        64,
+        PairSet::Forward { span: 4 },
+        local(5),
+    ));
     v
 }
+
+/// Index in `gpu_cases` of the case whose reference moves only inside a 6x7 block.
+const SPARSE_CASE: usize = 18;
 
 struct Report {
     worst: [f64; 5],
@@ -122,7 +136,9 @@ fn cuda_matches_cpu() {
     let only: Option<usize> = std::env::var("FASTVMT_CUDA_TEST_CASE")
         .ok()
         .and_then(|v| v.parse().ok());
-    for (n, s) in gpu_cases().iter().enumerate() {
+    let all = gpu_cases();
+    assert_eq!((all[SPARSE_CASE].grid_h, all[SPARSE_CASE].grid_w), (24, 33));
+    for (n, s) in all.iter().enumerate() {
         if small && s.grid_h * s.grid_w * s.heads > 1000 && only.is_none() {
             continue;
         }
@@ -133,11 +149,23 @@ fn cuda_matches_cpu() {
         let q = rand_vec(len, 1000 + n as u64, 1.5);
         let k = rand_vec(len, 2000 + n as u64, 1.5);
         let np = resolve_pairs(&s.pairs, s.frames).unwrap().len();
+        let mut disp = rand_vec(np * s.grid_h * s.grid_w * 2, 3000 + n as u64, 2.0);
+        if n == SPARSE_CASE {
+            // Still (below the 0.5-token mask) outside rows 9..15, columns 20..27.
+            for (i, d) in disp.chunks_mut(2).enumerate() {
+                let t = i % (s.grid_h * s.grid_w);
+                let (y, x) = (t / s.grid_w, t % s.grid_w);
+                if !((9..15).contains(&y) && (20..27).contains(&x)) {
+                    d[0] *= 0.1;
+                    d[1] *= 0.1;
+                }
+            }
+        }
         let reference = AmfField {
             pairs: resolve_pairs(&s.pairs, s.frames).unwrap(),
             grid_h: s.grid_h,
             grid_w: s.grid_w,
-            disp: rand_vec(np * s.grid_h * s.grid_w * 2, 3000 + n as u64, 2.0),
+            disp,
         };
         // Multi-chunk path (accumulating gradients) on every other case.
         // (FASTVMT_CUDA_TEST_FLIP_CHUNK: the other one, to run one case both ways.)

@@ -217,7 +217,8 @@ LOGITS_ENTRY(bf16, LdBF16)
 
 // One warp per row (pair, row). mode 0: soft-argmax disp; 1: argmax disp; 2: absolute expected
 // position; 3: soft disp + loss term + score gradient (coef = w*m/sum(w*m)), in place (f32), or
-// when s16 is not null into s16 as f16/bf16 times gscale (tensor-core backward).
+// when s16 is not null into s16 as f16/bf16 times gscale (tensor-core backward); a row with
+// coef 0 gets loss 0 and a zero score gradient without reading its logits (and no read-out).
 // Rows of out/ref/coef/loss_rows are global: (p0 + pair) * nrows + row.
 extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int nrows, int wh, int ww,
                                     int w, const int2* __restrict__ win, const int* __restrict__ row_tok,
@@ -231,6 +232,16 @@ extern "C" __global__ void amf_rows(float* __restrict__ logits, int npairs, int 
     const int pair = (int)(r / nrows), rr = (int)(r % nrows);
     const int W = wh * ww;
     float* row = logits + r * W;
+    if (mode == 3 && coef[(long long)(p0 + pair) * nrows + rr] == 0.0f) {
+        // Outside the loss: no loss term and a zero score gradient; its logits may not have
+        // been computed (amf_logits3 leaves such rows out), and its read-out is not needed.
+        if (lane == 0) loss_rows[(long long)(p0 + pair) * nrows + rr] = 0.0f;
+        for (int n = lane; n < W; n += 32) {
+            if (s16) s16[r * W + n] = 0;
+            else row[n] = 0.0f;
+        }
+        return;
+    }
     const int2 st = win[r];
     const int tok = row_tok[rr];
     const float py = (float)(tok / w), px = (float)(tok % w);
@@ -1038,7 +1049,8 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
                              const int* __restrict__ slot_row, int nslots, int nrows,
                              const int2* __restrict__ win, int wh, int ww, float scale,
                              float* __restrict__ logits, int omode, int p0,
-                             float* __restrict__ outd, int zx) {
+                             float* __restrict__ outd, int zx, const float* __restrict__ active,
+                             int has_active) {
     extern __shared__ __align__(16) u16 l3_smem[];
     __shared__ int r_tok[L3_M], r_row[L3_M], r_r0[L3_M], r_c0[L3_M], r_pair[L3_M];
     __shared__ int bx[4];
@@ -1076,6 +1088,8 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
             row = slot_row[sl];
             const int2 st = win[(long long)pair * nrows + row];
             r0 = st.x; c0 = st.y;
+            // A row outside the loss (weight 0) is left out: no logits, no part of the box.
+            if (has_active && active[(long long)(p0 + pair) * nrows + row] == 0.0f) tok = -1;
         }
         r_tok[tid] = tok; r_row[tid] = row; r_r0[tid] = r0; r_c0[tid] = c0;
         r_pair[tid] = pair < 0 ? 0 : pair;
@@ -1350,9 +1364,10 @@ __device__ void logits3_impl(const u16* __restrict__ q, const u16* __restrict__ 
         const u16* q, const u16* k, const int2* pairs, const int* groups, int H, int F, int S,     \
         int d, int w, const int* slot_tok, const int* slot_row, int nslots, int nrows,             \
         const int2* win, int wh, int ww, float scale, float* logits, int omode, int p0,            \
-        float* outd, int zx) {                                                                     \
+        float* outd, int zx, const float* active, int has_active) {                                \
         logits3_impl<BF, FU>(q, k, pairs, groups, H, F, S, d, w, slot_tok, slot_row, nslots,       \
-                             nrows, win, wh, ww, scale, logits, omode, p0, outd, zx);              \
+                             nrows, win, wh, ww, scale, logits, omode, p0, outd, zx, active,       \
+                             has_active);                                                          \
     }
 LOGITS3_ENTRY(amf_logits3_f16, false, false)
 LOGITS3_ENTRY(amf_logits3_bf16, true, false)
@@ -1796,10 +1811,13 @@ extern "C" __global__ void __launch_bounds__(256) amf_pack_dk(const u16* scores,
 // Per (pair, TY x 8 tile) pt: boxes[pt] = (y0, x0, rows, cols) of the partners any own token
 // can touch (rows = 0: none), ranges[pt * 8 + g] = [lo, hi) partner indices of group g ((0, 0):
 // none). mode 0 (dQ): own = queries, partners = the keys of their windows; mode 1 (dK): own =
-// keys, partners = the queries whose windows contain them. grid (ntiles, npairs), block 256.
+// keys, partners = the queries whose windows contain them. Queries whose loss weight
+// coef[(p0 + pair) * S + t] is 0 (outside the motion mask, or a zero pair weight) have an
+// all-zero score gradient and are left out of both. grid (ntiles, npairs), block 256.
 extern "C" __global__ void amf_grad_ranges(int mode, int h, int w, int wh, int ww, int ntx, int ty,
-                                           const int2* __restrict__ win, int4* __restrict__ boxes,
-                                           int2* __restrict__ ranges) {
+                                           const int2* __restrict__ win,
+                                           const float* __restrict__ coef, int p0,
+                                           int4* __restrict__ boxes, int2* __restrict__ ranges) {
     __shared__ int red[G3_MAXG][4];
     const int tile = blockIdx.x, pair = blockIdx.y;
     const int S = h * w;
@@ -1812,10 +1830,11 @@ extern "C" __global__ void amf_grad_ranges(int mode, int h, int w, int wh, int w
     }
     __syncthreads();
     const int2* wp = win + (long long)pair * S;
+    const float* cp = coef + (long long)(p0 + pair) * S;
     if (mode == 0) {
         for (int a = threadIdx.x; a < ty * G3_W; a += blockDim.x) {
             const int y = ty0 + a / G3_W, x = tx0 + a % G3_W;
-            if (y >= h || x >= w) continue;
+            if (y >= h || x >= w || cp[y * w + x] == 0.0f) continue;
             const int2 st = wp[y * w + x];
             const int g = a / G3_GR;
             atomicMin(&red[g][0], st.x); atomicMax(&red[g][1], st.x + wh - 1);
@@ -1824,7 +1843,7 @@ extern "C" __global__ void amf_grad_ranges(int mode, int h, int w, int wh, int w
     } else {
         for (int t = threadIdx.x; t < S; t += blockDim.x) {
             const int2 st = wp[t];
-            if (st.y > tx1 || st.y + ww <= tx0) continue;
+            if (st.y > tx1 || st.y + ww <= tx0 || cp[t] == 0.0f) continue;
             const int y = t / w, x = t - (t / w) * w;
             for (int g = 0; g < ngr; g++) {
                 const int gy0 = ty0 + 4 * g, gy1 = min(gy0 + 4, h) - 1;

@@ -738,6 +738,7 @@ impl CudaAmf {
         (wh, ww): (usize, usize),
         out: &mut CudaSlice<f32>,
         fused: Option<(i32, usize)>,
+        active: Option<&CudaSlice<f32>>,
     ) -> Result<(), KernelError> {
         let np = ct.pairs_host.len();
         let (hn, fr, si, d, w) = (
@@ -838,13 +839,18 @@ impl CudaAmf {
             .arg(&plan.scale);
         let (omode, p0) = match fused {
             Some((m, p)) => (m, i32of(p, "pair offset")?),
-            None => (0, 0),
+            None => (0, i32of(ct.p0, "pair offset")?),
         };
+        let has_active = i32::from(active.is_some());
+        let active = active.unwrap_or(&self.dummy);
         match (v3, fused.is_some()) {
             (true, true) => b.arg(&self.dummy).arg(&omode).arg(&p0).arg(out).arg(&zxi),
             (true, false) => b.arg(out).arg(&omode).arg(&p0).arg(&self.dummy).arg(&zxi),
             _ => b.arg(out),
         };
+        if v3 {
+            b.arg(active).arg(&has_active);
+        }
         // SAFETY: the argument lists match amf_logits3_* / amf_logits_tc* / amf_logits_* in amf.cu.
         unsafe { b.launch(lc) }.map_err(drv)?;
         Ok(())
@@ -860,7 +866,7 @@ impl CudaAmf {
         v: &Grad3,
         bufs: &mut [Grad3Bufs; 2],
         ct: &ChunkTables,
-        (s16, win): (&CudaSlice<u16>, &CudaSlice<i32>),
+        (s16, win, coef): (&CudaSlice<u16>, &CudaSlice<i32>, &CudaSlice<f32>),
         (q, k): (&CudaSlice<T>, &CudaSlice<T>),
         np: usize,
         (inv, acc): (f32, i32),
@@ -879,6 +885,7 @@ impl CudaAmf {
             i32of(plan.frames, "frames")?,
             i32of(plan.d, "head_dim")?,
         );
+        let p0 = i32of(ct.p0, "pair offset")?;
         let [(bq, rq, pq), (bk, rk, pk)] = bufs;
         for (mode, bx, rg) in [(0i32, &mut *bq, &mut *rq), (1i32, &mut *bk, &mut *rk)] {
             // SAFETY: argument list of amf_grad_ranges; boxes/ranges hold np * nt entries.
@@ -893,6 +900,8 @@ impl CudaAmf {
                     .arg(&ntx)
                     .arg(&ty)
                     .arg(win)
+                    .arg(coef)
+                    .arg(&p0)
                     .arg(bx)
                     .arg(rg)
                     .launch(cfg((v.nt, np, 1), 256))
@@ -976,7 +985,9 @@ impl CudaAmf {
 
     /// Windows and logits of one pair chunk into `win` (`2 * np * S`) and `logits`; with
     /// `fused = Some((omode, p0))` the read-out goes straight into `logits` = the `[P, S, 2]`
-    /// displacement buffer (see [`Self::launch_logits`]).
+    /// displacement buffer (see [`Self::launch_logits`]). `active` (per global pair row, the
+    /// loss weights): rows where it is 0 get no logits (version-3 kernels; the rows kernel
+    /// then skips them too).
     #[allow(clippy::too_many_arguments)]
     fn chunk_logits<T: Element>(
         &self,
@@ -989,6 +1000,7 @@ impl CudaAmf {
         win: &mut CudaSlice<i32>,
         logits: &mut CudaSlice<f32>,
         fused: Option<(i32, usize)>,
+        active: Option<&CudaSlice<f32>>,
     ) -> Result<(), KernelError> {
         let g = plan.geom;
         let s = g.s();
@@ -1025,6 +1037,7 @@ impl CudaAmf {
                 zero_win,
                 (g.h, g.w),
                 &mut cl,
+                None,
                 None,
             )?;
             self.maybe_poison(&mut centres)?;
@@ -1082,6 +1095,7 @@ impl CudaAmf {
             (g.wh, g.ww),
             logits,
             fused,
+            active,
         )?;
         self.mark(work, "logits")
     }
@@ -1209,6 +1223,7 @@ impl CudaAmf {
                     &mut win,
                     &mut disp,
                     Some((omode, ct.p0)),
+                    None,
                 )?;
             }
             let out = self.read_field(&disp, sink);
@@ -1220,7 +1235,7 @@ impl CudaAmf {
         }
         let mut logits = self.take(&mut work.f32s, "logits", np_max * s * g.wlen())?;
         for ct in &tb.chunks {
-            self.chunk_logits(plan, &tb, ct, work, q, k, &mut win, &mut logits, None)?;
+            self.chunk_logits(plan, &tb, ct, work, q, k, &mut win, &mut logits, None, None)?;
             self.rows(
                 &mut logits,
                 ct.pairs_host.len(),
@@ -1448,7 +1463,19 @@ impl CudaAmf {
         };
         for (ci, ct) in tb.chunks.iter().enumerate() {
             let np = ct.pairs_host.len();
-            self.chunk_logits(plan, &tb, ct, work, q, k, &mut win, &mut scores, None)?;
+            // Rows outside the loss (weight 0: the motion mask) need no logits.
+            self.chunk_logits(
+                plan,
+                &tb,
+                ct,
+                work,
+                q,
+                k,
+                &mut win,
+                &mut scores,
+                None,
+                Some(&coef),
+            )?;
             self.rows(
                 &mut scores,
                 np,
@@ -1473,7 +1500,7 @@ impl CudaAmf {
                     v,
                     b3,
                     ct,
-                    (s16, &win),
+                    (s16, &win, &coef),
                     (q, k),
                     np,
                     (inv, acc),
