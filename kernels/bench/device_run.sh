@@ -26,6 +26,7 @@ envof() {
     g16) echo FASTVMT_AMF_GRAD_TILE=16 ;;
     g32) echo FASTVMT_AMF_GRAD_TILE=32 ;;
     g16w) echo FASTVMT_AMF_GRAD_TILE=16w ;;
+    g16s3) echo FASTVMT_AMF_GRAD_TILE=16s3 ;;
   esac
 }
 echo "=== tests: default" > $OUT/tests.log

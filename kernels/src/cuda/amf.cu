@@ -1806,7 +1806,6 @@ extern "C" __global__ void __launch_bounds__(256) amf_pack_dk(const u16* scores,
 #define G3_W 8      // tile width (tokens)
 #define G3_GR 32    // own tokens per group (4 tile rows x 8)
 #define G3_MAXG 8   // groups per tile (TY <= 32)
-#define G3_ST 3     // pipeline stages
 
 // Per (pair, TY x 8 tile) pt: boxes[pt] = (y0, x0, rows, cols) of the partners any own token
 // can touch (rows = 0: none), ranges[pt * 8 + g] = [lo, hi) partner indices of group g ((0, 0):
@@ -1969,8 +1968,8 @@ extern "C" __global__ void __launch_bounds__(256) amf_pack3_dk(const u16* scores
 // 32g .. 32g + 31) x (64 features). A (packed scores) and B (partner rows) by cp.async, 3 stages
 // over the chunks of 32 partners the block's groups need; a group's warps skip the chunks
 // outside its range. grid (ntiles, ceil(H*d / GN), F), dynamic shared memory
-// 3 * (TY * 8 * 40 + 32 * (GN + 8)) * 2 bytes.
-template <bool BF16, bool TRANS, int TY, int GN>
+// G3_ST * (TY * 8 * 40 + 32 * (GN + 8)) * 2 bytes (G3_ST pipeline stages).
+template <bool BF16, bool TRANS, int TY, int GN, int G3_ST>
 __device__ void grad3_impl(const int2* __restrict__ pairs, const int* __restrict__ pair_off,
                            const int* __restrict__ pair_idx, const int4* __restrict__ boxes,
                            const int2* __restrict__ ranges, const u16* __restrict__ x, int H, int F,
@@ -2105,29 +2104,32 @@ __device__ void grad3_impl(const int2* __restrict__ pairs, const int* __restrict
     grad_store<8>(out, s_tok, wg * 32, f0 + wn * 64, acc, lane, D, d, F, S, own, inv, accumulate);
 }
 
-// NAME: t16 (16 x 8 tiles x 128 features, 256 threads), t16w (x 256 features, 512 threads),
-// t32 (32 x 8 x 128, 512 threads).
-#define GRAD3_ENTRY(NAME, TY, GN, MINB, SUF, BF)                                                   \
+// NAME: t16 (16 x 8 tiles x 128 features, 256 threads, 4 pipeline stages: the default),
+// t16s3 (3 stages), t16w (x 256 features, 512 threads, 3 stages), t32 (32 x 8 x 128, 512
+// threads, 3 stages).
+#define GRAD3_ENTRY(NAME, TY, GN, ST, MINB, SUF, BF)                                               \
     extern "C" __global__ void __launch_bounds__(TY * GN / 8, MINB) amf_dq3##NAME##_##SUF(         \
         const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
         const int2* ranges, const u16* k, int H, int F, int S, int d, int w, int ntx, float inv,   \
         int accumulate, float* dq, const u16* packed, int box_stride) {                            \
-        grad3_impl<BF, false, TY, GN>(pairs, pair_off, pair_idx, boxes, ranges, k, H, F, S, d, w,  \
-                                      ntx, inv, accumulate, dq, packed, box_stride);               \
+        grad3_impl<BF, false, TY, GN, ST>(pairs, pair_off, pair_idx, boxes, ranges, k, H, F, S,    \
+                                          d, w, ntx, inv, accumulate, dq, packed, box_stride);     \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(TY * GN / 8, MINB) amf_dk3##NAME##_##SUF(         \
         const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
         const int2* ranges, const u16* q, int H, int F, int S, int d, int w, int ntx, float inv,   \
         int accumulate, float* dk, const u16* packed, int box_stride) {                            \
-        grad3_impl<BF, true, TY, GN>(pairs, pair_off, pair_idx, boxes, ranges, q, H, F, S, d, w,   \
-                                     ntx, inv, accumulate, dk, packed, box_stride);                \
+        grad3_impl<BF, true, TY, GN, ST>(pairs, pair_off, pair_idx, boxes, ranges, q, H, F, S, d,  \
+                                         w, ntx, inv, accumulate, dk, packed, box_stride);         \
     }
-GRAD3_ENTRY(t16, 16, 128, 2, f16, false)
-GRAD3_ENTRY(t16, 16, 128, 2, bf16, true)
-GRAD3_ENTRY(t16w, 16, 256, 1, f16, false)
-GRAD3_ENTRY(t16w, 16, 256, 1, bf16, true)
-GRAD3_ENTRY(t32, 32, 128, 1, f16, false)
-GRAD3_ENTRY(t32, 32, 128, 1, bf16, true)
+GRAD3_ENTRY(t16, 16, 128, 4, 2, f16, false)
+GRAD3_ENTRY(t16, 16, 128, 4, 2, bf16, true)
+GRAD3_ENTRY(t16s3, 16, 128, 3, 2, f16, false)
+GRAD3_ENTRY(t16s3, 16, 128, 3, 2, bf16, true)
+GRAD3_ENTRY(t16w, 16, 256, 3, 1, f16, false)
+GRAD3_ENTRY(t16w, 16, 256, 3, 1, bf16, true)
+GRAD3_ENTRY(t32, 32, 128, 3, 1, f16, false)
+GRAD3_ENTRY(t32, 32, 128, 3, 1, bf16, true)
 
 // Sum of n floats in one block of 1024 threads (fixed order: deterministic).
 extern "C" __global__ void amf_sum(const float* __restrict__ v, long long n, float* __restrict__ out) {

@@ -67,10 +67,38 @@ const PACK_BYTES: usize = 2 << 30;
 fn grad_tile() -> GradTile {
     match std::env::var("FASTVMT_AMF_GRAD_TILE").as_deref() {
         Ok("2") => GradTile::V2,
-        Ok("16") => GradTile::Forced(16, 128),
-        Ok("16w") => GradTile::Forced(16, 256),
-        Ok("32") => GradTile::Forced(32, 128),
+        Ok("16") => GradTile::Forced(G3_TILE),
+        Ok("16s3") => GradTile::Forced(G3_S3),
+        Ok("16w") => GradTile::Forced(G3Tile { gn: 256, ..G3_S3 }),
+        Ok("32") => GradTile::Forced(G3Tile { ty: 32, ..G3_S3 }),
         _ => GradTile::Auto,
+    }
+}
+
+/// A version-3 kernel: tile height, features per block, pipeline stages.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct G3Tile {
+    ty: usize,
+    gn: usize,
+    stages: usize,
+}
+
+impl G3Tile {
+    /// Kernel-name suffix (`amf_dq3<suffix>_<type>`).
+    fn name(self) -> String {
+        let wide = if self.gn == 256 { "w" } else { "" };
+        // Only the default kernel also exists with the other depth (see G3_KERNELS).
+        let s3 = if self.stages == 3 && self.ty == 16 && self.gn == 128 {
+            "s3"
+        } else {
+            ""
+        };
+        format!("t{}{wide}{s3}", self.ty)
+    }
+
+    /// Dynamic shared memory: stages x (TY*8 x 40 + 32 x (GN+8)) u16.
+    const fn smem(self) -> usize {
+        self.stages * (self.ty * 8 * 40 + 32 * (self.gn + 8)) * 2
     }
 }
 
@@ -78,7 +106,7 @@ fn grad_tile() -> GradTile {
 #[derive(Clone, Copy)]
 enum GradTile {
     V2,
-    Forced(usize, usize),
+    Forced(G3Tile),
     /// [`G3_TILE`] when its grid has at least [`G3_MIN_WAVES`] blocks per SM, else version 2:
     /// a 16x8 tile has half the blocks of an 8x8 one, and on a small grid the GPU runs idle
     /// (H100, run 14: 15x26 tokens x 9 frames, 432 blocks: 0.44 ms against 0.39 for version 2;
@@ -87,16 +115,26 @@ enum GradTile {
 }
 /// Blocks per SM below which [`GradTile::Auto`] keeps version 2.
 const G3_MIN_WAVES: usize = 4;
-/// Default version-3 tile height and features per block.
-const G3_TILE: (usize, usize) = (16, 128);
-/// Kernel-name suffix of a version-3 tile.
-fn g3_name(ty: usize, gn: usize) -> String {
-    format!("t{ty}{}", if gn == 256 { "w" } else { "" })
-}
-/// Dynamic shared memory of the version-3 gradient kernels: 3 stages x (TY*8 x 40 + 32 x (GN+8)) u16.
-const fn g3_smem(ty: usize, gn: usize) -> usize {
-    3 * (ty * 8 * 40 + 32 * (gn + 8)) * 2
-}
+/// Default version-3 kernel: 16x8 tiles, 128 features, 4 pipeline stages (H100, run 14:
+/// dQ 0.886 -> 0.848, dK 1.057 -> 1.002 ms against 3 stages; fwd+bwd at FastVMT's shape
+/// 3.65-3.83 against 3.86-3.98 ms in three alternating runs, coarse-centred windows unchanged).
+const G3_TILE: G3Tile = G3Tile {
+    ty: 16,
+    gn: 128,
+    stages: 4,
+};
+/// The same with 3 stages; the 256-feature and 32-row variants use 3 (shared memory).
+const G3_S3: G3Tile = G3Tile {
+    stages: 3,
+    ..G3_TILE
+};
+/// Every compiled version-3 kernel (see `GRAD3_ENTRY` in amf.cu).
+const G3_KERNELS: [G3Tile; 4] = [
+    G3_TILE,
+    G3_S3,
+    G3Tile { gn: 256, ..G3_S3 },
+    G3Tile { ty: 32, ..G3_S3 },
+];
 
 const FUNCS: &[&str] = &[
     "amf_fill",
@@ -149,20 +187,29 @@ const FUNCS: &[&str] = &[
     "amf_grad_ranges",
     "amf_pack3_dq",
     "amf_pack3_dk",
-    "amf_dq3t16_f16",
-    "amf_dq3t16_bf16",
-    "amf_dk3t16_f16",
-    "amf_dk3t16_bf16",
-    "amf_dq3t16w_f16",
-    "amf_dq3t16w_bf16",
-    "amf_dk3t16w_f16",
-    "amf_dk3t16w_bf16",
-    "amf_dq3t32_f16",
-    "amf_dq3t32_bf16",
-    "amf_dk3t32_f16",
-    "amf_dk3t32_bf16",
     "amf_sum",
 ];
+
+/// The version-3 gradient kernels by name (`amf_dq3<tile>_<type>`, see `GRAD3_ENTRY` in amf.cu).
+fn g3_functions() -> impl Iterator<Item = (String, G3Tile)> {
+    G3_KERNELS.into_iter().flat_map(|t| {
+        ["dq", "dk"].into_iter().flat_map(move |dir| {
+            ["f16", "bf16"]
+                .into_iter()
+                .map(move |ty| (format!("amf_{dir}3{}_{ty}", t.name()), t))
+        })
+    })
+}
+
+/// Every kernel the AMF back end loads from the compiled module (a name missing from the PTX
+/// fails the device set-up; the NVRTC test checks them all without a GPU).
+pub fn kernel_names() -> Vec<String> {
+    FUNCS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(g3_functions().map(|(n, _)| n))
+        .collect()
+}
 
 /// Tensor-core kernels serve f16/bf16 inputs with `head_dim % 64 == 0`, unless the
 /// environment variable `FASTVMT_AMF_NO_TC` is set (then the f32 SIMT kernels run).
@@ -269,7 +316,7 @@ pub struct CudaAmf {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
-    funcs: HashMap<&'static str, CudaFunction>,
+    funcs: HashMap<String, CudaFunction>,
     poison: AtomicBool,
     work: Mutex<Work>,
     sm_count: usize,
@@ -454,9 +501,8 @@ struct ChunkTables {
 
 /// Version-3 gradient geometry of one call (see [`grad_tile`]).
 struct Grad3 {
-    /// Tile height, features per block, tiles per row, tiles per frame.
-    ty: usize,
-    gn: usize,
+    /// The kernel, tiles per row, tiles per frame.
+    k: G3Tile,
     ntx: usize,
     nt: usize,
     /// Packed score row strides (whole chunks of 32 partners) and buffer lengths (u16).
@@ -496,9 +542,11 @@ impl CudaAmf {
         let ptx = compile(arch)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let mut funcs = HashMap::new();
-        for &name in FUNCS {
-            funcs.insert(name, module.load_function(name).map_err(drv)?);
+        for name in kernel_names() {
+            let f = module.load_function(&name).map_err(drv)?;
+            funcs.insert(name, f);
         }
+        let smem = g3_functions().map(|(name, t)| (name, t.smem()));
         for (name, bytes) in [
             ("amf_logits3_f16", L3_SMEM),
             ("amf_logits3_bf16", L3_SMEM),
@@ -508,20 +556,12 @@ impl CudaAmf {
             ("amf_dq2pw_bf16", G2PW_SMEM),
             ("amf_dk2pw_f16", G2PW_SMEM),
             ("amf_dk2pw_bf16", G2PW_SMEM),
-            ("amf_dq3t16_f16", g3_smem(16, 128)),
-            ("amf_dq3t16_bf16", g3_smem(16, 128)),
-            ("amf_dk3t16_f16", g3_smem(16, 128)),
-            ("amf_dk3t16_bf16", g3_smem(16, 128)),
-            ("amf_dq3t16w_f16", g3_smem(16, 256)),
-            ("amf_dq3t16w_bf16", g3_smem(16, 256)),
-            ("amf_dk3t16w_f16", g3_smem(16, 256)),
-            ("amf_dk3t16w_bf16", g3_smem(16, 256)),
-            ("amf_dq3t32_f16", g3_smem(32, 128)),
-            ("amf_dq3t32_bf16", g3_smem(32, 128)),
-            ("amf_dk3t32_f16", g3_smem(32, 128)),
-            ("amf_dk3t32_bf16", g3_smem(32, 128)),
-        ] {
-            funcs[name]
+        ]
+        .map(|(n, b)| (n.to_string(), b))
+        .into_iter()
+        .chain(smem)
+        {
+            funcs[&name]
                 .set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     bytes as i32,
@@ -879,7 +919,7 @@ impl CudaAmf {
             i32of(g.s(), "S")?,
         );
         let (wh, ww) = (i32of(g.wh, "wh")?, i32of(g.ww, "ww")?);
-        let (ty, ntx) = (i32of(v.ty, "tile")?, i32of(v.ntx, "tiles")?);
+        let (ty, ntx) = (i32of(v.k.ty, "tile")?, i32of(v.ntx, "tiles")?);
         let (hn, fr, d) = (
             i32of(plan.heads, "heads")?,
             i32of(plan.frames, "frames")?,
@@ -935,10 +975,10 @@ impl CudaAmf {
             .map_err(drv)?;
         }
         self.mark(work, "pack")?;
-        let grid = (v.nt, (plan.heads * plan.d).div_ceil(v.gn), plan.frames);
+        let grid = (v.nt, (plan.heads * plan.d).div_ceil(v.k.gn), plan.frames);
         let lc = LaunchConfig {
-            shared_mem_bytes: g3_smem(v.ty, v.gn) as u32,
-            ..cfg(grid, v.ty * v.gn / 8)
+            shared_mem_bytes: v.k.smem() as u32,
+            ..cfg(grid, v.k.ty * v.k.gn / 8)
         };
         for (dir, operand, off, idx, bx, rg, pk_buf, stride, out) in [
             (
@@ -948,11 +988,7 @@ impl CudaAmf {
                 "dk", q, &ct.koff, &ct.kidx, &*bk, &*rk, &*pk, v.stride_k, &mut *dk,
             ),
         ] {
-            let func = self.f(&format!(
-                "amf_{dir}3{}_{}",
-                g3_name(v.ty, v.gn),
-                T::CUDA_SUFFIX
-            ))?;
+            let func = self.f(&format!("amf_{dir}3{}_{}", v.k.name(), T::CUDA_SUFFIX))?;
             let st = i32of(stride, "packed stride")?;
             // SAFETY: argument list of amf_dq3t* / amf_dk3t*; the operand is the 16-bit Q or K.
             unsafe {
@@ -1374,11 +1410,12 @@ impl CudaAmf {
         // version 2 where its packed buffers would not fit.
         let tile = match grad_tile() {
             GradTile::V2 => None,
-            GradTile::Forced(ty, gn) => Some((ty, gn, false)),
-            GradTile::Auto => Some((G3_TILE.0, G3_TILE.1, true)),
+            GradTile::Forced(t) => Some((t, false)),
+            GradTile::Auto => Some((G3_TILE, true)),
         };
         let v3 = match tile {
-            Some((ty, gn, auto)) if packed && !wide => {
+            Some((k, auto)) if packed && !wide => {
+                let (ty, gn) = (k.ty, k.gn);
                 let ntx = g.w.div_ceil(G_T);
                 let nt = ntx * g.h.div_ceil(ty);
                 let blocks = nt * (plan.heads * plan.d).div_ceil(gn) * plan.frames;
@@ -1392,8 +1429,7 @@ impl CudaAmf {
                 };
                 let len = |stride: usize| np_max * nt * ty * G_T * stride;
                 (fills && 2 * len(stride_q).max(len(stride_k)) <= PACK_BYTES).then_some(Grad3 {
-                    ty,
-                    gn,
+                    k,
                     ntx,
                     nt,
                     stride_q,
