@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Paired comparisons of harness variants: the numbers that decide defaults.
 
-    python harness/compare.py RUN_DIR A:B [A:B ...] [--csv FILE]
+    python harness/compare.py RUN_DIR A:B [A1+A2:B1+B2 ...] [--csv FILE]
 
 Reads RUN_DIR/scores.json (written by score.py). For each pair of mode names A:B it takes the
 clips both scored (a finite MF in both) and prints the mean of MF(A) - MF(B) with its standard
 error over those clips, the two means and the mean backward passes of each. Per clip the
 outcome is nearly binary (the object follows the reference or stands still), so the spread over
 clips is large; the paired difference is what separates two variants run on the same clips.
-`--csv FILE` also writes one row per clip with each named mode's MF and backward passes.
+`A1+A2:B1+B2` pools pairs: A1 against B1 and A2 against B2 (e.g. one mode per seed), over the
+clips each pair shares. `--csv FILE` also writes one row per clip with each named mode's MF and
+backward passes.
 numpy-free on purpose: it is a few means.
 """
 from __future__ import annotations
@@ -34,23 +36,29 @@ def load_scores(run_dir):
 
 
 def paired(by_mode, a, b):
-    """Paired MF difference A - B over the clips both scored, or None when they share none."""
-    for m in (a, b):
+    """Paired MF difference A - B over the clips both scored, or None when they share none.
+
+    `a` and `b` may also be lists of the same length (e.g. one mode per seed): A[i] is paired
+    with B[i] over their shared clips and the differences are pooled."""
+    a_modes, b_modes = ([a], [b]) if isinstance(a, str) else (list(a), list(b))
+    if len(a_modes) != len(b_modes):
+        raise KeyError(f"{'+'.join(a_modes)} and {'+'.join(b_modes)}: pool as many modes on each side")
+    for m in a_modes + b_modes:
         if m not in by_mode:
             raise KeyError(f"mode {m!r} is not in scores.json (modes: {', '.join(sorted(by_mode))})")
-    clips = sorted(set(by_mode[a]) & set(by_mode[b]))
-    if not clips:
+    pairs = [(x, y, c) for x, y in zip(a_modes, b_modes) for c in sorted(set(by_mode[x]) & set(by_mode[y]))]
+    if not pairs:
         return None
-    d = [by_mode[a][c]["mf"] - by_mode[b][c]["mf"] for c in clips]
+    d = [by_mode[x][c]["mf"] - by_mode[y][c]["mf"] for x, y, c in pairs]
     n = len(d)
     mean = sum(d) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
+    se = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n) if n > 1 else float("nan")
 
-    def avg(m, key):
-        return sum(by_mode[m][c].get(key) or 0 for c in clips) / n
+    def avg(side, key):
+        return sum(by_mode[(x, y)[side]][c].get(key) or 0 for x, y, c in pairs) / n
 
-    return dict(a=a, b=b, n=n, diff=mean, se=se, mf_a=avg(a, "mf"), mf_b=avg(b, "mf"),
-                bwd_a=avg(a, "real_backward"), bwd_b=avg(b, "real_backward"))
+    return dict(a="+".join(a_modes), b="+".join(b_modes), n=n, diff=mean, se=se, mf_a=avg(0, "mf"),
+                mf_b=avg(1, "mf"), bwd_a=avg(0, "real_backward"), bwd_b=avg(1, "real_backward"))
 
 
 def format_row(p):
@@ -82,13 +90,13 @@ def main(argv=None):
     for pair in a.pairs:
         if pair.count(":") != 1:
             ap.error(f"{pair!r}: write a pair as MODE_A:MODE_B")
-        x, y = pair.split(":")
+        x, y = (side.split("+") for side in pair.split(":"))
         try:
             p = paired(by_mode, x, y)
         except KeyError as e:
             ap.error(str(e.args[0]))
-        print(format_row(p) if p else f"{x} - {y}: no clip scored in both")
-        names += [m for m in (x, y) if m not in names]
+        print(format_row(p) if p else f"{'+'.join(x)} - {'+'.join(y)}: no clip scored in both")
+        names += [m for m in x + y if m not in names]
     if a.csv:
         write_csv(by_mode, names, a.csv)
     return 0

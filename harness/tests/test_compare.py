@@ -58,3 +58,23 @@ def test_cli_prints_pairs_writes_csv_and_names_a_missing_mode(tmp_path):
     bad = subprocess.run([sys.executable, COMPARE, str(tmp_path), "fastvmt:nosuch"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "'nosuch' is not in scores.json" in bad.stderr
+
+
+def test_pooled_pairs_concatenate_the_per_pair_differences(tmp_path):
+    rng = random.Random(11)
+    mf = _scores(tmp_path, rng)
+    p = paired(load_scores(tmp_path), ["fastvmt", "adaptive"], ["ditflow", "fastvmt"])
+    d = [mf[(f"c{i}", "fastvmt")] - mf[(f"c{i}", "ditflow")] for i in range(9)]
+    d.append(0.25 - mf[("c2", "fastvmt")])  # adaptive's only finite clip
+    mean = sum(d) / len(d)
+    se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 / len(d) ** 0.5
+    assert p["n"] == 10 and p["a"] == "fastvmt+adaptive" and p["b"] == "ditflow+fastvmt"
+    assert math.isclose(p["diff"], mean, rel_tol=1e-12)
+    assert math.isclose(p["se"], se, rel_tol=1e-12)
+    assert math.isclose(p["bwd_a"], (9 * 16 + 9) / 10) and math.isclose(p["bwd_b"], (9 * 40 + 16) / 10)
+    out = subprocess.run([sys.executable, COMPARE, str(tmp_path), "fastvmt+adaptive:ditflow+fastvmt"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("fastvmt+adaptive - ditflow+fastvmt: ") and "n=10" in out
+    bad = subprocess.run([sys.executable, COMPARE, str(tmp_path), "fastvmt+adaptive:ditflow"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "pool as many modes" in bad.stderr

@@ -64,6 +64,18 @@ struct Args {
     /// Adaptive: the longest gap between real gradients.
     #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.max_interval)]
     max_interval: usize,
+    /// Adaptive: use the gradient-change rule — refresh on the next inner step while the cosine
+    /// between the step's two newest real gradients is below this, else wait `--max-interval`.
+    #[arg(long)]
+    refresh_below: Option<f32>,
+    /// Adaptive: a real gradient on every inner step, and the denoising step's optimisation
+    /// ends once the loss falls less than this (relative, per inner step).
+    #[arg(long)]
+    stop_below: Option<f32>,
+    /// Adaptive: start each denoising step after the first on the previous step's last real
+    /// gradient instead of a fresh one.
+    #[arg(long)]
+    carry_over: bool,
     /// fastvmt/adaptive: inner steps between real gradients (FastVMT's 3).
     #[arg(long, default_value_t = 3)]
     reuse_interval: usize,
@@ -193,6 +205,9 @@ fn main() -> Result<()> {
                         steep: args.steep,
                         flat: args.flat,
                         max_interval: args.max_interval,
+                        refresh_below: args.refresh_below,
+                        stop_below: args.stop_below,
+                        carry_over: args.carry_over,
                     },
                     moving_threshold: (args.moving_threshold > 0.0)
                         .then_some(args.moving_threshold),

@@ -146,11 +146,20 @@ pub struct GuidanceSettings {
 /// and a cached gradient goes stale quickly: refresh on the next inner step; `flat <= rate <
 /// steep` — FastVMT's reuse interval; `rate < flat` — little is left to gain here: stretch to
 /// `max_interval`. Measured on the harness (`harness/README.md`, "adaptive").
+///
+/// With `refresh_below` set, the signal is the cosine between the step's two newest real
+/// gradients instead (the gradient-change rule): the first real gradient of a denoising step
+/// is followed by another on the next inner step (to measure the cosine); after that, a cosine
+/// below `refresh_below` — the gradient still turns — refreshes on the next inner step, and one
+/// at or above it — the gradient has settled — stretches the gap to `max_interval`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveRule {
     pub steep: f32,
     pub flat: f32,
     pub max_interval: usize,
+    pub refresh_below: Option<f32>,
+    pub stop_below: Option<f32>,
+    pub carry_over: bool,
 }
 
 impl AdaptiveRule {
@@ -162,6 +171,15 @@ impl AdaptiveRule {
             Some(r) if r >= self.steep => 1,
             Some(r) if r >= self.flat => base,
             Some(_) => self.max_interval.max(base),
+        }
+    }
+
+    /// The gradient-change rule's gap (`refresh_below` set): `cosine` between the newest real
+    /// gradient and the one before it in the same denoising step (`None`: the step's first).
+    pub fn gap_from_cosine(&self, refresh_below: f32, cosine: Option<f32>) -> usize {
+        match cosine {
+            Some(c) if c >= refresh_below => self.max_interval.max(1),
+            _ => 1,
         }
     }
 }
@@ -705,10 +723,12 @@ impl<'m> Guide<'m> {
         let mode = s.mode;
         let inner = s.inner_steps;
 
-        // Every denoising step starts on a real gradient (see the module notes).
-        let mut cached = false;
+        // Every denoising step starts on a real gradient (see the module notes), unless
+        // `adaptive` carries the previous step's last one over.
         let base = s.reuse_interval.max(1);
-        let mut next_real = 0usize;
+        let carry = mode == GuidanceMode::Adaptive && s.adaptive.carry_over && self.have_real;
+        let mut cached = carry;
+        let mut next_real = if carry { base } else { 0 };
         let mut previous: Option<(usize, f32)> = None; // (inner step, loss) of the last real gradient
 
         for j in 0..inner {
@@ -723,6 +743,7 @@ impl<'m> Guide<'m> {
                     GuidanceMode::None => false,
                 };
             let mut note = String::new();
+            let mut stop_after = false;
             if need_real {
                 // Keep the last real gradient for the cosine; the new one goes in the other
                 // buffer.
@@ -770,13 +791,26 @@ impl<'m> Guide<'m> {
                     stats.gradient_cosines.push(cosine(&check));
                 }
                 if mode == GuidanceMode::Adaptive {
-                    if let Some((pj, before)) = previous {
-                        if before > 0.0 && j > pj {
-                            self.last_rate = Some((before - loss) / (before * (j - pj) as f32));
-                        }
+                    let rule = self.settings.adaptive;
+                    // `work.previous` is the step's previous real gradient when `previous` is set.
+                    let same_step_cosine = previous.map(|_| cosine(&check));
+                    let step_rate = previous.and_then(|(pj, before)| {
+                        (before > 0.0 && j > pj)
+                            .then(|| (before - loss) / (before * (j - pj) as f32))
+                    });
+                    if step_rate.is_some() {
+                        self.last_rate = step_rate;
                     }
                     previous = Some((j, loss));
-                    next_real = j + self.settings.adaptive.gap(self.last_rate, base);
+                    next_real = j + match (rule.stop_below, rule.refresh_below) {
+                        (Some(_), _) => 1,
+                        (None, Some(below)) => rule.gap_from_cosine(below, same_step_cosine),
+                        (None, None) => rule.gap(self.last_rate, base),
+                    };
+                    if let (Some(stop), Some(rate)) = (rule.stop_below, step_rate) {
+                        // NaN counts as flat.
+                        stop_after = rate < stop || rate.is_nan();
+                    }
                 }
                 note = format!(", real gradient, loss {loss:.4}");
                 self.have_real = true;
@@ -806,6 +840,9 @@ impl<'m> Guide<'m> {
                     j + 1
                 ),
             );
+            if stop_after {
+                break;
+            }
         }
         Ok(())
     }
@@ -846,6 +883,9 @@ mod tests {
             steep: 0.02,
             flat: 0.008,
             max_interval: 5,
+            refresh_below: None,
+            stop_below: None,
+            carry_over: false,
         };
         assert_eq!(
             rule.gap(None, 3),
@@ -871,5 +911,27 @@ mod tests {
             3,
             "max_interval below the reuse interval: the reuse interval"
         );
+    }
+
+    #[test]
+    fn adaptive_gap_follows_the_gradient_cosine() {
+        let rule = AdaptiveRule {
+            steep: 1.0,
+            flat: 0.008,
+            max_interval: 8,
+            refresh_below: Some(0.5),
+            stop_below: None,
+            carry_over: false,
+        };
+        assert_eq!(
+            rule.gap_from_cosine(0.5, None),
+            1,
+            "a step's first: measure"
+        );
+        assert_eq!(rule.gap_from_cosine(0.5, Some(0.2)), 1, "still turning");
+        assert_eq!(rule.gap_from_cosine(0.5, Some(-0.9)), 1);
+        assert_eq!(rule.gap_from_cosine(0.5, Some(f32::NAN)), 1);
+        assert_eq!(rule.gap_from_cosine(0.5, Some(0.5)), 8, "settled: stretch");
+        assert_eq!(rule.gap_from_cosine(0.5, Some(0.95)), 8);
     }
 }

@@ -28,6 +28,9 @@ pub const ADAPTIVE_RULE: AdaptiveRule = AdaptiveRule {
     steep: 1.0,
     flat: 0.008,
     max_interval: 5,
+    refresh_below: None,
+    stop_below: None,
+    carry_over: false,
 };
 
 /// `fastvmt`/`adaptive`'s default motion mask: the loss counts only entries where the
