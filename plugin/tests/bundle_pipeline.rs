@@ -348,21 +348,53 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
     );
     assert!(fast.stats.first_loss.is_some() && fast.stats.final_loss.unwrap().is_finite());
 
+    // The default rule: the second guided step starts on the first's last real gradient
+    // (inner step 3) and takes its own at inner step 3.
     let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 4)).unwrap();
-    assert!(
-        adaptive.stats.real_backward <= fast.stats.real_backward,
-        "adaptive {} vs fastvmt {}",
-        adaptive.stats.real_backward,
-        fast.stats.real_backward
+    let inner_steps = |reals: &[(usize, usize, f32)]| -> Vec<(usize, usize)> {
+        reals.iter().map(|&(s, j, _)| (s, j)).collect()
+    };
+    assert_eq!(
+        inner_steps(&adaptive.stats.real_losses),
+        [(0, 0), (0, 3), (1, 3)]
     );
-    // With 10 inner steps the interval can stretch: replay adaptive's rule on the losses it
-    // recorded (the relative loss decrease per inner step since the previous real gradient,
-    // carried across denoising steps, picks the next gap) and check the inner steps it
-    // refreshed on.
-    let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 10)).unwrap();
+    assert_eq!(
+        (
+            adaptive.stats.real_forward,
+            adaptive.stats.real_backward,
+            adaptive.stats.cached_steps
+        ),
+        (2 + 3, 3, 5)
+    );
+    // The carried gradient moved the latent: without carrying, the second step's inner step
+    // 0 is a real gradient and the result differs.
+    let mut fresh = settings(GuidanceMode::Adaptive, 4, 4);
+    fresh.guidance.adaptive.carry_over = false;
+    let fresh = run(&model, &r, &fresh).unwrap();
+    assert_eq!(
+        inner_steps(&fresh.stats.real_losses),
+        [(0, 0), (0, 3), (1, 0), (1, 3)]
+    );
+    assert_eq!(
+        fresh.latent, fast.latent,
+        "no carry, no loss trend: fastvmt"
+    );
+    assert!(adaptive
+        .latent
+        .iter()
+        .zip(&fast.latent)
+        .any(|(a, b)| (a - b).abs() > 1e-6));
+
+    // With the loss trend and 10 inner steps the interval can stretch: replay the rule on the
+    // losses it recorded (the relative loss decrease per inner step since the previous real
+    // gradient, carried across denoising steps, picks the next gap) and check the inner steps
+    // it refreshed on.
+    let trend = fastvmt_plugin::sampler::LOSS_TREND;
+    let mut with_trend = settings(GuidanceMode::Adaptive, 4, 10);
+    with_trend.guidance.adaptive.loss_trend = Some(trend);
+    let adaptive = run(&model, &r, &with_trend).unwrap();
     let reals = &adaptive.stats.real_losses;
     assert_eq!(adaptive.stats.real_backward, reals.len());
-    let rule = fastvmt_plugin::sampler::ADAPTIVE_RULE;
     let mut rate: Option<f32> = None;
     for step in 0..2 {
         let got: Vec<(usize, f32)> = reals
@@ -370,7 +402,9 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
             .filter(|(s, _, _)| *s == step)
             .map(|&(_, j, l)| (j, l))
             .collect();
-        let (mut expected, mut next, mut previous) = (vec![], 0usize, None::<(usize, f32)>);
+        // Step 1 starts on step 0's last gradient.
+        let first = if step == 0 { 0 } else { 3 };
+        let (mut expected, mut next, mut previous) = (vec![], first, None::<(usize, f32)>);
         while next < 10 {
             expected.push(next);
             let loss = got
@@ -384,7 +418,7 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
                 }
             }
             previous = Some((next, loss));
-            next += rule.gap(rate, 3);
+            next += trend.gap(rate, 3);
         }
         let inner: Vec<usize> = got.iter().map(|(j, _)| *j).collect();
         assert_eq!(inner, expected, "guided step {step}: losses {got:?}");

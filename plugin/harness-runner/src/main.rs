@@ -13,7 +13,7 @@ use fastvmt_kernels::Backend;
 use fastvmt_plugin::model::{bundle::default_bundle_dir, Device, DitModel};
 use fastvmt_plugin::sampler::{
     self, guidance::AmfPrecision, AdaptiveRule, AmfConfig, GuidanceMode, GuidanceSettings,
-    PromptEmbeddings, SampleSettings,
+    LossTrend, PromptEmbeddings, SampleSettings,
 };
 use fastvmt_video_io::{load_video, save_video, Frames, LoadOptions, VideoFormat};
 use serde_json::{json, Value};
@@ -54,28 +54,24 @@ struct Args {
     /// Centre key windows on FastVMT's coarse tile search instead of the query's position.
     #[arg(long)]
     coarse_tiles: bool,
-    /// Adaptive: loss-decrease rate per inner step at or above which it refreshes on the next
-    /// inner step (default: the sampler node's).
-    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.steep)]
+    /// Adaptive: take the within-step gaps from the loss trend (`--steep`, `--flat`,
+    /// `--max-interval`) instead of the reuse interval.
+    #[arg(long)]
+    loss_trend: bool,
+    /// Adaptive, with `--loss-trend`: loss-decrease rate per inner step at or above which it
+    /// refreshes on the next inner step.
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::LOSS_TREND.steep)]
     steep: f32,
-    /// Adaptive: rate below which it stretches the gap to `--max-interval`.
-    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.flat)]
+    /// Adaptive, with `--loss-trend`: rate below which it stretches the gap to `--max-interval`.
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::LOSS_TREND.flat)]
     flat: f32,
-    /// Adaptive: the longest gap between real gradients.
-    #[arg(long, default_value_t = fastvmt_plugin::sampler::ADAPTIVE_RULE.max_interval)]
+    /// Adaptive, with `--loss-trend`: the longest gap between real gradients.
+    #[arg(long, default_value_t = fastvmt_plugin::sampler::LOSS_TREND.max_interval)]
     max_interval: usize,
-    /// Adaptive: use the gradient-change rule — refresh on the next inner step while the cosine
-    /// between the step's two newest real gradients is below this, else wait `--max-interval`.
+    /// Adaptive: start every guided step on a fresh real gradient instead of carrying the
+    /// previous step's last one over (the default rule carries it).
     #[arg(long)]
-    refresh_below: Option<f32>,
-    /// Adaptive: a real gradient on every inner step, and the denoising step's optimisation
-    /// ends once the loss falls less than this (relative, per inner step).
-    #[arg(long)]
-    stop_below: Option<f32>,
-    /// Adaptive: start each denoising step after the first on the previous step's last real
-    /// gradient instead of a fresh one.
-    #[arg(long)]
-    carry_over: bool,
+    no_carry_over: bool,
     /// fastvmt/adaptive: inner steps between real gradients (FastVMT's 3).
     #[arg(long, default_value_t = 3)]
     reuse_interval: usize,
@@ -202,12 +198,12 @@ fn main() -> Result<()> {
                     reference_noise_scale: 0.5,
                     amf: amf.clone(),
                     adaptive: AdaptiveRule {
-                        steep: args.steep,
-                        flat: args.flat,
-                        max_interval: args.max_interval,
-                        refresh_below: args.refresh_below,
-                        stop_below: args.stop_below,
-                        carry_over: args.carry_over,
+                        carry_over: !args.no_carry_over,
+                        loss_trend: args.loss_trend.then_some(LossTrend {
+                            steep: args.steep,
+                            flat: args.flat,
+                            max_interval: args.max_interval,
+                        }),
                     },
                     moving_threshold: (args.moving_threshold > 0.0)
                         .then_some(args.moving_threshold),

@@ -22,7 +22,7 @@ pub const CLASS: NodeClass = NodeClass {
 };
 
 fn schema() -> NodeDescriptor {
-    NodeDescriptor::new("GradientCachedSampler", "FastVMT/sampling", "Generates a video showing the prompt and moving like the reference: flow-matching sampling with classifier-free guidance, and attention-motion-flow guidance on the first steps (ditflow: dense, every gradient real; fastvmt: local AMF + gradient reuse; adaptive: the reuse interval stretches to 5 once the AMF loss falls by less than 0.8 % per inner step).")
+    NodeDescriptor::new("GradientCachedSampler", "FastVMT/sampling", "Generates a video showing the prompt and moving like the reference: flow-matching sampling with classifier-free guidance, and attention-motion-flow guidance on the first steps (ditflow: dense, every gradient real; fastvmt: local AMF + gradient reuse; adaptive: like fastvmt, and each guided step after the first starts on the previous step's last real gradient, one backward pass fewer per such step).")
         .display_name("Gradient-Cached Motion Sampler")
         .version(1)
         .inputs(vec![
@@ -37,7 +37,7 @@ fn schema() -> NodeDescriptor {
             InputSpec::new("mode", ValueType::Choice).choices(&GuidanceMode::NAMES).default(Literal::String("fastvmt".into())).build(),
             InputSpec::new("guided_fraction", ValueType::Float).default(Literal::Float(0.2)).range(0.0, 1.0, 0.05).tooltip("fraction of the steps (the first ones) that are guided").build(),
             InputSpec::new("inner_steps", ValueType::Int).default(Literal::Int(10)).range(1.0, 100.0, 1.0).tooltip("optimisation steps on the latent per guided step").build(),
-            InputSpec::new("reuse_interval", ValueType::Int).default(Literal::Int(3)).range(1.0, 100.0, 1.0).tooltip("fastvmt: a real gradient every n inner steps (0, 3, 6, 9 for 3), the cached one otherwise; adaptive: the interval while the AMF loss falls by ≥ 0.8 % per inner step (then 5)").build(),
+            InputSpec::new("reuse_interval", ValueType::Int).default(Literal::Int(3)).range(1.0, 100.0, 1.0).tooltip("fastvmt: a real gradient every n inner steps (0, 3, 6, 9 for 3), the cached one otherwise; adaptive: the same, its first real gradient of a guided step after the first at inner step n").build(),
             InputSpec::new("learning_rate", ValueType::Float).default(Literal::Float(-1.0)).range(-1.0, 10.0, 0.0005).tooltip("AdamW learning rate at the first guided step (decays to 0.7x); -1 = the bundle's default").build(),
             InputSpec::new("motion_mask", ValueType::Float).default(Literal::Float(FASTVMT_MOVING_THRESHOLD as f64)).range(0.0, 100.0, 0.1).tooltip("fastvmt/adaptive: match the motion only where the reference moves more than this many tokens (DiTFlow's mask; ditflow always uses 0.5); 0 = everywhere, static background included").build(),
             InputSpec::new("reference_noise", ValueType::Float).default(Literal::Float(0.5)).range(0.0, 1.0, 0.05).tooltip("the reference AMF is read at this fraction of the current noise level (0.5 measured best on the shipped model; FastVMT uses 1)").build(),

@@ -7,19 +7,19 @@
 //! - `fastvmt`: the model's AMF setting (by default local: spatial key window, optional
 //!   temporal window, pair weights 1 → 0.8) and gradient skipping: a real gradient on inner
 //!   steps `0, r, 2r, …` (r = reuse interval), the cached one otherwise.
-//! - `adaptive`: like `fastvmt`, but the gap to the next real gradient follows the measured
-//!   loss trend ([`AdaptiveRule`]): the relative AMF-loss decrease per inner step since the
-//!   previous real gradient picks a gap of 1 (falling fast: a cached gradient goes stale
-//!   quickly), FastVMT's interval, or a stretched one (little left to gain). Each denoising
-//!   step starts on a real gradient; the last rate carries over into the next step. Why the
-//!   loss and not the gradient cosine: on the harness the cosine between real gradients 3 inner
-//!   steps apart averaged 0.08 (−0.73 to 0.85) — Adam moves the latent enough that gradients
-//!   decorrelate within a few inner steps, so a high cosine is rare and says little (it is
-//!   still recorded, `SampleStats::gradient_cosines`). What the harness found (64 clips,
-//!   `harness/README.md`, "adaptive" and "Key radius"): at this scale motion fidelity follows
-//!   the number of real gradients — steeply at key radius 6, gently at the shipped radius 3
-//!   (the rules tried save 20–28 % of the passes for about 0.02 of fidelity) — and no rule
-//!   tried yet saves passes without losing some.
+//! - `adaptive`: like `fastvmt`, plus reuse across denoising steps ([`AdaptiveRule`]): a
+//!   guided step after the first starts on the previous step's last real gradient and takes
+//!   its first real gradient at the reuse interval (13 backward passes where `fastvmt` makes
+//!   16). Optionally the gap to the next real gradient within a step follows the measured loss
+//!   trend ([`LossTrend`]: the relative AMF-loss decrease per inner step since the previous
+//!   real gradient picks a gap of 1, FastVMT's interval, or a stretched one). The cosine
+//!   between successive real gradients is recorded (`SampleStats::gradient_cosines`) but
+//!   decides nothing: right after Adam's first update of a step it is high (≈ 0.95), three
+//!   inner steps later often negative (the cached updates overshoot), so a rule on it either
+//!   stretches too early or never. What the harness found (64 clips, three seeds,
+//!   `harness/README.md`, "Reuse across denoising steps"): every rule that saves passes loses
+//!   some fidelity at this scale; reuse across steps loses least (−0.018 ± 0.010 for 3 of 16
+//!   passes), the loss trend −0.036 to −0.039 for 4.5–5.5.
 //!
 //! Per guided step the reference AMF is recomputed: the reference noised to
 //! `reference_noise_scale * t` with fixed noise, through the guidance head with the empty
@@ -137,32 +137,41 @@ pub struct GuidanceSettings {
     pub device_reference: bool,
 }
 
-/// How `adaptive` picks the gap to its next real gradient from the measured loss trend.
+/// How `adaptive` decides where it needs a real gradient.
 ///
-/// After each real gradient it computes `rate`, the relative AMF-loss decrease per inner step
-/// since the previous real gradient of the same denoising step (the first real gradient of a
-/// step reuses the last rate of the previous step; until a rate exists, FastVMT's interval).
-/// Then: `rate >= steep` — the loss is falling fast, so the landscape moves
-/// and a cached gradient goes stale quickly: refresh on the next inner step; `flat <= rate <
-/// steep` — FastVMT's reuse interval; `rate < flat` — little is left to gain here: stretch to
-/// `max_interval`. Measured on the harness (`harness/README.md`, "adaptive").
+/// - `carry_over` (reuse across denoising steps): a guided step after the first starts on the
+///   previous step's last real gradient instead of a fresh one, and takes its first real
+///   gradient at the reuse interval. Why: FastVMT's last real gradient of a step (inner step
+///   9 of 10) serves one update; carried over it serves four. Measured on the harness: the
+///   cosine between that gradient and the next step's first real one averaged 0.59–0.66,
+///   higher than between real gradients 3 inner steps apart within a step (−0.46 to 0.59).
+/// - `loss_trend` (within a step; `None`: FastVMT's reuse interval): gaps from the measured
+///   loss trend ([`LossTrend`]).
 ///
-/// With `refresh_below` set, the signal is the cosine between the step's two newest real
-/// gradients instead (the gradient-change rule): the first real gradient of a denoising step
-/// is followed by another on the next inner step (to measure the cosine); after that, a cosine
-/// below `refresh_below` — the gradient still turns — refreshes on the next inner step, and one
-/// at or above it — the gradient has settled — stretches the gap to `max_interval`.
+/// The default ([`super::ADAPTIVE_RULE`]) and what each part is worth: `harness/README.md`,
+/// "adaptive".
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveRule {
+    pub carry_over: bool,
+    pub loss_trend: Option<LossTrend>,
+}
+
+/// Gaps between real gradients from the loss trend.
+///
+/// After each real gradient `rate` is the relative AMF-loss decrease per inner step since the
+/// previous real gradient of the same denoising step (the first real gradient of a step reuses
+/// the last rate of the previous step; until a rate exists, FastVMT's interval). Then:
+/// `rate >= steep` — the loss is falling fast, so the landscape moves and a cached gradient
+/// goes stale quickly: refresh on the next inner step; `flat <= rate < steep` — FastVMT's
+/// reuse interval; `rate < flat` — little is left to gain here: stretch to `max_interval`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossTrend {
     pub steep: f32,
     pub flat: f32,
     pub max_interval: usize,
-    pub refresh_below: Option<f32>,
-    pub stop_below: Option<f32>,
-    pub carry_over: bool,
 }
 
-impl AdaptiveRule {
+impl LossTrend {
     /// The gap to the next real gradient for a measured `rate` (`None`: nothing measured yet).
     pub fn gap(&self, rate: Option<f32>, reuse_interval: usize) -> usize {
         let base = reuse_interval.max(1);
@@ -171,15 +180,6 @@ impl AdaptiveRule {
             Some(r) if r >= self.steep => 1,
             Some(r) if r >= self.flat => base,
             Some(_) => self.max_interval.max(base),
-        }
-    }
-
-    /// The gradient-change rule's gap (`refresh_below` set): `cosine` between the newest real
-    /// gradient and the one before it in the same denoising step (`None`: the step's first).
-    pub fn gap_from_cosine(&self, refresh_below: f32, cosine: Option<f32>) -> usize {
-        match cosine {
-            Some(c) if c >= refresh_below => self.max_interval.max(1),
-            _ => 1,
         }
     }
 }
@@ -723,8 +723,8 @@ impl<'m> Guide<'m> {
         let mode = s.mode;
         let inner = s.inner_steps;
 
-        // Every denoising step starts on a real gradient (see the module notes), unless
-        // `adaptive` carries the previous step's last one over.
+        // A denoising step starts on a real gradient, unless `adaptive` carries the previous
+        // step's last one over (`AdaptiveRule::carry_over`).
         let base = s.reuse_interval.max(1);
         let carry = mode == GuidanceMode::Adaptive && s.adaptive.carry_over && self.have_real;
         let mut cached = carry;
@@ -743,7 +743,6 @@ impl<'m> Guide<'m> {
                     GuidanceMode::None => false,
                 };
             let mut note = String::new();
-            let mut stop_after = false;
             if need_real {
                 // Keep the last real gradient for the cosine; the new one goes in the other
                 // buffer.
@@ -791,9 +790,6 @@ impl<'m> Guide<'m> {
                     stats.gradient_cosines.push(cosine(&check));
                 }
                 if mode == GuidanceMode::Adaptive {
-                    let rule = self.settings.adaptive;
-                    // `work.previous` is the step's previous real gradient when `previous` is set.
-                    let same_step_cosine = previous.map(|_| cosine(&check));
                     let step_rate = previous.and_then(|(pj, before)| {
                         (before > 0.0 && j > pj)
                             .then(|| (before - loss) / (before * (j - pj) as f32))
@@ -802,15 +798,10 @@ impl<'m> Guide<'m> {
                         self.last_rate = step_rate;
                     }
                     previous = Some((j, loss));
-                    next_real = j + match (rule.stop_below, rule.refresh_below) {
-                        (Some(_), _) => 1,
-                        (None, Some(below)) => rule.gap_from_cosine(below, same_step_cosine),
-                        (None, None) => rule.gap(self.last_rate, base),
+                    next_real = j + match &s.adaptive.loss_trend {
+                        Some(trend) => trend.gap(self.last_rate, base),
+                        None => base,
                     };
-                    if let (Some(stop), Some(rate)) = (rule.stop_below, step_rate) {
-                        // NaN counts as flat.
-                        stop_after = rate < stop || rate.is_nan();
-                    }
                 }
                 note = format!(", real gradient, loss {loss:.4}");
                 self.have_real = true;
@@ -840,9 +831,6 @@ impl<'m> Guide<'m> {
                     j + 1
                 ),
             );
-            if stop_after {
-                break;
-            }
         }
         Ok(())
     }
@@ -875,17 +863,14 @@ impl HalfFrom for bf16 {
 
 #[cfg(test)]
 mod tests {
-    use super::AdaptiveRule;
+    use super::LossTrend;
 
     #[test]
-    fn adaptive_gap_follows_the_loss_rate() {
-        let rule = AdaptiveRule {
+    fn loss_trend_gap_follows_the_loss_rate() {
+        let rule = LossTrend {
             steep: 0.02,
             flat: 0.008,
             max_interval: 5,
-            refresh_below: None,
-            stop_below: None,
-            carry_over: false,
         };
         assert_eq!(
             rule.gap(None, 3),
@@ -902,7 +887,7 @@ mod tests {
         assert_eq!(rule.gap(Some(0.001), 3), 5, "flat: stretch");
         assert_eq!(rule.gap(Some(-0.1), 3), 5, "rising loss counts as flat");
         assert_eq!(rule.gap(Some(f32::NAN), 3), 5);
-        let short = AdaptiveRule {
+        let short = LossTrend {
             max_interval: 2,
             ..rule
         };
@@ -911,27 +896,5 @@ mod tests {
             3,
             "max_interval below the reuse interval: the reuse interval"
         );
-    }
-
-    #[test]
-    fn adaptive_gap_follows_the_gradient_cosine() {
-        let rule = AdaptiveRule {
-            steep: 1.0,
-            flat: 0.008,
-            max_interval: 8,
-            refresh_below: Some(0.5),
-            stop_below: None,
-            carry_over: false,
-        };
-        assert_eq!(
-            rule.gap_from_cosine(0.5, None),
-            1,
-            "a step's first: measure"
-        );
-        assert_eq!(rule.gap_from_cosine(0.5, Some(0.2)), 1, "still turning");
-        assert_eq!(rule.gap_from_cosine(0.5, Some(-0.9)), 1);
-        assert_eq!(rule.gap_from_cosine(0.5, Some(f32::NAN)), 1);
-        assert_eq!(rule.gap_from_cosine(0.5, Some(0.5)), 8, "settled: stretch");
-        assert_eq!(rule.gap_from_cosine(0.5, Some(0.95)), 8);
     }
 }

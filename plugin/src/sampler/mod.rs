@@ -13,24 +13,31 @@ use serde::Serialize;
 
 use crate::model::dit::{CancelCheck, Device, ModelError};
 use crate::model::DitModel;
-pub use guidance::{AdaptiveRule, AmfConfig, GuidanceMode, GuidanceSettings};
+pub use guidance::{AdaptiveRule, AmfConfig, GuidanceMode, GuidanceSettings, LossTrend};
 use latents::Space;
 
-/// `adaptive`'s default rule (see [`guidance::AdaptiveRule`]): FastVMT's interval while the
-/// loss falls at least 0.8 % per inner step, 5 inner steps once it falls slower; the
-/// refresh-next-step branch is off (`steep` 1.0 is never reached). Decided by the 64-clip
-/// harness run (`harness/README.md`, "adaptive"): this rule made 10.8 backward passes at MF
-/// 0.257, the same fidelity as the rule with the branch on (`steep` 0.02: 12.1 passes, 0.254);
-/// `fastvmt` made 16 at 0.346. At the shipped model's radius 3 it makes 11.5 passes and scores
-/// +0.006 (seed 0) / −0.055 (seed 1) against `fastvmt`'s 16; going back to the reuse interval
-/// after a rise of the loss (13 passes) was no better (`harness/README.md`, "Key radius").
+/// `adaptive`'s default rule (see [`guidance::AdaptiveRule`]): reuse across denoising steps
+/// (a guided step after the first starts on the previous step's last real gradient) and
+/// FastVMT's reuse interval within a step: 13 backward passes where `fastvmt` makes 16 (20
+/// steps, 4 guided, 10 inner). Decided by the harness at the shipped radius 3 (64 clips, 3 seeds
+/// each, paired; `harness/results/2026-11-28-adaptive`): this rule −0.018 ± 0.010 against
+/// `fastvmt`; the loss-trend gaps ([`LOSS_TREND`]) without reuse (11.5 passes) −0.039 ± 0.013,
+/// with it (10.5 passes) −0.036 ± 0.013. So the loss trend saves 2.5 more passes for about 0.02
+/// of fidelity, and it is off by default.
 pub const ADAPTIVE_RULE: AdaptiveRule = AdaptiveRule {
+    carry_over: true,
+    loss_trend: None,
+};
+
+/// The loss-trend gaps measured for `adaptive` (the default of sessions 6–12): FastVMT's
+/// interval while the loss falls at least 0.8 % per inner step, 5 inner steps once it falls
+/// slower; the refresh-next-step branch off (`steep` 1.0 is never reached). At radius 6
+/// (64 clips): 10.8 passes at MF 0.257, the same as with the branch on (`steep` 0.02: 12.1
+/// passes, 0.254); `fastvmt` 16 at 0.346.
+pub const LOSS_TREND: LossTrend = LossTrend {
     steep: 1.0,
     flat: 0.008,
     max_interval: 5,
-    refresh_below: None,
-    stop_below: None,
-    carry_over: false,
 };
 
 /// `fastvmt`/`adaptive`'s default motion mask: the loss counts only entries where the
