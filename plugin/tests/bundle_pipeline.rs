@@ -291,6 +291,16 @@ fn run(
     reference: &([usize; 5], Vec<f32>),
     s: &SampleSettings,
 ) -> Result<sampler::SampleOutput, SampleError> {
+    run_logged(model, reference, s, &mut Vec::new())
+}
+
+/// [`run`], collecting the progress messages in `log`.
+fn run_logged(
+    model: &DitModel,
+    reference: &([usize; 5], Vec<f32>),
+    s: &SampleSettings,
+    log: &mut Vec<String>,
+) -> Result<sampler::SampleOutput, SampleError> {
     let never = || false;
     let (emb, _) = model
         .encode_text(&["a red circle on a white background", ""], &never)
@@ -304,7 +314,7 @@ fn run(
             negative: n,
         },
         s,
-        &mut |_| {},
+        &mut |p| log.push(p.message.to_string()),
         &never,
     )
 }
@@ -350,7 +360,27 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
 
     // The default rule: the second guided step starts on the first's last real gradient
     // (inner step 3) and takes its own at inner step 3.
-    let adaptive = run(&model, &r, &settings(GuidanceMode::Adaptive, 4, 4)).unwrap();
+    let mut log = Vec::new();
+    let adaptive = run_logged(
+        &model,
+        &r,
+        &settings(GuidanceMode::Adaptive, 4, 4),
+        &mut log,
+    )
+    .unwrap();
+    let carried: Vec<&String> = log
+        .iter()
+        .filter(|m| m.contains("the previous step's last real gradient"))
+        .collect();
+    assert_eq!(
+        carried.len(),
+        3,
+        "progress says which steps are carried: {log:?}"
+    );
+    assert!(
+        carried[0].starts_with("guided step 2/2, inner 1/4"),
+        "{log:?}"
+    );
     let inner_steps = |reals: &[(usize, usize, f32)]| -> Vec<(usize, usize)> {
         reals.iter().map(|&(s, j, _)| (s, j)).collect()
     };

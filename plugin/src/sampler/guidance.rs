@@ -808,6 +808,9 @@ impl<'m> Guide<'m> {
                 cached = true;
             } else {
                 stats.cached_steps += 1;
+                if carry && previous.is_none() {
+                    note = ", the previous step's last real gradient".into();
+                }
             }
             let step_lr = if need_real {
                 lr
