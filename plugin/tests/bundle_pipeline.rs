@@ -415,6 +415,17 @@ fn guidance_modes_make_the_passes_their_schedules_promise() {
         .zip(&fast.latent)
         .any(|(a, b)| (a - b).abs() > 1e-6));
 
+    // Steps too short for a real gradient of their own (2 inner steps, interval 3) carry the
+    // previous step's gradient, and the step after them starts on a fresh one: a gradient is
+    // never carried twice.
+    let short = run(&model, &r, &settings(GuidanceMode::Adaptive, 8, 2)).unwrap();
+    assert_eq!(
+        inner_steps(&short.stats.real_losses),
+        [(0, 0), (2, 0)],
+        "4 guided steps of 2 inner steps"
+    );
+    assert_eq!(short.stats.cached_steps, 6);
+
     // With the loss trend and 10 inner steps the interval can stretch: replay the rule on the
     // losses it recorded (the relative loss decrease per inner step since the previous real
     // gradient, carried across denoising steps, picks the next gap) and check the inner steps

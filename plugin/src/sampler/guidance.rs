@@ -149,7 +149,7 @@ pub struct GuidanceSettings {
 ///   loss trend ([`LossTrend`]).
 ///
 /// The default ([`super::ADAPTIVE_RULE`]) and what each part is worth: `harness/README.md`,
-/// "adaptive".
+/// "Reuse across denoising steps".
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveRule {
     pub carry_over: bool,
@@ -228,6 +228,10 @@ pub struct Guide<'m> {
     have_real: bool,
     /// `adaptive`: the last measured loss-decrease rate, carried into the next denoising step.
     last_rate: Option<f32>,
+    /// The guided step of the newest real gradient: only the previous step's is carried over,
+    /// so a step too short to take its own (inner steps <= reuse interval) starts the next one
+    /// on a fresh gradient instead of passing an ever older one along.
+    last_real_step: Option<usize>,
 }
 
 /// The cosine from [`VecStats`] sums (0 where a vector is zero).
@@ -308,6 +312,7 @@ impl<'m> Guide<'m> {
             work: None,
             have_real: false,
             last_rate: None,
+            last_real_step: None,
         })
     }
 
@@ -726,7 +731,9 @@ impl<'m> Guide<'m> {
         // A denoising step starts on a real gradient, unless `adaptive` carries the previous
         // step's last one over (`AdaptiveRule::carry_over`).
         let base = s.reuse_interval.max(1);
-        let carry = mode == GuidanceMode::Adaptive && s.adaptive.carry_over && self.have_real;
+        let carry = mode == GuidanceMode::Adaptive
+            && s.adaptive.carry_over
+            && self.last_real_step.is_some_and(|k| k + 1 == ctx.step);
         let mut cached = carry;
         let mut next_real = if carry { base } else { 0 };
         let mut previous: Option<(usize, f32)> = None; // (inner step, loss) of the last real gradient
@@ -805,6 +812,7 @@ impl<'m> Guide<'m> {
                 }
                 note = format!(", real gradient, loss {loss:.4}");
                 self.have_real = true;
+                self.last_real_step = Some(ctx.step);
                 cached = true;
             } else {
                 stats.cached_steps += 1;
