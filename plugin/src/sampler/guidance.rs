@@ -224,13 +224,12 @@ pub struct Guide<'m> {
     spec: AmfSpec,
     loss: LossSpec,
     work: Option<Work>,
-    /// Whether `work.grad` holds a real gradient from an earlier inner or guided step.
-    have_real: bool,
     /// `adaptive`: the last measured loss-decrease rate, carried into the next denoising step.
     last_rate: Option<f32>,
-    /// The guided step of the newest real gradient: only the previous step's is carried over,
-    /// so a step too short to take its own (inner steps <= reuse interval) starts the next one
-    /// on a fresh gradient instead of passing an ever older one along.
+    /// The guided step of the newest real gradient, which `work.grad` holds (`None`: no real
+    /// gradient yet). `adaptive` carries only the previous step's over, so a step too short to
+    /// take its own (inner steps <= reuse interval) starts the next one on a fresh gradient
+    /// instead of passing an ever older one along.
     last_real_step: Option<usize>,
 }
 
@@ -310,7 +309,6 @@ impl<'m> Guide<'m> {
             spec,
             loss,
             work: None,
-            have_real: false,
             last_rate: None,
             last_real_step: None,
         })
@@ -753,7 +751,7 @@ impl<'m> Guide<'m> {
             if need_real {
                 // Keep the last real gradient for the cosine; the new one goes in the other
                 // buffer.
-                if self.have_real {
+                if self.last_real_step.is_some() {
                     std::mem::swap(&mut work.grad, &mut work.previous);
                 }
                 let field = if field_on_device {
@@ -780,7 +778,7 @@ impl<'m> Guide<'m> {
                     Err(e) => return Err(e),
                 };
                 let check = if loss.is_finite() {
-                    let prev = self.have_real.then_some(&work.previous);
+                    let prev = self.last_real_step.is_some().then_some(&work.previous);
                     Some(space.stats(&work.grad, prev)?)
                 } else {
                     None
@@ -793,7 +791,7 @@ impl<'m> Guide<'m> {
                 stats.first_loss.get_or_insert(loss);
                 stats.final_loss = Some(loss);
                 stats.real_losses.push((ctx.step, j, loss));
-                if self.have_real {
+                if self.last_real_step.is_some() {
                     stats.gradient_cosines.push(cosine(&check));
                 }
                 if mode == GuidanceMode::Adaptive {
@@ -811,7 +809,6 @@ impl<'m> Guide<'m> {
                     };
                 }
                 note = format!(", real gradient, loss {loss:.4}");
-                self.have_real = true;
                 self.last_real_step = Some(ctx.step);
                 cached = true;
             } else {
