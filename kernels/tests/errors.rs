@@ -112,6 +112,39 @@ fn bad_specs_are_typed_errors() {
     );
 }
 
+/// The finiteness check tests blocks of values at once: the index it reports is still the
+/// first bad element, wherever it lies (first block, a later one, the partial last one), for
+/// f32 and 16-bit inputs.
+#[test]
+fn non_finite_inputs_name_the_first_bad_index() {
+    let s = spec(2, 3, 6, 7, 16, PairSet::AllOrdered, local(1)); // 4,032 values
+    let (q, k) = inputs(&s);
+    for (first, later) in [(3, 2000), (1500, 3100), (4031, 4031), (1023, 1024)] {
+        let mut qn = q.clone();
+        qn[later] = f32::INFINITY;
+        qn[first] = f32::NAN;
+        assert_eq!(
+            compute_amf(&Backend::Cpu, &qn, &k, &s, Readout::SoftArgmax).unwrap_err(),
+            KernelError::NonFinite {
+                tensor: "q",
+                index: first
+            },
+            "NaN at {first}, inf at {later}"
+        );
+        let kb: Vec<half::bf16> = k.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let mut kn = kb.clone();
+        kn[first] = half::bf16::NEG_INFINITY;
+        let qb: Vec<half::bf16> = q.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        assert_eq!(
+            compute_amf(&Backend::Cpu, &qb, &kn, &s, Readout::SoftArgmax).unwrap_err(),
+            KernelError::NonFinite {
+                tensor: "k",
+                index: first
+            }
+        );
+    }
+}
+
 #[test]
 fn bad_references_are_typed_errors() {
     let s = ok_spec();
