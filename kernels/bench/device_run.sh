@@ -27,6 +27,10 @@ envof() {
     g32) echo FASTVMT_AMF_GRAD_TILE=32 ;;
     g16w) echo FASTVMT_AMF_GRAD_TILE=16w ;;
     g16s3) echo FASTVMT_AMF_GRAD_TILE=16s3 ;;
+    ov0) echo FASTVMT_AMF_OVERLAP=0 ;;
+    ov1) echo FASTVMT_AMF_OVERLAP=1 ;;
+    ov0g16) echo FASTVMT_AMF_OVERLAP=0 FASTVMT_AMF_GRAD_TILE=16 ;;
+    ov1g16) echo FASTVMT_AMF_OVERLAP=1 FASTVMT_AMF_GRAD_TILE=16 ;;
   esac
 }
 echo "=== tests: default" > $OUT/tests.log

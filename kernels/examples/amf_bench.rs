@@ -8,7 +8,9 @@
 //! ways per block, packed score gradient, version-3 gradient kernels on 16x8 tiles with
 //! per-group partner ranges), `bf16-g2` = the version-2 gradient kernels on 8x8 tiles
 //! (`FASTVMT_AMF_GRAD_TILE=2`), `bf16-g32` = version 3 on 32x8 tiles, `bf16-g16w` = version 3
-//! with 256 features per block, `bf16-g16s3` = version 3 with 3 pipeline stages (the default: 4), `bf16-m10` / `bf16-g2-m10` = versions 3 / 2 with a reference
+//! with 256 features per block, `bf16-g16s3` = version 3 with 3 pipeline stages (the default: 4), `bf16-ov0` / `bf16-ov1` = the
+//! version-3 phases on one stream / only dK's packing beside dQ's packing and product
+//! (`FASTVMT_AMF_OVERLAP`; the default runs dQ's and dK's whole chains on one stream each), `bf16-m10` / `bf16-g2-m10` = versions 3 / 2 with a reference
 //! that moves only in a block of ~10 % of each frame and DiTFlow's motion mask (query mode),
 //! `bf16-z1` = backward logits unsplit (`FASTVMT_AMF_LOGITS_ZX=1`), `bf16-ga` = gradient
 //! kernels gathering the score gradient (`FASTVMT_AMF_GRAD_GATHER`), `bf16-st` = stored-logits
@@ -165,6 +167,8 @@ fn run() -> Result<(), KernelError> {
                 "bf16-g32",
                 "bf16-g16w",
                 "bf16-g16s3",
+                "bf16-ov0",
+                "bf16-ov1",
                 "bf16-m10",
                 "bf16-g2-m10",
                 "bf16-z1",
@@ -191,6 +195,11 @@ fn run() -> Result<(), KernelError> {
                     "bf16-g16w" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16w"),
                     "bf16-g16s3" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16s3"),
                     _ => std::env::remove_var("FASTVMT_AMF_GRAD_TILE"),
+                }
+                match dtype {
+                    "bf16-ov0" => std::env::set_var("FASTVMT_AMF_OVERLAP", "0"),
+                    "bf16-ov1" => std::env::set_var("FASTVMT_AMF_OVERLAP", "1"),
+                    _ => std::env::remove_var("FASTVMT_AMF_OVERLAP"),
                 }
                 if !pick("AMF_BENCH_DTYPES", dtype, true) {
                     continue;

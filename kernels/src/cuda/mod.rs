@@ -113,6 +113,28 @@ enum GradTile {
     /// FastVMT's 30x52 x 21 frames, 3528 blocks: 3.7-4.0 against 4.0-4.1).
     Auto,
 }
+/// How the version-3 gradient phases share the device (`FASTVMT_AMF_OVERLAP`, read once per
+/// call). The score-gradient packing is a latency-bound gather and the gradient products are
+/// bound by L2 bandwidth, so running them side by side on two streams hides part of the
+/// packing. `2` (default): dQ's and dK's chains (ranges, packing, product) on one stream each;
+/// `1`: only dK's ranges and packing beside dQ's, then dK after dQ; `0`: one stream, in order.
+/// H200, run 15 (fwd+bwd at FastVMT's shape, query-centred, three runs): 3.45 / 3.49 / 3.55 ms
+/// (`2`), 3.58 / 3.49 / 3.59 (`1`), 3.66 / 3.68 / 3.54 (`0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overlap {
+    Serial,
+    PackBesideDq,
+    TwoChains,
+}
+
+fn overlap() -> Overlap {
+    match std::env::var("FASTVMT_AMF_OVERLAP").as_deref() {
+        Ok("0") => Overlap::Serial,
+        Ok("1") => Overlap::PackBesideDq,
+        _ => Overlap::TwoChains,
+    }
+}
+
 /// Blocks per SM below which [`GradTile::Auto`] keeps version 2.
 const G3_MIN_WAVES: usize = 4;
 /// Default version-3 kernel: 16x8 tiles, 128 features, 4 pipeline stages (H100, run 14:
@@ -311,10 +333,25 @@ enum LossSource<'a> {
     },
 }
 
+impl LossSource<'_> {
+    /// Length of the reference field (`[pairs, S, 2]`).
+    fn reference_len(&self) -> usize {
+        match self {
+            LossSource::Host { reference, .. } => reference.len(),
+            LossSource::Device { reference, .. } => reference.len(),
+        }
+    }
+}
+
 /// Cached per-device state: context, stream, compiled module, device workspace.
 pub struct CudaAmf {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// A second, non-blocking stream for work that runs beside `stream`'s ([`Overlap`]),
+    /// ordered against it by events. Created raw and wrapped as borrowed, so the context stays
+    /// in cudarc's single-stream mode (no per-launch event tracking on every buffer); it lives
+    /// as long as the process's cached state.
+    side: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     poison: AtomicBool,
@@ -335,6 +372,8 @@ struct Work {
     /// Profiling (`FASTVMT_AMF_PROFILE`): events recorded after each phase, and the summed
     /// milliseconds per phase since the last [`CudaAmf::take_profile`].
     marks: Vec<(&'static str, cudarc::driver::CudaEvent)>,
+    /// Page-locked staging buffer of the loss's host reference field ([`CudaAmf::upload_beside`]).
+    pinned: Option<cudarc::driver::PinnedHostSlice<f32>>,
     prof: Vec<(&'static str, f64, usize)>,
 }
 
@@ -512,6 +551,36 @@ struct Grad3 {
     len_k: usize,
 }
 
+/// The scalar arguments the version-3 ranges, packing and gradient kernels share.
+struct G3Args {
+    h: i32,
+    w: i32,
+    s: i32,
+    wh: i32,
+    ww: i32,
+    ty: i32,
+    ntx: i32,
+    heads: i32,
+    frames: i32,
+    d: i32,
+    /// First pair of the chunk (global index) and its number of pairs.
+    p0: i32,
+    np: usize,
+    /// The 16-bit scores' scale factor, inverted, and whether to add to the output.
+    inv: f32,
+    acc: i32,
+}
+
+/// dQ (own = queries) or dK (own = keys): the kernels' mode and names, the packed row stride,
+/// and the chunk's CSR of pairs by own frame.
+struct Grad3Dir<'a> {
+    mode: i32,
+    name: &'static str,
+    stride: usize,
+    off: &'a CudaSlice<i32>,
+    idx: &'a CudaSlice<i32>,
+}
+
 /// A version-3 direction's buffers: boxes (`int4` per pair and tile), per-group partner ranges
 /// (`int2 x 8` per pair and tile) and the packed score gradient.
 type Grad3Bufs = (CudaSlice<i32>, CudaSlice<i32>, CudaSlice<u16>);
@@ -569,6 +638,12 @@ impl CudaAmf {
                 .map_err(drv)?;
         }
         let stream = ctx.default_stream();
+        let side_raw = cudarc::driver::result::stream::create(
+            cudarc::driver::result::stream::StreamKind::NonBlocking,
+        )
+        .map_err(drv)?;
+        // SAFETY: a live stream of `ctx`, never destroyed (the state is kept for the process).
+        let side = unsafe { ctx.wrap_borrowed_stream(side_raw) };
         let sm_count = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
@@ -584,6 +659,7 @@ impl CudaAmf {
             sm_count,
             dummy: unsafe { stream.alloc::<f32>(1) }.map_err(drv)?,
             stream,
+            side,
         })
     }
 
@@ -896,8 +972,35 @@ impl CudaAmf {
         Ok(())
     }
 
-    /// dQ and dK of one pair chunk by the version-3 kernels: ranges, packing, then the two
-    /// gradient products (`acc` = 1 adds to what earlier chunks wrote).
+    /// Copies `host` into `dst` through a pinned staging buffer on the side stream, and makes
+    /// `self.stream` wait for it: the host-side copy and the transfer overlap the work already
+    /// queued on `self.stream` (a pageable copy would hold the host until it is done).
+    fn upload_beside(
+        &self,
+        work: &mut Work,
+        host: &[f32],
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        if host.is_empty() {
+            return Ok(());
+        }
+        let mut staging = match work.pinned.take() {
+            Some(p) if p.len() == host.len() => p,
+            // SAFETY: page-locked host memory of this context, written below before any use.
+            _ => unsafe { self.ctx.alloc_pinned::<f32>(host.len()) }.map_err(drv)?,
+        };
+        // Waits for the staging buffer's previous transfer, if any is still in flight.
+        staging.as_mut_slice().map_err(drv)?.copy_from_slice(host);
+        self.side.memcpy_htod(&staging, dst).map_err(drv)?;
+        self.stream.join(&self.side).map_err(drv)?;
+        work.pinned = Some(staging);
+        Ok(())
+    }
+
+    /// dQ and dK of one pair chunk by the version-3 kernels: for each direction its partner
+    /// ranges, packed score gradient and product (`acc` = 1 adds to what earlier chunks
+    /// wrote), on one stream or two ([`Overlap`]). Returns with every launch ordered before
+    /// `self.stream`'s next work.
     #[allow(clippy::too_many_arguments)]
     fn grad3<T: Element>(
         &self,
@@ -913,109 +1016,175 @@ impl CudaAmf {
         (dq, dk): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
     ) -> Result<(), KernelError> {
         let g = plan.geom;
-        let (h, w, si) = (
-            i32of(g.h, "grid_h")?,
-            i32of(g.w, "grid_w")?,
-            i32of(g.s(), "S")?,
-        );
-        let (wh, ww) = (i32of(g.wh, "wh")?, i32of(g.ww, "ww")?);
-        let (ty, ntx) = (i32of(v.k.ty, "tile")?, i32of(v.ntx, "tiles")?);
-        let (hn, fr, d) = (
-            i32of(plan.heads, "heads")?,
-            i32of(plan.frames, "frames")?,
-            i32of(plan.d, "head_dim")?,
-        );
-        let p0 = i32of(ct.p0, "pair offset")?;
+        let a = G3Args {
+            h: i32of(g.h, "grid_h")?,
+            w: i32of(g.w, "grid_w")?,
+            s: i32of(g.s(), "S")?,
+            wh: i32of(g.wh, "wh")?,
+            ww: i32of(g.ww, "ww")?,
+            ty: i32of(v.k.ty, "tile")?,
+            ntx: i32of(v.ntx, "tiles")?,
+            heads: i32of(plan.heads, "heads")?,
+            frames: i32of(plan.frames, "frames")?,
+            d: i32of(plan.d, "head_dim")?,
+            p0: i32of(ct.p0, "pair offset")?,
+            np,
+            inv,
+            acc,
+        };
         let [(bq, rq, pq), (bk, rk, pk)] = bufs;
-        for (mode, bx, rg) in [(0i32, &mut *bq, &mut *rq), (1i32, &mut *bk, &mut *rk)] {
-            // SAFETY: argument list of amf_grad_ranges; boxes/ranges hold np * nt entries.
-            unsafe {
-                self.stream
-                    .launch_builder(self.f("amf_grad_ranges")?)
-                    .arg(&mode)
-                    .arg(&h)
-                    .arg(&w)
-                    .arg(&wh)
-                    .arg(&ww)
-                    .arg(&ntx)
-                    .arg(&ty)
-                    .arg(win)
-                    .arg(coef)
-                    .arg(&p0)
-                    .arg(bx)
-                    .arg(rg)
-                    .launch(cfg((v.nt, np, 1), 256))
-            }
-            .map_err(drv)?;
+        let main = &*self.stream;
+        let side = &*self.side;
+        let q_dir = Grad3Dir {
+            mode: 0,
+            name: "dq",
+            stride: v.stride_q,
+            off: &ct.qoff,
+            idx: &ct.qidx,
+        };
+        let k_dir = Grad3Dir {
+            mode: 1,
+            name: "dk",
+            stride: v.stride_k,
+            off: &ct.koff,
+            idx: &ct.kidx,
+        };
+        let ov = overlap();
+        if ov != Overlap::Serial {
+            // The side stream starts after the rows kernel wrote the score gradient.
+            side.join(main).map_err(drv)?;
+            self.grad3_pack(side, &a, v, &k_dir, (s16, win, coef), (bk, rk, pk))?;
         }
-        self.mark(work, "boxes")?;
-        for (name, bx, rg, stride, out) in [
-            ("amf_pack3_dq", &*bq, &*rq, v.stride_q, &mut *pq),
-            ("amf_pack3_dk", &*bk, &*rk, v.stride_k, &mut *pk),
-        ] {
-            let st = i32of(stride, "packed stride")?;
-            // SAFETY: argument list of amf_pack3_*; out holds np * nt * TY * 8 * stride values.
-            unsafe {
-                self.stream
-                    .launch_builder(self.f(name)?)
-                    .arg(s16)
-                    .arg(bx)
-                    .arg(rg)
-                    .arg(&si)
-                    .arg(&w)
-                    .arg(&ntx)
-                    .arg(&ty)
-                    .arg(win)
-                    .arg(&wh)
-                    .arg(&ww)
-                    .arg(&st)
-                    .arg(out)
-                    .launch(cfg((v.nt, np, 1), 256))
-            }
-            .map_err(drv)?;
+        self.grad3_pack(main, &a, v, &q_dir, (s16, win, coef), (bq, rq, pq))?;
+        if ov == Overlap::Serial {
+            self.grad3_pack(main, &a, v, &k_dir, (s16, win, coef), (bk, rk, pk))?;
         }
         self.mark(work, "pack")?;
+        let (bq, rq, pq, bk, rk, pk) = (&*bq, &*rq, &*pq, &*bk, &*rk, &*pk);
+        if ov == Overlap::TwoChains {
+            self.grad3_product(side, plan, &a, v, &k_dir, ct, q, (bk, rk, pk), dk)?;
+        }
+        self.grad3_product(main, plan, &a, v, &q_dir, ct, k, (bq, rq, pq), dq)?;
+        self.mark(work, "dq")?;
+        if ov != Overlap::Serial {
+            // Everything after this call (the next chunk's logits overwrite the score
+            // gradient; the caller reads dK) waits for the side stream's work.
+            main.join(side).map_err(drv)?;
+        }
+        if ov != Overlap::TwoChains {
+            self.grad3_product(main, plan, &a, v, &k_dir, ct, q, (bk, rk, pk), dk)?;
+        }
+        self.mark(work, "dk")?;
+        Ok(())
+    }
+
+    /// One direction's partner boxes, group ranges and packed score gradient, on `stream`.
+    fn grad3_pack(
+        &self,
+        stream: &CudaStream,
+        a: &G3Args,
+        v: &Grad3,
+        dir: &Grad3Dir<'_>,
+        (s16, win, coef): (&CudaSlice<u16>, &CudaSlice<i32>, &CudaSlice<f32>),
+        (bx, rg, out): (
+            &mut CudaSlice<i32>,
+            &mut CudaSlice<i32>,
+            &mut CudaSlice<u16>,
+        ),
+    ) -> Result<(), KernelError> {
+        let grid = cfg((v.nt, a.np, 1), 256);
+        // SAFETY: argument list of amf_grad_ranges; boxes/ranges hold np * nt entries.
+        unsafe {
+            stream
+                .launch_builder(self.f("amf_grad_ranges")?)
+                .arg(&dir.mode)
+                .arg(&a.h)
+                .arg(&a.w)
+                .arg(&a.wh)
+                .arg(&a.ww)
+                .arg(&a.ntx)
+                .arg(&a.ty)
+                .arg(win)
+                .arg(coef)
+                .arg(&a.p0)
+                .arg(&mut *bx)
+                .arg(&mut *rg)
+                .launch(grid)
+        }
+        .map_err(drv)?;
+        let st = i32of(dir.stride, "packed stride")?;
+        // SAFETY: argument list of amf_pack3_*; out holds np * nt * TY * 8 * stride values.
+        unsafe {
+            stream
+                .launch_builder(self.f(&format!("amf_pack3_{}", dir.name))?)
+                .arg(s16)
+                .arg(&*bx)
+                .arg(&*rg)
+                .arg(&a.s)
+                .arg(&a.w)
+                .arg(&a.ntx)
+                .arg(&a.ty)
+                .arg(win)
+                .arg(&a.wh)
+                .arg(&a.ww)
+                .arg(&st)
+                .arg(out)
+                .launch(grid)
+        }
+        .map_err(drv)?;
+        Ok(())
+    }
+
+    /// One direction's gradient product (dQ from K, dK from Q), on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    fn grad3_product<T: Element>(
+        &self,
+        stream: &CudaStream,
+        plan: &Plan,
+        a: &G3Args,
+        v: &Grad3,
+        dir: &Grad3Dir<'_>,
+        ct: &ChunkTables,
+        operand: &CudaSlice<T>,
+        (bx, rg, packed): (&CudaSlice<i32>, &CudaSlice<i32>, &CudaSlice<u16>),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
         let grid = (v.nt, (plan.heads * plan.d).div_ceil(v.k.gn), plan.frames);
         let lc = LaunchConfig {
             shared_mem_bytes: v.k.smem() as u32,
             ..cfg(grid, v.k.ty * v.k.gn / 8)
         };
-        for (dir, operand, off, idx, bx, rg, pk_buf, stride, out) in [
-            (
-                "dq", k, &ct.qoff, &ct.qidx, &*bq, &*rq, &*pq, v.stride_q, &mut *dq,
-            ),
-            (
-                "dk", q, &ct.koff, &ct.kidx, &*bk, &*rk, &*pk, v.stride_k, &mut *dk,
-            ),
-        ] {
-            let func = self.f(&format!("amf_{dir}3{}_{}", v.k.name(), T::CUDA_SUFFIX))?;
-            let st = i32of(stride, "packed stride")?;
-            // SAFETY: argument list of amf_dq3t* / amf_dk3t*; the operand is the 16-bit Q or K.
-            unsafe {
-                self.stream
-                    .launch_builder(func)
-                    .arg(&ct.pairs)
-                    .arg(off)
-                    .arg(idx)
-                    .arg(bx)
-                    .arg(rg)
-                    .arg(operand)
-                    .arg(&hn)
-                    .arg(&fr)
-                    .arg(&si)
-                    .arg(&d)
-                    .arg(&w)
-                    .arg(&ntx)
-                    .arg(&inv)
-                    .arg(&acc)
-                    .arg(out)
-                    .arg(pk_buf)
-                    .arg(&st)
-                    .launch(lc)
-            }
-            .map_err(drv)?;
-            self.mark(work, if dir == "dq" { "dq" } else { "dk" })?;
+        let func = self.f(&format!(
+            "amf_{}3{}_{}",
+            dir.name,
+            v.k.name(),
+            T::CUDA_SUFFIX
+        ))?;
+        let st = i32of(dir.stride, "packed stride")?;
+        // SAFETY: argument list of amf_dq3t* / amf_dk3t*; the operand is the 16-bit Q or K.
+        unsafe {
+            stream
+                .launch_builder(func)
+                .arg(&ct.pairs)
+                .arg(dir.off)
+                .arg(dir.idx)
+                .arg(bx)
+                .arg(rg)
+                .arg(operand)
+                .arg(&a.heads)
+                .arg(&a.frames)
+                .arg(&a.s)
+                .arg(&a.d)
+                .arg(&a.w)
+                .arg(&a.ntx)
+                .arg(&a.inv)
+                .arg(&a.acc)
+                .arg(out)
+                .arg(packed)
+                .arg(&st)
+                .launch(lc)
         }
+        .map_err(drv)?;
         Ok(())
     }
 
@@ -1359,20 +1528,20 @@ impl CudaAmf {
         let tb = self.tables(work, plan)?;
         let np_all = plan.pairs.len();
         self.mark(work, "start")?;
-        let (refd, coef) = match source {
+        // The side stream's upload below must not wait for this call's logits.
+        self.side.join(&self.stream).map_err(drv)?;
+        let mut refd = self.take(&mut work.f32s, "ref", source.reference_len())?;
+        let (coef, mut ref_host) = match source {
             LossSource::Host { reference, coef } => {
-                let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
-                self.stream.memcpy_htod(reference, &mut refd).map_err(drv)?;
                 let mut c = self.take(&mut work.f32s, "coef", coef.len())?;
                 self.stream.memcpy_htod(coef, &mut c).map_err(drv)?;
-                (refd, c)
+                (c, Some(reference))
             }
             LossSource::Device { reference, coef } => {
-                let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
                 self.stream.memcpy_dtod(reference, &mut refd).map_err(drv)?;
                 let mut c = self.take(&mut work.f32s, "coef", coef.len())?;
                 self.stream.memcpy_dtod(coef, &mut c).map_err(drv)?;
-                (refd, c)
+                (c, None)
             }
         };
         let mut disp = self.take(&mut work.f32s, "disp", np_all * s * 2)?;
@@ -1512,6 +1681,11 @@ impl CudaAmf {
                 None,
                 Some(&coef),
             )?;
+            if let Some(reference) = ref_host.take() {
+                // Only the rows kernel reads the reference field: its upload runs beside the
+                // first chunk's logits.
+                self.upload_beside(work, reference, &mut refd)?;
+            }
             self.rows(
                 &mut scores,
                 np,
