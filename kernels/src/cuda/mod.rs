@@ -333,16 +333,6 @@ enum LossSource<'a> {
     },
 }
 
-impl LossSource<'_> {
-    /// Length of the reference field (`[pairs, S, 2]`).
-    fn reference_len(&self) -> usize {
-        match self {
-            LossSource::Host { reference, .. } => reference.len(),
-            LossSource::Device { reference, .. } => reference.len(),
-        }
-    }
-}
-
 /// Cached per-device state: context, stream, compiled module, device workspace.
 pub struct CudaAmf {
     ctx: Arc<CudaContext>,
@@ -1528,20 +1518,22 @@ impl CudaAmf {
         let tb = self.tables(work, plan)?;
         let np_all = plan.pairs.len();
         self.mark(work, "start")?;
-        // The side stream's upload below must not wait for this call's logits.
-        self.side.join(&self.stream).map_err(drv)?;
-        let mut refd = self.take(&mut work.f32s, "ref", source.reference_len())?;
-        let (coef, mut ref_host) = match source {
+        let (mut refd, coef, mut ref_host) = match source {
             LossSource::Host { reference, coef } => {
+                // The reference's upload (below, on the side stream) must not wait for this
+                // call's logits: the side stream joins here, before they are queued.
+                self.side.join(&self.stream).map_err(drv)?;
+                let refd = self.take(&mut work.f32s, "ref", reference.len())?;
                 let mut c = self.take(&mut work.f32s, "coef", coef.len())?;
                 self.stream.memcpy_htod(coef, &mut c).map_err(drv)?;
-                (c, Some(reference))
+                (refd, c, Some(reference))
             }
             LossSource::Device { reference, coef } => {
+                let mut refd = self.take(&mut work.f32s, "ref", reference.len())?;
                 self.stream.memcpy_dtod(reference, &mut refd).map_err(drv)?;
                 let mut c = self.take(&mut work.f32s, "coef", coef.len())?;
                 self.stream.memcpy_dtod(coef, &mut c).map_err(drv)?;
-                (c, None)
+                (refd, c, None)
             }
         };
         let mut disp = self.take(&mut work.f32s, "disp", np_all * s * 2)?;
