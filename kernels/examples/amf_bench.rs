@@ -8,7 +8,11 @@
 //! ways per block, packed score gradient, version-3 gradient kernels on 16x8 tiles with
 //! per-group partner ranges), `bf16-g2` = the version-2 gradient kernels on 8x8 tiles
 //! (`FASTVMT_AMF_GRAD_TILE=2`), `bf16-g32` = version 3 on 32x8 tiles, `bf16-g16w` = version 3
-//! with 256 features per block, `bf16-g16s3` = version 3 with 3 pipeline stages (the default: 4), `bf16-ov0` / `bf16-ov1` = the
+//! with 256 features per block, `bf16-g16s3` = version 3 with 3 pipeline stages (the default: 4),
+//! `bf16-g16` = version 3 on `mma.sync` (16x8 tiles, 128 features: the default before run 16
+//! and on GPUs other than sm_90), `bf16-g16g` = the same tiles on Hopper's `wgmma` (the
+//! default on sm_90), `bf16-lg0` = the backward's logits on `mma.sync`
+//! (`FASTVMT_AMF_LOGITS_WG=0`; default on sm_90: `wgmma`), `bf16-ov0` / `bf16-ov1` = the
 //! version-3 phases on one stream / only dK's packing beside dQ's packing and product
 //! (`FASTVMT_AMF_OVERLAP`; the default runs dQ's and dK's whole chains on one stream each), `bf16-m10` / `bf16-g2-m10` = versions 3 / 2 with a reference
 //! that moves only in a block of ~10 % of each frame and DiTFlow's motion mask (query mode),
@@ -167,6 +171,9 @@ fn run() -> Result<(), KernelError> {
                 "bf16-g32",
                 "bf16-g16w",
                 "bf16-g16s3",
+                "bf16-g16",
+                "bf16-g16g",
+                "bf16-lg0",
                 "bf16-ov0",
                 "bf16-ov1",
                 "bf16-m10",
@@ -194,12 +201,18 @@ fn run() -> Result<(), KernelError> {
                     "bf16-g32" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "32"),
                     "bf16-g16w" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16w"),
                     "bf16-g16s3" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16s3"),
+                    "bf16-g16" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16"),
+                    "bf16-g16g" => std::env::set_var("FASTVMT_AMF_GRAD_TILE", "16g"),
                     _ => std::env::remove_var("FASTVMT_AMF_GRAD_TILE"),
                 }
                 match dtype {
                     "bf16-ov0" => std::env::set_var("FASTVMT_AMF_OVERLAP", "0"),
                     "bf16-ov1" => std::env::set_var("FASTVMT_AMF_OVERLAP", "1"),
                     _ => std::env::remove_var("FASTVMT_AMF_OVERLAP"),
+                }
+                match dtype {
+                    "bf16-lg0" => std::env::set_var("FASTVMT_AMF_LOGITS_WG", "0"),
+                    _ => std::env::remove_var("FASTVMT_AMF_LOGITS_WG"),
                 }
                 if !pick("AMF_BENCH_DTYPES", dtype, true) {
                     continue;

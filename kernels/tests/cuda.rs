@@ -249,26 +249,35 @@ fn cuda_errors_are_typed() {
     ));
 }
 
-/// The kernel source compiles with NVRTC (needs only libnvrtc, no GPU).
+/// The kernel source compiles with NVRTC (needs only libnvrtc, no GPU), for the generic target
+/// and for Hopper's architecture-specific one, where the wgmma gradient kernels have bodies.
 #[test]
 fn nvrtc_compiles_the_kernels() {
-    match fastvmt_kernels::cuda::compile("compute_90") {
-        Ok(ptx) => {
-            let src = ptx.to_src();
-            // Every kernel the back end loads (a missing one would fail its set-up on a GPU).
-            for name in fastvmt_kernels::cuda::kernel_names() {
-                assert!(
-                    src.contains(&format!(".entry {name}(")),
-                    "{name} missing from the PTX"
-                );
+    for arch in ["compute_90", "compute_90a"] {
+        match fastvmt_kernels::cuda::compile(arch) {
+            Ok(ptx) => {
+                let src = ptx.to_src();
+                // Every kernel the back end loads (a missing one would fail its set-up on a GPU).
+                for name in fastvmt_kernels::cuda::kernel_names() {
+                    assert!(
+                        src.contains(&format!(".entry {name}(")),
+                        "{name} missing from the {arch} PTX"
+                    );
+                }
+                let wgmma = src.matches("wgmma.mma_async").count();
+                // The gradient kernels' wgmma (2 directions x 2 types x 2 k-steps, inlined).
+                assert_eq!(wgmma > 0, arch == "compute_90a", "{arch}: {wgmma} wgmma");
+                println!("NVRTC {arch}: {} bytes of PTX, {wgmma} wgmma", src.len());
+                if let Ok(path) = std::env::var("FASTVMT_PTX_OUT") {
+                    std::fs::write(format!("{path}.{arch}"), &src).unwrap();
+                }
             }
-            println!("NVRTC: {} bytes of PTX", src.len());
-            if let Ok(path) = std::env::var("FASTVMT_PTX_OUT") {
-                std::fs::write(path, &src).unwrap();
+            Err(KernelError::CudaUnavailable(r)) => {
+                println!("SKIPPED: {r}");
+                return;
             }
+            Err(e) => panic!("{arch}: {e}"),
         }
-        Err(KernelError::CudaUnavailable(r)) => println!("SKIPPED: {r}"),
-        Err(e) => panic!("{e}"),
     }
 }
 

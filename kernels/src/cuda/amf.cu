@@ -1472,16 +1472,16 @@ __device__ __forceinline__ u16 pack_k1(const u16* __restrict__ row, bool ok, int
     return ok && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww ? row[dy * ww + dx] : 0;
 }
 
-// A warp's accumulators (2 x NTN tiles of 16 x 8, rows m0 + .. of the block's token table,
+// A warp's accumulators (MT x NTN tiles of 16 x 8, rows m0 + .. of the block's token table,
 // features fe0 + ..) times inv into out[H, F, S, d] of frame `own`, added to what is there
 // when `accumulate`.
-template <int NTN>
+template <int NTN, int MT>
 __device__ __forceinline__ void grad_store(float* __restrict__ out, const int* s_tok, int m0, int fe0,
-                                           const float (&acc)[2][NTN][4], int lane, int D, int d,
+                                           const float (&acc)[MT][NTN][4], int lane, int D, int d,
                                            int F, int S, int own, float inv, int accumulate) {
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int nt = 0; nt < NTN; nt++)
 #pragma unroll
@@ -1882,9 +1882,11 @@ __device__ __forceinline__ int2 g3_chunks(int2 r) {
     return r.y > r.x ? make_int2(r.x / G_K, (r.y + G_K - 1) / G_K) : make_int2(0, 0);
 }
 
-// Pack the score gradient for the version-3 kernels: out[pt][M = ty * 8 own rows][box_stride],
-// per group only the chunks of its range (the gradient kernels read nothing else), zeros outside
-// the windows, the box and the frame. grid (ntiles, npairs), block 256.
+// Pack the score gradient for the version-3 kernels chunk by chunk: out[pt][chunk][M = ty * 8
+// own rows][32 partners] (box_stride / 32 chunks; a chunk's tile is M x 64 contiguous bytes, so
+// the gradient kernels' copies of it read whole cache lines), per group only the chunks of its
+// range (the gradient kernels read nothing else), zeros outside the windows, the box and the
+// frame. grid (ntiles, npairs), block 256.
 template <bool TRANS>
 __device__ void pack3_impl(const u16* __restrict__ scores, const int4* __restrict__ boxes,
                            const int2* __restrict__ ranges, int S, int w, int ntx, int ty,
@@ -1928,7 +1930,7 @@ __device__ void pack3_impl(const u16* __restrict__ scores, const int4* __restric
                 if (c < ch.x || c >= ch.y) continue;
                 const int tok = s_tok[m];
                 const u16* row = sp + (long long)(tok < 0 ? 0 : tok) * W;
-                *reinterpret_cast<uint4*>(base + (long long)m * box_stride + n0) =
+                *reinterpret_cast<uint4*>(base + ((long long)c * M + m) * G_K + (it & 3) * 8) =
                     pack_q8(row, tok >= 0, s_a[m], s_b[m], n0, bx, npart, wh, ww);
             }
         } else {
@@ -1942,7 +1944,7 @@ __device__ void pack3_impl(const u16* __restrict__ scores, const int4* __restric
             for (int m = tid >> 5; m < M; m += nt >> 5) {
                 const int2 ch = s_ch[m / G3_GR];
                 if (c < ch.x || c >= ch.y) continue;
-                base[(long long)m * box_stride + n] =
+                base[((long long)c * M + m) * G_K + (tid & 31)] =
                     pack_k1(row, ok && s_tok[m] >= 0, r0, c0, s_a[m], s_b[m], wh, ww);
             }
         }
@@ -2064,7 +2066,7 @@ __device__ void grad3_impl(const int2* __restrict__ pairs, const int* __restrict
                 const int it = tid + k * NT, m = it >> 2, seg = it & 3;
                 if (c >= ach[k].x && c < ach[k].y)
                     cp_async16(&As[stage][m][seg * 8],
-                               abase + (long long)m * box_stride + c * G_K + seg * 8, 16);
+                               abase + ((long long)c * M + m) * G_K + seg * 8, 16);
             }
             cp_async_commit();
         };
@@ -2130,6 +2132,508 @@ GRAD3_ENTRY(t16w, 16, 256, 3, 1, f16, false)
 GRAD3_ENTRY(t16w, 16, 256, 3, 1, bf16, true)
 GRAD3_ENTRY(t32, 32, 128, 3, 1, f16, false)
 GRAD3_ENTRY(t32, 32, 128, 3, 1, bf16, true)
+
+// =============================================================================================
+// Version 3 on Hopper's warpgroup MMA (sm_90a: compiled only where the module is built for
+// compute_90a; elsewhere the entries are empty and never selected). The same tiles, ranges,
+// packed score gradient and cp.async pipeline as grad3_impl, but each half of the 16 x 8 tile
+// (64 own rows = two groups of 32) is one warpgroup whose wgmma.m64n{GN}k16 reads A (packed
+// score rows) and B (partner rows) straight from shared memory: one instruction per 16
+// partners instead of 2 x GN/8 mma.sync, 2 ldmatrix and GN/16 ldmatrix.trans per warp (run 14:
+// the mma.sync kernels are issue-bound at 0.84 eligible warps per scheduler). Shared memory
+// layouts (stage bases aligned to 1024 bytes):
+//   B, N-major with the 128-byte swizzle: atoms of 8 partners x 64 features (1 KB; partner row
+//      r at r * 128, its 16-byte feature chunk j at (j ^ r) * 16), the atom of partners 8kb ..
+//      and features 64nb .. at nb * 4096 + kb * 1024: the descriptor's leading byte offset
+//      (next 64 features) 4096, stride byte offset (next 8 partners) 1024. A warp's cp.async
+//      covers 4 partner rows x 128 contiguous bytes: whole cache lines, and 512 bytes of
+//      shared memory without bank conflicts. (Without swizzle, 8 x 8 core matrices, a copy
+//      could have either whole lines or conflict-free stores but not both: H100, 2x the L2
+//      requests, 1.35 against 0.84 ms for mma.sync.)
+//   A, K-major with the 64-byte swizzle, 32 partners (64 bytes) per row: atoms of 8 rows x 64
+//      bytes, row m at m * 64, its partners 8s .. at (s ^ ((m / 2) % 4)) * 16; stride byte
+//      offset (next 8 rows) 512. A warp's copy: 8 rows x 64 bytes, contiguous in the packed
+//      buffer (chunk-major) and in one 512-byte atom.
+// H100, FastVMT's shape (run 16): dQ 0.77, dK 0.68 ms beside each other against 1.07 / 1.02
+// for mma.sync; A without swizzle (core matrices) 1.08 / 0.97; 256 features per block (one
+// block per SM, 212 registers) 0.88 / 0.82.
+// Rows of a group whose range misses a chunk its warpgroup multiplies are zero-filled. One
+// wgmma group stays in flight while the next chunk's barrier and copies are issued, so copies
+// run ST - 2 chunks ahead. grid (ntiles, ceil(H*d / GN), F), 256 threads, dynamic shared memory
+// ST * (128 + GN) * 32 * 2 + 1024 bytes.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define AMF_WGMMA 1
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+// cp.async wrote through the generic proxy; wgmma reads through the async proxy.
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Matrix descriptor: start address, leading and stride byte offsets, swizzle mode (0: none,
+// 1: 128 bytes, 2: 64 bytes).
+__device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lbo, unsigned sbo,
+                                                      unsigned long long mode) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32) | (mode << 62);
+}
+// D (64 x 128, f32, the warpgroup's accumulators) (+)= A (64 x 16, K-major) . B (16 x 128,
+// B N-major (imm-trans-b = 1)), both in shared memory by descriptor; accumulate = 0 overwrites D.
+template <bool BF16>
+__device__ __forceinline__ void wgmma_n128t(float* d, unsigned long long da, unsigned long long db,
+                                            int accumulate) {
+    if (BF16) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+            "}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "l"(da), "l"(db), "r"(accumulate));
+    } else {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+            "}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "l"(da), "l"(db), "r"(accumulate));
+    }
+}
+// D (64 x 96, f32, the warpgroup's accumulators) (+)= A (64 x 16, K-major) . B (16 x 96,
+// B K-major (imm-trans-b = 0)), both in shared memory by descriptor; accumulate = 0 overwrites D.
+template <bool BF16>
+__device__ __forceinline__ void wgmma_n96(float* d, unsigned long long da, unsigned long long db,
+                                            int accumulate) {
+    if (BF16) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+            "}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+            : "l"(da), "l"(db), "r"(accumulate));
+    } else {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+            "}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+            : "l"(da), "l"(db), "r"(accumulate));
+    }
+}
+#endif
+
+template <bool BF16, bool TRANS, int GN, int ST>
+__device__ void grad3wg_impl(const int2* __restrict__ pairs, const int* __restrict__ pair_off,
+                             const int* __restrict__ pair_idx, const int4* __restrict__ boxes,
+                             const int2* __restrict__ ranges, const u16* __restrict__ x, int H, int F,
+                             int S, int d, int w, int ntx, float inv, int accumulate,
+                             float* __restrict__ out, const u16* __restrict__ packed, int box_stride) {
+#ifdef AMF_WGMMA
+    static_assert(ST >= 3, "one wgmma group in flight needs ST - 2 >= 1 chunks of copies ahead");
+    static_assert(GN == 128, "the product is wgmma.m64n128k16");
+    constexpr int TY = 16;
+    constexpr int M = TY * G3_W;        // 128 own tokens
+    constexpr int NG = TY / 4;          // 4 groups of 32
+    constexpr int NT = 256;             // 2 warpgroups of 64 own rows
+    constexpr int NTN = GN / 8;         // n8 tiles per warpgroup
+    constexpr int AST = M * G_K * 2;    // bytes per A stage
+    constexpr int BST = G_K * GN * 2;   // bytes per B stage
+    constexpr int BCP = BST / 16 / NT;  // 16-byte pieces of B per thread and chunk
+    constexpr int ACP = AST / 16 / NT;  // 16-byte pieces of A per thread and chunk
+    extern __shared__ __align__(128) u16 wg_smem[];
+    __shared__ int s_tok[M];
+    __shared__ int2 s_ch[NG];
+    const int tile = blockIdx.x, own = blockIdx.z, ntiles = gridDim.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = S / w;
+    const int D = H * d;
+    const int f0 = blockIdx.y * GN;
+    const unsigned as0 = (smem_u32(wg_smem) + 1023u) & ~1023u, bs0 = as0 + ST * AST;
+    for (int a = tid; a < M; a += NT) {
+        const int y = (tile / ntx) * TY + a / G3_W, xx = (tile % ntx) * G3_W + a % G3_W;
+        s_tok[a] = (y < h && xx < w) ? y * w + xx : -1;
+    }
+    // Visible to the store at the end even when no pair of this frame reaches a barrier.
+    __syncthreads();
+    // This thread's B pieces: partner br of each chunk, feature chunks c_j = 8 j + lane % 8
+    // (8 features each; a warp: 4 partners x 128 bytes).
+    const int br = warp * 4 + (lane >> 3);
+    long long boff[BCP];
+    bool bok[BCP];
+    unsigned bdst[BCP];
+#pragma unroll
+    for (int j = 0; j < BCP; j++) {
+        const int c = 8 * j + (lane & 7);
+        const int fe = f0 + c * 8;
+        bok[j] = fe < D;
+        const int hh = fe / d, cc = fe - (fe / d) * d;
+        boff[j] = (long long)hh * F * S * d + cc;
+        bdst[j] = (unsigned)(j * 4096 + (br >> 3) * 1024 + (br & 7) * 128 + (((c & 7) ^ (br & 7)) * 16));
+    }
+    // This thread's A pieces: own row m = it / 4, partners 8 * (it % 4) .. of the chunk.
+    unsigned adst[ACP];
+#pragma unroll
+    for (int k = 0; k < ACP; k++) {
+        const int it = tid + k * NT, m = it >> 2, s = it & 3;
+        adst[k] = (unsigned)(m * 64 + ((s ^ ((m >> 1) & 3)) * 16));
+    }
+    const int wgi = warp >> 2;  // warpgroup: own rows 64 wgi ..
+    float acc[1][NTN][4];
+#pragma unroll
+    for (int b = 0; b < NTN; b++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[0][b][e] = 0.f;
+    for (int pp = pair_off[own]; pp < pair_off[own + 1]; pp++) {
+        const int pair = pair_idx[pp];
+        const int pf = TRANS ? pairs[pair].x : pairs[pair].y;  // partner frame
+        const long long pt = (long long)pair * ntiles + tile;
+        const int4 bx = boxes[pt];
+        const int npart = bx.z * bx.w;
+        if (npart == 0) continue;
+        __syncthreads();  // the previous pair's readers are done with the stages and s_ch
+        if (tid < NG) s_ch[tid] = g3_chunks(ranges[pt * G3_MAXG + tid]);
+        __syncthreads();
+        int cmin = 1 << 30, cmax = 0;
+#pragma unroll
+        for (int q = 0; q < NG; q++) {
+            const int2 ch = s_ch[q];
+            if (ch.y > ch.x) { cmin = min(cmin, ch.x); cmax = max(cmax, ch.y); }
+        }
+        if (cmax <= cmin) continue;
+        // The chunks each warpgroup multiplies: the union of its two groups' ranges.
+        auto wg_union = [&](int g) {
+            const int2 c0 = s_ch[2 * g], c1 = s_ch[2 * g + 1];
+            if (c0.y <= c0.x) return c1;
+            if (c1.y <= c1.x) return c0;
+            return make_int2(min(c0.x, c1.x), max(c0.y, c1.y));
+        };
+        const int2 gch = wg_union(wgi);
+        int2 ach[ACP], agch[ACP];
+#pragma unroll
+        for (int k = 0; k < ACP; k++) {
+            const int m = (tid + k * NT) >> 2;
+            ach[k] = s_ch[m / G3_GR];
+            agch[k] = wg_union(m / 64);
+        }
+        const long long xbase = (long long)pf * S * d;
+        const u16* abase = packed + pt * M * box_stride;
+        // This thread's B row: partner index n = c * 32 + br, kept as (row yy, column xr) of the
+        // box and advanced by 32 per chunk (chunks load in increasing order).
+        int yy, xr;
+        {
+            const int n = cmin * G_K + br;
+            yy = n / bx.w;
+            xr = n - yy * bx.w;
+        }
+        auto load = [&](int c, int stage) {
+            const bool ok = c * G_K + br < npart;
+            const long long tok = (long long)(bx.x + yy) * w + bx.y + xr;
+            const unsigned sb = bs0 + (unsigned)(stage * BST);
+#pragma unroll
+            for (int j = 0; j < BCP; j++) {
+                const bool o = ok && bok[j];
+                cp_async16_u32(sb + bdst[j], o ? x + boff[j] + xbase + tok * d : x, o ? 16 : 0);
+            }
+            xr += G_K;
+            while (xr >= bx.w) { xr -= bx.w; yy++; }
+            const unsigned sa = as0 + (unsigned)(stage * AST);
+#pragma unroll
+            for (int k = 0; k < ACP; k++) {
+                const int it = tid + k * NT, m = it >> 2, s = it & 3;
+                // Outside the row's range but multiplied by its warpgroup: zeros.
+                if (c >= agch[k].x && c < agch[k].y) {
+                    const bool mine = c >= ach[k].x && c < ach[k].y;
+                    cp_async16_u32(sa + adst[k], abase + ((long long)c * M + m) * G_K + s * 8,
+                                   mine ? 16 : 0);
+                }
+            }
+            cp_async_commit();
+        };
+#pragma unroll
+        for (int s0 = 0; s0 < ST - 2; s0++) {
+            if (cmin + s0 < cmax) load(cmin + s0, s0);
+            else cp_async_commit();
+        }
+        int st = 0;
+        for (int c = cmin; c < cmax; c++) {
+            cp_async_wait<ST - 3>();
+            fence_async_smem();
+            wg_wait<1>();  // chunk c - 2's products are done with the stage loaded next
+            __syncthreads();
+            const int ld = st + ST - 2 >= ST ? st - 2 : st + ST - 2;  // (st + ST - 2) % ST
+            if (c + ST - 2 < cmax) load(c + ST - 2, ld);
+            else cp_async_commit();
+            if (c >= gch.x && c < gch.y) {
+                wg_fence();
+                // This warpgroup's 64 rows: 8 atoms of 8 rows.
+                const unsigned sa = as0 + (unsigned)(st * AST) + wgi * 4096;
+                const unsigned sb = bs0 + (unsigned)(st * BST);
+#pragma unroll
+                for (int ks = 0; ks < 2; ks++) {
+                    // Partners 16 ks ..: 32 bytes into each swizzled row.
+                    const unsigned long long da = wg_desc(sa + ks * 32, 16, 512, 2);
+                    const unsigned long long db = wg_desc(sb + ks * 2048, 4096, 1024, 1);
+                    wgmma_n128t<BF16>(&acc[0][0][0], da, db, 1);
+                }
+            }
+            wg_commit();  // possibly empty: wait<1> above then always means "chunk c - 2"
+            st = st == ST - 1 ? 0 : st + 1;
+        }
+        wg_wait<0>();
+    }
+    grad_store<NTN>(out, s_tok, wgi * 64 + (warp & 3) * 16, f0, acc, lane, D, d, F, S, own, inv,
+                    accumulate);
+#endif
+}
+
+// t16g: 16 x 8 tiles x 128 features, 4 stages, two blocks per SM.
+#define GRAD3WG_ENTRY(NAME, GN, MINB, SUF, BF)                                                     \
+    extern "C" __global__ void __launch_bounds__(256, MINB) amf_dq3##NAME##_##SUF(                 \
+        const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
+        const int2* ranges, const u16* k, int H, int F, int S, int d, int w, int ntx, float inv,   \
+        int accumulate, float* dq, const u16* packed, int box_stride) {                            \
+        grad3wg_impl<BF, false, GN, 4>(pairs, pair_off, pair_idx, boxes, ranges, k, H, F, S, d, w, \
+                                       ntx, inv, accumulate, dq, packed, box_stride);              \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256, MINB) amf_dk3##NAME##_##SUF(                 \
+        const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
+        const int2* ranges, const u16* q, int H, int F, int S, int d, int w, int ntx, float inv,   \
+        int accumulate, float* dk, const u16* packed, int box_stride) {                            \
+        grad3wg_impl<BF, true, GN, 4>(pairs, pair_off, pair_idx, boxes, ranges, q, H, F, S, d, w,  \
+                                      ntx, inv, accumulate, dk, packed, box_stride);               \
+    }
+GRAD3WG_ENTRY(t16g, 128, 2, f16, false)
+GRAD3WG_ENTRY(t16g, 128, 2, bf16, true)
+
+// The backward's logits (amf_logits3, not the fused forward) on wgmma (sm_90a). The block,
+// grid, row tables, key box and split are those of logits3_impl; the product is transposed,
+// keys x rows, so that each warpgroup's wgmma.m64n96k16 covers 64 keys of the chunk against all
+// 96 rows (3 pairs x 32 query slots, not a multiple of 64). Both tiles are K-major (64 features
+// = one 128-byte row per stage) with the 128-byte swizzle: row r at r * 128, its 16-byte chunk
+// j at (j ^ (r % 8)) * 16; stride byte offset (next 8 rows) 1024, a k-step 32 bytes into the
+// rows. A thread's copies are those of logits3_impl (a warp: 4 rows x 128 bytes, whole lines,
+// conflict-free stores). Stages [K 128 x 128 B | Q 96 x 128 B], bases aligned to 1 KB.
+// PD: how many stages the copies run ahead; with 3 stages, 2 (every stage waits for its
+// products before the barrier) against 1 (one wgmma group in flight across the barrier):
+// H100, FastVMT's shape, logits 0.54 against 0.61 ms (mma.sync: 0.89), 2x 1.21 against 1.43
+// (2.03).
+#define L3G_KB (L3_N * 128)             // bytes of a stage's key tile
+#define L3G_STAGE (L3G_KB + L3_M * 128)  // bytes per stage (28 KB)
+template <bool BF16, int PD>
+__device__ void logits3wg_impl(const u16* __restrict__ q, const u16* __restrict__ k,
+                               const int2* __restrict__ pairs, const int* __restrict__ groups,
+                               int H, int F, int S, int d, int w, const int* __restrict__ slot_tok,
+                               const int* __restrict__ slot_row, int nslots, int nrows,
+                               const int2* __restrict__ win, int wh, int ww, float scale,
+                               float* __restrict__ logits, int p0, int zx,
+                               const float* __restrict__ active, int has_active) {
+#ifdef AMF_WGMMA
+    static_assert(PD >= 1 && PD < L3_ST, "copies run 1 .. ST - 1 stages ahead");
+    extern __shared__ __align__(128) u16 lg_smem[];
+    __shared__ int r_tok[L3_M], r_row[L3_M], r_r0[L3_M], r_c0[L3_M], r_pair[L3_M];
+    __shared__ int bx[4];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long W = (long long)wh * ww;
+    const int grp = blockIdx.y;
+    const int stile = zx > 1 ? blockIdx.x / zx : blockIdx.x;
+    const int zc = zx > 1 ? blockIdx.x % zx : blockIdx.z, zn = zx > 1 ? zx : gridDim.z;
+    const int fj = pairs[groups[grp * L3_PG]].y;
+    if (tid == 0) { bx[0] = 1 << 30; bx[1] = -1; bx[2] = 1 << 30; bx[3] = -1; }
+    __syncthreads();
+    if (tid < L3_M) {
+        const int gi = tid / TQ, sl = stile * TQ + tid % TQ;
+        const int pair = groups[grp * L3_PG + gi];
+        int tok = -1, row = 0, r0 = 0, c0 = 0;
+        if (pair >= 0 && sl < nslots) {
+            tok = slot_tok[sl];
+            row = slot_row[sl];
+            const int2 st = win[(long long)pair * nrows + row];
+            r0 = st.x; c0 = st.y;
+            if (has_active && active[(long long)(p0 + pair) * nrows + row] == 0.0f) tok = -1;
+        }
+        r_tok[tid] = tok; r_row[tid] = row; r_r0[tid] = r0; r_c0[tid] = c0;
+        r_pair[tid] = pair < 0 ? 0 : pair;
+        if (tok >= 0) {
+            atomicMin(&bx[0], r0); atomicMax(&bx[1], r0 + wh - 1);
+            atomicMin(&bx[2], c0); atomicMax(&bx[3], c0 + ww - 1);
+        }
+    }
+    __syncthreads();
+    if (bx[1] < 0) return;  // no active row (block-uniform)
+    const int by0 = bx[0], bx0 = bx[2], bw = bx[3] - bx[2] + 1;
+    const int nkeys = (bx[1] - bx[0] + 1) * bw;
+    const int dstages = d / L3_DC;
+    const int nst = H * dstages;
+    const int nch_all = (nkeys + L3_N - 1) / L3_N;
+    const int nch = zc < nch_all ? (nch_all - zc + zn - 1) / zn : 0;
+    const int total = nch * nst;
+    const long long hstride = (long long)F * S * d;
+    const unsigned smem0 = (smem_u32(lg_smem) + 1023u) & ~1023u;
+    // Q rows of this thread: u = tid + i * 256 -> row u >> 3, 16-byte chunk u & 7.
+    unsigned a_dst[3];
+    const u16* a_src[3];
+    int a_bytes[3];
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        const int u = tid + i * 256, r = u >> 3, c = u & 7;
+        const int tok = r_tok[r];
+        const bool ok = tok >= 0;
+        const int fi = ok ? pairs[r_pair[r]].x : 0;
+        a_dst[i] = (unsigned)(L3G_KB + r * 128 + ((c ^ (r & 7)) * 16));
+        a_src[i] = q + ((long long)fi * S + (ok ? tok : 0)) * d + c * 8;
+        a_bytes[i] = ok ? 16 : 0;
+    }
+    unsigned b_dst[4];
+    const u16* b_src[4];
+    int b_bytes[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int u = tid + i * 256, r = u >> 3, c = u & 7;
+        b_dst[i] = (unsigned)(r * 128 + ((c ^ (r & 7)) * 16));
+    }
+    auto set_chunk = [&](int c) {  // key chunk c of the box: this thread's 4 key rows
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int u = tid + i * 256, n = c * L3_N + (u >> 3);
+            const bool ok = n < nkeys;
+            int kt = 0;
+            if (ok) {
+                const int yy = n / bw;
+                kt = (by0 + yy) * w + bx0 + (n - yy * bw);
+            }
+            b_src[i] = k + ((long long)fj * S + kt) * d + (u & 7) * 8;
+            b_bytes[i] = ok ? 16 : 0;
+        }
+    };
+    int p_ring = 0, p_st = 0, p_fb = 0, p_cl = 0;
+    long long p_off = 0;
+    if (nch > 0) set_chunk(zc);
+    auto issue = [&]() {
+        const unsigned base = smem0 + p_ring * L3G_STAGE;
+#pragma unroll
+        for (int i = 0; i < 3; i++) cp_async16_u32(base + a_dst[i], a_src[i] + p_off, a_bytes[i]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) cp_async16_u32(base + b_dst[i], b_src[i] + p_off, b_bytes[i]);
+        p_ring = p_ring + 1 == L3_ST ? 0 : p_ring + 1;
+        p_off += L3_DC;
+        if (++p_fb == dstages) { p_fb = 0; p_off += hstride - d; }
+        if (++p_st == nst) {
+            p_st = 0;
+            p_fb = 0;
+            p_off = 0;
+            if (++p_cl < nch) set_chunk(zc + p_cl * zn);
+        }
+    };
+    const int wgi = warp >> 2, wi = warp & 3;  // keys 64 wgi + 16 wi + lane / 4 (+ 8)
+    float acc[1][12][4];  // rows 8 j + 2 (lane % 4) (+ 1); each chunk's first k-step overwrites
+#pragma unroll
+    for (int j = 0; j < 12; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[0][j][e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < PD; s++) {
+        if (s < total) issue();
+        cp_async_commit();
+    }
+    int c_ring = 0, c_st = 0, kc = zc * L3_N;
+    for (int it = 0; it < total; it++) {
+        cp_async_wait<PD - 1>();
+        fence_async_smem();
+        wg_wait<L3_ST - PD - 1>();  // the products that read the stage loaded next are done
+        __syncthreads();
+        if (it + PD < total) issue();
+        cp_async_commit();
+        const unsigned base = smem0 + c_ring * L3G_STAGE;
+        // A warpgroup whose 64 keys lie past the box (last chunk) skips the product.
+        if (kc + wgi * 64 < nkeys) {
+            wg_fence();
+#pragma unroll
+            for (int ks = 0; ks < L3_DC / 16; ks++) {
+                const unsigned long long da = wg_desc(base + wgi * 64 * 128 + ks * 32, 16, 1024, 1);
+                const unsigned long long db = wg_desc(base + L3G_KB + ks * 32, 16, 1024, 1);
+                wgmma_n96<BF16>(&acc[0][0][0], da, db, c_st > 0 || ks > 0);
+            }
+        }
+        wg_commit();  // possibly empty: the wait above counts groups per stage
+        c_ring = c_ring + 1 == L3_ST ? 0 : c_ring + 1;
+        if (++c_st == nst) {
+            // Chunk done: keep each row's in-window keys, scaled.
+            wg_wait<0>();
+            if (kc + wgi * 64 < nkeys) {
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int n = kc + wgi * 64 + wi * 16 + (lane >> 2) + hf * 8;
+                    if (n >= nkeys) continue;
+                    const int yy = n / bw;
+                    const int ky = by0 + yy, kx = bx0 + (n - yy * bw);
+#pragma unroll
+                    for (int j = 0; j < 12; j++)
+#pragma unroll
+                        for (int e1 = 0; e1 < 2; e1++) {
+                            const int m = j * 8 + 2 * (lane & 3) + e1;
+                            const int dy = ky - r_r0[m], dx = kx - r_c0[m];
+                            if (r_tok[m] >= 0 && (unsigned)dy < (unsigned)wh && (unsigned)dx < (unsigned)ww)
+                                logits[((long long)r_pair[m] * nrows + r_row[m]) * W + dy * ww + dx] =
+                                    acc[0][j][hf * 2 + e1] * scale;
+                        }
+                }
+            }
+            c_st = 0;
+            kc += zn * L3_N;
+        }
+    }
+    wg_wait<0>();
+#endif
+}
+
+// L3G: stages of 28 KB, 1 KB to align them.
+#define LOGITS3WG_ENTRY(NAME, BF, PD)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                     \
+        const u16* q, const u16* k, const int2* pairs, const int* groups, int H, int F, int S,     \
+        int d, int w, const int* slot_tok, const int* slot_row, int nslots, int nrows,             \
+        const int2* win, int wh, int ww, float scale, float* logits, int omode, int p0,            \
+        float* outd, int zx, const float* active, int has_active) {                                \
+        logits3wg_impl<BF, PD>(q, k, pairs, groups, H, F, S, d, w, slot_tok, slot_row, nslots,     \
+                               nrows, win, wh, ww, scale, logits, p0, zx, active, has_active);     \
+    }
+LOGITS3WG_ENTRY(amf_logits3g_f16, false, 2)
+LOGITS3WG_ENTRY(amf_logits3g_bf16, true, 2)
 
 // Sum of n floats in one block of 1024 threads (fixed order: deterministic).
 extern "C" __global__ void amf_sum(const float* __restrict__ v, long long n, float* __restrict__ out) {

@@ -34,6 +34,8 @@ const CHUNK_BYTES: usize = 1 << 30;
 /// `amf_logits3_*` (3 stages x (96 + 128) rows x 72 u16), gradient tile side and feature slice.
 const L3_PG: usize = 3;
 const L3_SMEM: usize = 3 * (3 * 32 + 128) * 72 * 2;
+/// `amf_logits3g*` (wgmma): 3 stages x (128 + 96) rows x 128 bytes, and 1 KB to align them.
+const L3G_SMEM: usize = 3 * (128 + 96) * 128 + 1024;
 const G_T: usize = 8;
 /// Default key-chunk split of the stored-logits kernel (see `launch_logits`).
 const LOGITS_ZX: usize = 3;
@@ -61,9 +63,10 @@ const PACK_BYTES: usize = 2 << 30;
 /// Version-3 gradients (`amf_grad_ranges`, `amf_pack3_*`, `amf_dq3t*`/`amf_dk3t*`): own tiles of
 /// `TY x 8` tokens whose groups of 32 skip the partner chunks outside their windows, times
 /// GN features per block. `FASTVMT_AMF_GRAD_TILE` forces (TY, GN): `16` (16, 128), `16w`
-/// (16, 256), `32` (32, 128), or `2`: the version-2 8x8 kernels (for before/after
-/// measurements and tests). Unset: [`G3_TILE`] where its grid fills the GPU ([`GradTile::Auto`]).
-/// Read once per call.
+/// (16, 256), `32` (32, 128), `16g` (16, 128 on `wgmma`; on a GPU other than sm_90 the same
+/// tile on `mma.sync`), or `2`: the version-2 8x8 kernels (for before/after measurements and
+/// tests). Unset: [`G3_WG`] on sm_90, else [`G3_TILE`], where its grid fills the GPU
+/// ([`GradTile::Auto`]). Read once per call.
 fn grad_tile() -> GradTile {
     match std::env::var("FASTVMT_AMF_GRAD_TILE").as_deref() {
         Ok("2") => GradTile::V2,
@@ -71,21 +74,27 @@ fn grad_tile() -> GradTile {
         Ok("16s3") => GradTile::Forced(G3_S3),
         Ok("16w") => GradTile::Forced(G3Tile { gn: 256, ..G3_S3 }),
         Ok("32") => GradTile::Forced(G3Tile { ty: 32, ..G3_S3 }),
+        Ok("16g") => GradTile::Forced(G3_WG),
         _ => GradTile::Auto,
     }
 }
 
-/// A version-3 kernel: tile height, features per block, pipeline stages.
+/// A version-3 kernel: tile height, features per block, pipeline stages, and whether it
+/// multiplies with Hopper's warpgroup MMA (`wgmma`, sm_90a only; see `grad3wg_impl`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct G3Tile {
     ty: usize,
     gn: usize,
     stages: usize,
+    wg: bool,
 }
 
 impl G3Tile {
     /// Kernel-name suffix (`amf_dq3<suffix>_<type>`).
     fn name(self) -> String {
+        if self.wg {
+            return format!("t{}g", self.ty);
+        }
         let wide = if self.gn == 256 { "w" } else { "" };
         // Only the default kernel also exists with the other depth (see G3_KERNELS).
         let s3 = if self.stages == 3 && self.ty == 16 && self.gn == 128 {
@@ -96,9 +105,25 @@ impl G3Tile {
         format!("t{}{wide}{s3}", self.ty)
     }
 
-    /// Dynamic shared memory: stages x (TY*8 x 40 + 32 x (GN+8)) u16.
+    /// Dynamic shared memory: stages x (TY*8 x 40 + 32 x (GN+8)) u16 (`wgmma`: both tiles
+    /// swizzled, without padding: TY*8 x 32 + 32 x GN, and 1 KB to align the stages).
     const fn smem(self) -> usize {
-        self.stages * (self.ty * 8 * 40 + 32 * (self.gn + 8)) * 2
+        if self.wg {
+            // Stage bases are aligned to 1 KB inside the block's allocation.
+            self.stages * (self.ty * 8 + self.gn) * 32 * 2 + 1024
+        } else {
+            self.stages * (self.ty * 8 * 40 + 32 * (self.gn + 8)) * 2
+        }
+    }
+
+    /// Threads per block: a warp per 32 own rows x 64 features (`mma.sync`), or a warpgroup
+    /// per 64 own rows (`wgmma`).
+    const fn threads(self) -> usize {
+        if self.wg {
+            self.ty * 8 / 64 * 128
+        } else {
+            self.ty * self.gn / 8
+        }
     }
 }
 
@@ -107,7 +132,8 @@ impl G3Tile {
 enum GradTile {
     V2,
     Forced(G3Tile),
-    /// [`G3_TILE`] when its grid has at least [`G3_MIN_WAVES`] blocks per SM, else version 2:
+    /// [`G3_WG`] (sm_90) or [`G3_TILE`] when its grid has at least [`G3_MIN_WAVES`] blocks per
+    /// SM, else version 2:
     /// a 16x8 tile has half the blocks of an 8x8 one, and on a small grid the GPU runs idle
     /// (H100, run 14: 15x26 tokens x 9 frames, 432 blocks: 0.44 ms against 0.39 for version 2;
     /// FastVMT's 30x52 x 21 frames, 3528 blocks: 3.7-4.0 against 4.0-4.1).
@@ -135,6 +161,13 @@ fn overlap() -> Overlap {
     }
 }
 
+/// The backward's stored logits (and the coarse mode's tile centres) on `wgmma`, sm_90 only
+/// (the fused forward stays on `mma.sync`): on unless `FASTVMT_AMF_LOGITS_WG=0`. H100, run 16,
+/// FastVMT's shape: 0.54 against 0.89 ms. Read once per call.
+fn logits_wg() -> bool {
+    std::env::var("FASTVMT_AMF_LOGITS_WG").as_deref() != Ok("0")
+}
+
 /// Blocks per SM below which [`GradTile::Auto`] keeps version 2.
 const G3_MIN_WAVES: usize = 4;
 /// Default version-3 kernel: 16x8 tiles, 128 features, 4 pipeline stages (H100, run 14:
@@ -144,18 +177,27 @@ const G3_TILE: G3Tile = G3Tile {
     ty: 16,
     gn: 128,
     stages: 4,
+    wg: false,
 };
 /// The same with 3 stages; the 256-feature and 32-row variants use 3 (shared memory).
 const G3_S3: G3Tile = G3Tile {
     stages: 3,
     ..G3_TILE
 };
-/// Every compiled version-3 kernel (see `GRAD3_ENTRY` in amf.cu).
-const G3_KERNELS: [G3Tile; 4] = [
+/// The 16x8 tiles x 128 features on `wgmma` (sm_90a; the default there): H100, run 16, dQ
+/// 0.77 and dK 0.68 ms beside each other against 1.07 / 1.02 for [`G3_TILE`] (fwd+bwd at
+/// FastVMT's shape 2.98 against 3.58 ms).
+const G3_WG: G3Tile = G3Tile {
+    wg: true,
+    ..G3_TILE
+};
+/// Every compiled version-3 kernel (see `GRAD3_ENTRY` and `GRAD3WG_ENTRY` in amf.cu).
+const G3_KERNELS: [G3Tile; 5] = [
     G3_TILE,
     G3_S3,
     G3Tile { gn: 256, ..G3_S3 },
     G3Tile { ty: 32, ..G3_S3 },
+    G3_WG,
 ];
 
 const FUNCS: &[&str] = &[
@@ -187,6 +229,8 @@ const FUNCS: &[&str] = &[
     "amf_logits3_bf16",
     "amf_logits3f_f16",
     "amf_logits3f_bf16",
+    "amf_logits3g_f16",
+    "amf_logits3g_bf16",
     "amf_grad_boxes",
     "amf_dq2_f16",
     "amf_dq2_bf16",
@@ -347,6 +391,8 @@ pub struct CudaAmf {
     poison: AtomicBool,
     work: Mutex<Work>,
     sm_count: usize,
+    /// The module was built for `compute_90a`, so the `wgmma` gradient kernels have bodies.
+    wgmma: bool,
     /// One f32 on the device: the unused pointer argument of a kernel.
     dummy: CudaSlice<f32>,
 }
@@ -597,8 +643,11 @@ impl CudaAmf {
     }
 
     fn create(device: usize) -> Result<Self, KernelError> {
-        let (ctx, _, arch) = device_context(device)?;
-        let ptx = compile(arch)?;
+        let (ctx, cc, arch) = device_context(device)?;
+        // Hopper (9.0) gets the architecture-specific target: its wgmma gradient kernels
+        // exist only there (elsewhere their entries compile empty and are never chosen).
+        let wgmma = cc == (9, 0);
+        let ptx = compile(if wgmma { "compute_90a" } else { arch })?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let mut funcs = HashMap::new();
         for name in kernel_names() {
@@ -611,6 +660,8 @@ impl CudaAmf {
             ("amf_logits3_bf16", L3_SMEM),
             ("amf_logits3f_f16", L3_SMEM),
             ("amf_logits3f_bf16", L3_SMEM),
+            ("amf_logits3g_f16", L3G_SMEM),
+            ("amf_logits3g_bf16", L3G_SMEM),
             ("amf_dq2pw_f16", G2PW_SMEM),
             ("amf_dq2pw_bf16", G2PW_SMEM),
             ("amf_dk2pw_f16", G2PW_SMEM),
@@ -647,6 +698,7 @@ impl CudaAmf {
             poison: AtomicBool::new(false),
             work: Mutex::new(Work::default()),
             sm_count,
+            wgmma,
             dummy: unsafe { stream.alloc::<f32>(1) }.map_err(drv)?,
             stream,
             side,
@@ -871,12 +923,13 @@ impl CudaAmf {
             ));
         }
         let (func, threads, grid_y, smem) = if v3 {
-            let v = if fused.is_some() { "3f" } else { "3" };
+            let wg = (fused.is_none() && self.wgmma && logits_wg()).then_some("3g");
+            let v = wg.unwrap_or(if fused.is_some() { "3f" } else { "3" });
             (
                 self.f(&format!("amf_logits{v}_{}", T::CUDA_SUFFIX))?,
                 256,
                 ct.ngroups,
-                L3_SMEM as u32,
+                if wg.is_some() { L3G_SMEM } else { L3_SMEM } as u32,
             )
         } else if tc {
             let v = if wide { "tcw" } else { "tc" };
@@ -1142,7 +1195,7 @@ impl CudaAmf {
         let grid = (v.nt, (plan.heads * plan.d).div_ceil(v.k.gn), plan.frames);
         let lc = LaunchConfig {
             shared_mem_bytes: v.k.smem() as u32,
-            ..cfg(grid, v.k.ty * v.k.gn / 8)
+            ..cfg(grid, v.k.threads())
         };
         let func = self.f(&format!(
             "amf_{}3{}_{}",
@@ -1151,30 +1204,26 @@ impl CudaAmf {
             T::CUDA_SUFFIX
         ))?;
         let st = i32of(dir.stride, "packed stride")?;
+        let mut b = stream.launch_builder(func);
+        b.arg(&ct.pairs)
+            .arg(dir.off)
+            .arg(dir.idx)
+            .arg(bx)
+            .arg(rg)
+            .arg(operand)
+            .arg(&a.heads)
+            .arg(&a.frames)
+            .arg(&a.s)
+            .arg(&a.d)
+            .arg(&a.w)
+            .arg(&a.ntx)
+            .arg(&a.inv)
+            .arg(&a.acc)
+            .arg(out)
+            .arg(packed)
+            .arg(&st);
         // SAFETY: argument list of amf_dq3t* / amf_dk3t*; the operand is the 16-bit Q or K.
-        unsafe {
-            stream
-                .launch_builder(func)
-                .arg(&ct.pairs)
-                .arg(dir.off)
-                .arg(dir.idx)
-                .arg(bx)
-                .arg(rg)
-                .arg(operand)
-                .arg(&a.heads)
-                .arg(&a.frames)
-                .arg(&a.s)
-                .arg(&a.d)
-                .arg(&a.w)
-                .arg(&a.ntx)
-                .arg(&a.inv)
-                .arg(&a.acc)
-                .arg(out)
-                .arg(packed)
-                .arg(&st)
-                .launch(lc)
-        }
-        .map_err(drv)?;
+        unsafe { b.launch(lc) }.map_err(drv)?;
         Ok(())
     }
 
@@ -1571,8 +1620,15 @@ impl CudaAmf {
         // version 2 where its packed buffers would not fit.
         let tile = match grad_tile() {
             GradTile::V2 => None,
-            GradTile::Forced(t) => Some((t, false)),
-            GradTile::Auto => Some((G3_TILE, true)),
+            // The wgmma kernels have bodies only in a compute_90a module.
+            GradTile::Forced(t) => Some((
+                G3Tile {
+                    wg: t.wg && self.wgmma,
+                    ..t
+                },
+                false,
+            )),
+            GradTile::Auto => Some((if self.wgmma { G3_WG } else { G3_TILE }, true)),
         };
         let v3 = match tile {
             Some((k, auto)) if packed && !wide => {
