@@ -249,11 +249,12 @@ fn cuda_errors_are_typed() {
     ));
 }
 
-/// The kernel source compiles with NVRTC (needs only libnvrtc, no GPU), for the generic target
-/// and for Hopper's architecture-specific one, where the wgmma gradient kernels have bodies.
+/// The kernel source compiles with NVRTC (needs only libnvrtc, no GPU), for Ampere, for
+/// Hopper's generic target and for its architecture-specific one, where the wgmma kernels have
+/// bodies.
 #[test]
 fn nvrtc_compiles_the_kernels() {
-    for arch in ["compute_90", "compute_90a"] {
+    for arch in ["compute_80", "compute_90", "compute_90a"] {
         match fastvmt_kernels::cuda::compile(arch) {
             Ok(ptx) => {
                 let src = ptx.to_src();
@@ -265,7 +266,7 @@ fn nvrtc_compiles_the_kernels() {
                     );
                 }
                 let wgmma = src.matches("wgmma.mma_async").count();
-                // The gradient kernels' wgmma (2 directions x 2 types x 2 k-steps, inlined).
+                // The wgmma of the gradient and logits kernels (inlined per k-step).
                 assert_eq!(wgmma > 0, arch == "compute_90a", "{arch}: {wgmma} wgmma");
                 println!("NVRTC {arch}: {} bytes of PTX, {wgmma} wgmma", src.len());
                 if let Ok(path) = std::env::var("FASTVMT_PTX_OUT") {
