@@ -49,7 +49,7 @@ done
 SAN=/usr/local/cuda/bin/compute-sanitizer
 for v in default ${SAN_VARIANTS-g16g g16 ga}; do
   echo "=== sanitizer: $v" >> $OUT/sanitizer.log
-  env $(envof $v) FASTVMT_CUDA_TEST_SMALL=1 timeout 60 $SAN --tool memcheck --error-exitcode 9 $B/cuda --test-threads=1 >> $OUT/sanitizer.log 2>&1
+  env $(envof $v) FASTVMT_CUDA_TEST_SMALL=1 timeout 60 $SAN --tool memcheck --error-exitcode 9 $B/cuda --test-threads=1 --nocapture >> $OUT/sanitizer.log 2>&1
   echo "sanitizer ($v) rc=$? $(( $(date +%s) - t0 ))s"; tail -1 $OUT/sanitizer.log
 done
 timeout ${BENCH_TIMEOUT:-120} $B/amf_bench $OUT/ours.json > $OUT/bench.log 2>&1

@@ -391,7 +391,8 @@ pub struct CudaAmf {
     poison: AtomicBool,
     work: Mutex<Work>,
     sm_count: usize,
-    /// The module was built for `compute_90a`, so the `wgmma` gradient kernels have bodies.
+    /// The module was built for `compute_90a`, so the `wgmma` kernels (the backward's logits,
+    /// the version-3 gradient products) have bodies.
     wgmma: bool,
     /// One f32 on the device: the unused pointer argument of a kernel.
     dummy: CudaSlice<f32>,
@@ -644,8 +645,8 @@ impl CudaAmf {
 
     fn create(device: usize) -> Result<Self, KernelError> {
         let (ctx, cc, arch) = device_context(device)?;
-        // Hopper (9.0) gets the architecture-specific target: its wgmma gradient kernels
-        // exist only there (elsewhere their entries compile empty and are never chosen).
+        // Hopper (9.0) gets the architecture-specific target: the wgmma kernels exist only
+        // there (elsewhere their entries compile empty and are never chosen).
         let wgmma = cc == (9, 0);
         let ptx = compile(if wgmma { "compute_90a" } else { arch })?;
         let module = ctx.load_module(ptx).map_err(drv)?;
@@ -1204,26 +1205,30 @@ impl CudaAmf {
             T::CUDA_SUFFIX
         ))?;
         let st = i32of(dir.stride, "packed stride")?;
-        let mut b = stream.launch_builder(func);
-        b.arg(&ct.pairs)
-            .arg(dir.off)
-            .arg(dir.idx)
-            .arg(bx)
-            .arg(rg)
-            .arg(operand)
-            .arg(&a.heads)
-            .arg(&a.frames)
-            .arg(&a.s)
-            .arg(&a.d)
-            .arg(&a.w)
-            .arg(&a.ntx)
-            .arg(&a.inv)
-            .arg(&a.acc)
-            .arg(out)
-            .arg(packed)
-            .arg(&st);
         // SAFETY: argument list of amf_dq3t* / amf_dk3t*; the operand is the 16-bit Q or K.
-        unsafe { b.launch(lc) }.map_err(drv)?;
+        unsafe {
+            stream
+                .launch_builder(func)
+                .arg(&ct.pairs)
+                .arg(dir.off)
+                .arg(dir.idx)
+                .arg(bx)
+                .arg(rg)
+                .arg(operand)
+                .arg(&a.heads)
+                .arg(&a.frames)
+                .arg(&a.s)
+                .arg(&a.d)
+                .arg(&a.w)
+                .arg(&a.ntx)
+                .arg(&a.inv)
+                .arg(&a.acc)
+                .arg(out)
+                .arg(packed)
+                .arg(&st)
+                .launch(lc)
+        }
+        .map_err(drv)?;
         Ok(())
     }
 
