@@ -2216,7 +2216,7 @@ __device__ __forceinline__ void wgmma_n96(float* d, unsigned long long da, unsig
 }
 #endif
 
-template <bool BF16, bool TRANS, int GN, int ST>
+template <bool BF16, bool TRANS, int ST>
 __device__ void grad3wg_impl(const int2* __restrict__ pairs, const int* __restrict__ pair_off,
                              const int* __restrict__ pair_idx, const int4* __restrict__ boxes,
                              const int2* __restrict__ ranges, const u16* __restrict__ x, int H, int F,
@@ -2224,7 +2224,7 @@ __device__ void grad3wg_impl(const int2* __restrict__ pairs, const int* __restri
                              float* __restrict__ out, const u16* __restrict__ packed, int box_stride) {
 #ifdef AMF_WGMMA
     static_assert(ST >= 3, "one wgmma group in flight needs ST - 2 >= 1 chunks of copies ahead");
-    static_assert(GN == 128, "the product is wgmma.m64n128k16");
+    constexpr int GN = 128;             // features per block: wgmma.m64n128k16
     constexpr int TY = 16;
     constexpr int M = TY * G3_W;        // 128 own tokens
     constexpr int NG = TY / 4;          // 4 groups of 32
@@ -2381,23 +2381,23 @@ __device__ void grad3wg_impl(const int2* __restrict__ pairs, const int* __restri
 }
 
 // t16g: 16 x 8 tiles x 128 features, 4 stages, two blocks per SM.
-#define GRAD3WG_ENTRY(NAME, GN, MINB, SUF, BF)                                                     \
+#define GRAD3WG_ENTRY(NAME, MINB, SUF, BF)                                                         \
     extern "C" __global__ void __launch_bounds__(256, MINB) amf_dq3##NAME##_##SUF(                 \
         const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
         const int2* ranges, const u16* k, int H, int F, int S, int d, int w, int ntx, float inv,   \
         int accumulate, float* dq, const u16* packed, int box_stride) {                            \
-        grad3wg_impl<BF, false, GN, 4>(pairs, pair_off, pair_idx, boxes, ranges, k, H, F, S, d, w, \
+        grad3wg_impl<BF, false, 4>(pairs, pair_off, pair_idx, boxes, ranges, k, H, F, S, d, w,     \
                                        ntx, inv, accumulate, dq, packed, box_stride);              \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256, MINB) amf_dk3##NAME##_##SUF(                 \
         const int2* pairs, const int* pair_off, const int* pair_idx, const int4* boxes,            \
         const int2* ranges, const u16* q, int H, int F, int S, int d, int w, int ntx, float inv,   \
         int accumulate, float* dk, const u16* packed, int box_stride) {                            \
-        grad3wg_impl<BF, true, GN, 4>(pairs, pair_off, pair_idx, boxes, ranges, q, H, F, S, d, w,  \
+        grad3wg_impl<BF, true, 4>(pairs, pair_off, pair_idx, boxes, ranges, q, H, F, S, d, w,      \
                                       ntx, inv, accumulate, dk, packed, box_stride);               \
     }
-GRAD3WG_ENTRY(t16g, 128, 2, f16, false)
-GRAD3WG_ENTRY(t16g, 128, 2, bf16, true)
+GRAD3WG_ENTRY(t16g, 2, f16, false)
+GRAD3WG_ENTRY(t16g, 2, bf16, true)
 
 // The backward's logits (amf_logits3, not the fused forward) on wgmma (sm_90a). The block,
 // grid, row tables, key box and split are those of logits3_impl; the product is transposed,
